@@ -1,0 +1,23 @@
+# rsdyn: residual-stream dynamics of a transformer LM as a Snakemake experiment.
+# Usage: snakemake --cores all                       (embedded default, config/config.yaml)
+#        snakemake --cores 2 --configfile config/smoke.yaml
+#        snakemake --profile workflow/profiles/slurm --configfile config/paper.yaml
+
+from snakemake.utils import min_version
+
+min_version("9.20")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/corpus.smk"
+include: "workflow/rules/capture.smk"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

@@ -1,0 +1,123 @@
+"""Atomic output writing and the zarr (v3) stores of the data contract.
+
+Every output is first written to a hidden temporary sibling and renamed into place
+only when complete, so a killed job never leaves a store that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _temp_sibling(final: Path) -> Path:
+    return final.with_name(f".tmp-{os.getpid()}-{final.name}")
+
+
+def remove_stale_temporaries(final: Path) -> None:
+    """Delete temporaries left next to ``final`` by an earlier, killed job."""
+    for stale in final.parent.glob(f".tmp-*-{final.name}"):
+        _remove(stale)
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write to; rename it to ``final`` only on success.
+
+    On any exception (including SIGTERM, see :func:`raise_on_sigterm`) the temporary
+    is deleted and ``final`` is left absent, never half-written.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final)
+    temp = _temp_sibling(final)
+    try:
+        yield temp
+    except BaseException:
+        _remove(temp)
+        raise
+    _remove(final)
+    os.replace(temp, final)
+
+
+def raise_on_sigterm() -> None:
+    """Turn SIGTERM into ``SystemExit`` so that ``finally``/cleanup blocks run."""
+
+    def _handler(signum, frame):  # noqa: ARG001 - signal handler signature
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _handler)
+
+
+def _write_node(group: zarr.Group, name: str, value: Any, chunks: Mapping[str, tuple]) -> None:
+    if isinstance(value, Mapping):
+        sub = group.create_group(name)
+        for key, item in value.items():
+            _write_node(sub, key, item, chunks)
+        return
+    array = np.asarray(value)
+    chunk_shape = chunks.get(name, "auto")
+    group.create_array(name, data=array, chunks=chunk_shape)
+
+
+def write_group(
+    final: str | os.PathLike,
+    arrays: Mapping[str, Any],
+    attrs: Mapping[str, Any] | None = None,
+    chunks: Mapping[str, tuple] | None = None,
+) -> Path:
+    """Write a zarr v3 group atomically.
+
+    ``arrays`` maps names to arrays, or to nested mappings (sub-groups). ``chunks``
+    maps an array name (at any depth) to its chunk shape; others are chunked by zarr.
+    """
+    final = Path(final)
+    with atomic_path(final) as temp:
+        root = zarr.open_group(str(temp), mode="w", zarr_format=3)
+        if attrs:
+            root.attrs.update(dict(attrs))
+        for name, value in arrays.items():
+            _write_node(root, name, value, chunks or {})
+    return final
+
+
+def open_group(path: str | os.PathLike) -> zarr.Group:
+    """Open an existing zarr group read-only; clear error when it is missing."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"No zarr store at {path}: run the rule that produces it first.")
+    return zarr.open_group(str(path), mode="r")
+
+
+def read_group(path: str | os.PathLike) -> dict[str, Any]:
+    """Every array of a group (recursively) as NumPy arrays, sub-groups as dicts."""
+
+    def _read(group: zarr.Group) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, member in group.members():
+            out[name] = _read(member) if isinstance(member, zarr.Group) else member[...]
+        return out
+
+    return _read(open_group(path))
+
+
+@contextlib.contextmanager
+def atomic_file(final: str | os.PathLike) -> Iterator[Path]:
+    """Alias of :func:`atomic_path` for single files (CSV, JSON, figures)."""
+    with atomic_path(final) as temp:
+        yield temp
