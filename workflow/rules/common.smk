@@ -48,6 +48,16 @@ def run_file(name):
     return lambda wildcards: f"{RESULTS}/{wildcards.run}/{name}"
 
 
+def corpus_inputs(wildcards):
+    """The model (for its tokenizer) and the first local corpus file that exists."""
+    inputs = {"model": model_dir(wildcards)}
+    for candidate in RUNS[wildcards.run]["corpus"]["local_candidates"]:
+        if Path(candidate).is_file():
+            inputs["text"] = candidate
+            break
+    return inputs
+
+
 def all_outputs():
     """Every final output of every run (extended by the stage rule files)."""
     outputs = []

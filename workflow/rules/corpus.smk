@@ -2,16 +2,6 @@
 # subsample, BOS tokenisation and the shuffled condition, in one file per run.
 
 
-def corpus_inputs(wildcards):
-    """The model (for its tokenizer) and the first local corpus file that exists."""
-    inputs = {"model": model_dir(wildcards)}
-    for candidate in RUNS[wildcards.run]["corpus"]["local_candidates"]:
-        if Path(candidate).is_file():
-            inputs["text"] = candidate
-            break
-    return inputs
-
-
 rule corpus:
     input:
         unpack(corpus_inputs),

