@@ -11,10 +11,17 @@ min_version("9.20")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/corpus.smk"
 include: "workflow/rules/capture.smk"
+include: "workflow/rules/unit_stats.smk"
+include: "workflow/rules/reduce.smk"
+include: "workflow/rules/teleport.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

@@ -62,5 +62,6 @@ def all_outputs():
     """Every final output of every run (extended by the stage rule files)."""
     outputs = []
     for run in RUNS:
-        outputs += [f"{RESULTS}/{run}/activations.zarr"]
+        outputs += [f"{RESULTS}/{run}/figures/fig{n}.{ext}" for n in (1, 2, 3, 4) for ext in ("pdf", "png")]
+        outputs += [f"{RESULTS}/{run}/summary.json"]
     return outputs
