@@ -1,0 +1,103 @@
+"""Benchmark of the CAE rule: training time and epochs to early stop on the default run.
+
+Uses the real capture (``--store``, default results/smollm2-135m/activations.zarr) when
+it exists, else a synthetic store of the default size (661 sequences x 60 sublayers x
+576 units). Reports (1) the time of one training epoch at several batch sizes as a ratio
+to the default batch size, and (2) the full default training (``--full``, on by default):
+seconds, epochs run, best epoch. Writes benchmarks/results/cae.json.
+
+    python benchmarks/cae.py [--store PATH] [--threads 2] [--no-full]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rsdyn.cae import build_model, run_cae, split_by_sequence
+from rsdyn.config import load_schema
+from rsdyn.store import open_group, write_group
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_settings() -> dict:
+    properties = load_schema()["definitions"]["cae"]["properties"]
+    return {key: spec["default"] for key, spec in properties.items()}
+
+
+def synthetic_store(path: Path, n=661, sublayers=60, d=576, seed=0) -> Path:
+    """Trajectories of growing norm on a low-rank drift plus noise (float32, like a capture)."""
+    rng = np.random.default_rng(seed)
+    drift = np.cumsum(rng.normal(size=(1, sublayers, 32)) * np.linspace(0.2, 2, sublayers)[None, :, None], axis=1)
+    latent = drift + np.cumsum(rng.normal(size=(n, sublayers, 32)) * 0.3, axis=1)
+    mixing = rng.normal(size=(32, d)) / np.sqrt(32)
+    states = (latent @ mixing + rng.normal(scale=0.1, size=(n, sublayers, d))).astype(np.float32)
+    write_group(path, {"original": states}, attrs={"model_name": "synthetic", "sublayer_names": [f"S{s}" for s in range(sublayers)]})
+    return path
+
+
+def epoch_seconds(train: torch.Tensor, batch_size: int, d_model: int, n_layers: int, max_samples: int = 8192) -> float:
+    """Seconds of one training epoch over ``train``, extrapolated from ``max_samples`` samples."""
+    model = build_model(d_model, n_layers, 0)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    subset = train[:max_samples]
+    start = time.perf_counter()
+    for begin in range(0, len(subset), batch_size):
+        batch = subset[begin : begin + batch_size]
+        loss = torch.nn.functional.mse_loss(model(batch), batch)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+    return (time.perf_counter() - start) * len(train) / len(subset)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", default=str(ROOT / "results/smollm2-135m/activations.zarr"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-full", action="store_true", help="skip the full default training")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    settings = default_settings()
+    settings["device"] = "cpu"
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(args.store)
+        source = "real capture"
+        if not store.exists():
+            store, source = synthetic_store(Path(tmp) / "activations.zarr"), "synthetic"
+        states = open_group(store)[settings["condition"]][...]
+        n, sublayers, d = states.shape
+        split = split_by_sequence(n, settings["val_fraction"], settings["test_fraction"], settings["seed"])
+        train = torch.from_numpy(states[split["train"]].reshape(-1, d))
+        report = {"store": str(args.store) if source == "real capture" else "synthetic", "shape": [n, sublayers, d], "threads": args.threads, "settings": settings}
+        baseline = epoch_seconds(train, settings["batch_size"], d, settings["n_layers"])
+        report["epoch_seconds"] = {}
+        print(f"CAE benchmark on {source} {n} x {sublayers} x {d}, {args.threads} threads, {len(train)} training samples")
+        print(f"{'batch':>6} {'s/epoch':>8} {'ratio':>6}")
+        for batch in (128, settings["batch_size"], 512, 1024):
+            seconds = baseline if batch == settings["batch_size"] else epoch_seconds(train, batch, d, settings["n_layers"])
+            report["epoch_seconds"][batch] = {"seconds": seconds, "ratio_to_default": seconds / baseline}
+            print(f"{batch:>6} {seconds:>8.2f} {seconds / baseline:>6.2f}")
+        if not args.no_full:
+            info = run_cae(store, Path(tmp) / "cae", settings, threads=args.threads)
+            report["full"] = {key: info[key] for key in ("epochs_run", "best_epoch", "stopped_early", "train_seconds", "seconds_per_epoch", "best_val_loss", "test_loss")}
+            report["full"]["ev_per_sublayer"] = open_group(Path(tmp) / "cae" / "embedding.zarr")["ev_per_sublayer"][...].tolist()
+            print(
+                f"full default training: {info['train_seconds']:.0f} s, {info['epochs_run']} epochs "
+                f"(best {info['best_epoch']}, early stop {info['stopped_early']}), "
+                f"{info['seconds_per_epoch']:.2f} s/epoch ({info['seconds_per_epoch'] / baseline:.2f} x the bare epoch)"
+            )
+    out = ROOT / "benchmarks/results/cae.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

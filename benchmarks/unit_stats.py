@@ -1,0 +1,190 @@
+"""Benchmark of the unit_stats stage.
+
+1. Batched KDE MI (rsdyn.unit_stats.mi_kde_pairs) against a per-pair
+   ``scipy.stats.gaussian_kde`` loop on the same pairs (N = 661): speed-up and the
+   largest difference in nats; also the per-transition cost when the marginals of a
+   trajectory are shared (``mi_kde``).
+2. The whole unit_stats stage of the default run (every shard, both conditions, then
+   the gather) with 2 worker processes, one thread each, as ``snakemake --cores 2``
+   runs it; peak memory of one shard process.
+3. How the cost of one block of units grows with N (samples), D (units) and 2L
+   (sublayers), per quantity, with fitted exponents.
+
+Uses results/smollm2-135m/activations.zarr when it exists, else a synthetic store of
+the same size. Writes benchmarks/results/unit_stats.json and prints a short table.
+Usage: python benchmarks/unit_stats.py [--store PATH] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import gaussian_kde
+
+from rsdyn import unit_stats as us
+from rsdyn.store import open_group, write_group
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_STORE = REPO / "results" / "smollm2-135m" / "activations.zarr"
+OUT = REPO / "benchmarks" / "results" / "unit_stats.json"
+
+
+def mi_kde_scipy(x: np.ndarray, y: np.ndarray, eps: float = 1e-10) -> float:
+    joint = np.vstack([x, y])
+    p_xy = gaussian_kde(joint)(joint)
+    return float(np.mean(np.log((p_xy + eps) / (gaussian_kde(x)(x) * gaussian_kde(y)(y) + eps))))
+
+
+def bench_kde(store: Path, n_pairs: int) -> dict:
+    """Batched KDE MI vs the scipy loop on the same consecutive-sublayer pairs."""
+    acts = us.read_units(store, "shuffled", 0, max(1, n_pairs // 8)).astype(np.float64)
+    n_samples, n_sublayers, _ = acts.shape
+    rows = acts.transpose(1, 2, 0)  # (S, U, N)
+    x = rows[1:9].reshape(-1, n_samples)[:n_pairs]
+    y = rows[2:10].reshape(-1, n_samples)[:n_pairs]
+    start = time.perf_counter()
+    reference = np.array([mi_kde_scipy(x[i], y[i]) for i in range(len(x))])
+    scipy_seconds = time.perf_counter() - start
+    out = {"n_samples": n_samples, "n_pairs": len(x), "scipy_seconds_per_pair": scipy_seconds / len(x)}
+    with us.torch_threads(1):
+        for precision in ("float32", "float64"):
+            start = time.perf_counter()
+            batched = us.mi_kde_pairs(x, y, precision=precision)
+            seconds = time.perf_counter() - start
+            out[precision] = {
+                "seconds_per_pair": seconds / len(x),
+                "speedup_vs_scipy": scipy_seconds / seconds,
+                "max_abs_diff_nats": float(np.nanmax(np.abs(batched - reference))),
+            }
+        trajectory = acts[:, :, :4]
+        start = time.perf_counter()
+        us.mi_kde(trajectory)
+        seconds = time.perf_counter() - start
+        per_transition = seconds / ((n_sublayers - 1) * trajectory.shape[2])
+        out["float32_shared_marginals"] = {
+            "seconds_per_transition": per_transition,
+            "speedup_vs_scipy": (scipy_seconds / len(x)) / per_transition,
+        }
+    return out
+
+
+def _run_shard(args: tuple) -> dict:
+    store, out_dir, index, start, stop, settings = args
+    timings: dict[str, float] = {}
+    began = time.perf_counter()
+    result = us.compute_shard(store, start, stop, settings, timings)
+    path = write_group(Path(out_dir) / f"shard_{index}.zarr", result, attrs=us.shard_attrs(store, start, stop, settings))
+    return {
+        "path": str(path), "seconds": time.perf_counter() - began, "timings": timings,
+        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def bench_stage(store: Path, shards: int, workers: int, n_shuffles: int) -> dict:
+    """Every shard with ``workers`` processes, then the gather; wall-clock seconds."""
+    n_units = open_group(store)["original"].shape[2]
+    settings = {"shards": shards, "n_shuffles": n_shuffles}
+    with tempfile.TemporaryDirectory() as out_dir:
+        jobs = [(str(store), out_dir, i, a, b, settings) for i, (a, b) in enumerate(us.split_units(n_units, shards))]
+        began = time.perf_counter()
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            results = list(pool.map(_run_shard, jobs))
+        gather_began = time.perf_counter()
+        arrays, attrs = us.gather([r["path"] for r in results])
+        write_group(Path(out_dir) / "unit_stats.zarr", arrays, attrs=attrs)
+        wall = time.perf_counter() - began
+    per_quantity = {name: sum(r["timings"][name] for r in results) for name in results[0]["timings"]}
+    return {
+        "shards": shards, "workers": workers, "n_shuffles": n_shuffles, "n_units": n_units,
+        "wall_seconds": wall, "gather_seconds": time.perf_counter() - gather_began,
+        "shard_seconds": [r["seconds"] for r in results],
+        "cpu_seconds_per_quantity": per_quantity,
+        "max_rss_mb_per_shard": max(r["max_rss_mb"] for r in results),
+        "target_seconds": 120, "ratio_to_target": wall / 120,
+    }
+
+
+def bench_scaling(quick: bool) -> dict:
+    """Seconds per quantity of one unit block vs N, D and 2L (one factor at a time)."""
+    base = {"n_samples": 330, "n_units": 16, "n_layers": 15}
+    grid = {
+        "n_samples": [165, 330, 661] if not quick else [100, 200],
+        "n_units": [8, 16, 32] if not quick else [8, 16],
+        "n_layers": [8, 15, 30] if not quick else [4, 8],
+    }
+    settings = {"n_shuffles": 200}
+    out: dict = {}
+    with us.torch_threads(1):
+        for factor, values in grid.items():
+            points = []
+            for value in values:
+                size = {**base, factor: value}
+                acts = us.synthetic_activations(size["n_samples"], size["n_layers"], size["n_units"]).astype(np.float64)
+                timings: dict[str, float] = {}
+                us.unit_block_stats(acts, settings, timings)
+                points.append({"value": value, **timings})
+            exponents = {}
+            for name in points[0]:
+                if name == "value":
+                    continue
+                logx = np.log([p["value"] for p in points])
+                logy = np.log([max(p[name], 1e-6) for p in points])
+                exponents[name] = float(np.polyfit(logx, logy, 1)[0])
+            out[factor] = {"points": points, "exponent": exponents}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke check")
+    parser.add_argument("--skip-stage", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = args.store or (DEFAULT_STORE if DEFAULT_STORE.exists() else None)
+        source = str(store) if store else "synthetic"
+        if store is None:
+            size = (120, 6, 64) if args.quick else (661, 30, 576)
+            store = us.write_synthetic_store(Path(tmp) / "activations.zarr", *size, unit_chunk=64)
+        report = {
+            "store": source,
+            "cpu_threads": torch.get_num_threads(),
+            "kde_vs_scipy": bench_kde(store, 16 if args.quick else 64),
+        }
+        if not args.skip_stage:
+            report["stage"] = bench_stage(store, shards=4, workers=2, n_shuffles=100 if args.quick else 1000)
+        report["scaling"] = bench_scaling(args.quick)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(report, indent=2))
+
+    kde = report["kde_vs_scipy"]
+    print(f"store: {source}")
+    print(f"KDE MI, N = {kde['n_samples']}, {kde['n_pairs']} pairs; scipy {kde['scipy_seconds_per_pair'] * 1e3:.1f} ms/pair")
+    for precision in ("float32", "float64"):
+        row = kde[precision]
+        print(f"  batched {precision}: {row['seconds_per_pair'] * 1e3:6.2f} ms/pair  x{row['speedup_vs_scipy']:5.1f}  "
+              f"max |diff| {row['max_abs_diff_nats']:.1e} nats")
+    shared = kde["float32_shared_marginals"]
+    print(f"  shared marginals: {shared['seconds_per_transition'] * 1e3:6.2f} ms/transition  x{shared['speedup_vs_scipy']:5.1f}")
+    if "stage" in report:
+        stage = report["stage"]
+        print(f"whole stage, {stage['shards']} shards on {stage['workers']} processes: {stage['wall_seconds']:.1f} s "
+              f"(target {stage['target_seconds']} s), peak RSS per shard {stage['max_rss_mb_per_shard']:.0f} MB")
+        print("  CPU seconds per quantity: " + ", ".join(f"{k} {v:.1f}" for k, v in stage["cpu_seconds_per_quantity"].items()))
+    for factor, data in report["scaling"].items():
+        print(f"scaling with {factor}: " + ", ".join(f"{k} ^{v:.2f}" for k, v in data["exponent"].items()))
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()

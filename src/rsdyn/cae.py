@@ -1,0 +1,414 @@
+"""Compressing autoencoder (CAE) of residual-stream states (paper §2.7, Fig. 3).
+
+Every sublayer state of every sequence is one sample of dimension D. The encoder has k
+layers whose output widths shrink geometrically, d_i = round(D * r^i) for i = 0..k-1
+with r = (2 / D)^(1 / (k - 1)), so d_0 = D and d_{k-1} = 2 (the bottleneck); the
+decoder mirrors it (widths d_{k-2}, ..., d_0, then D). Every layer is
+Linear -> LayerNorm -> ReLU except the last encoder layer and the last decoder layer,
+which are plain Linear. Training: Adam (lr 1e-3), MSE, at most 100 epochs, early
+stopping on the validation loss with patience 10, and the best model is kept. Train,
+validation and test sets are split by sequence so that no sequence's states leak
+across sets.
+
+Explained variance per sublayer on the test set (a proper R^2): for sublayer s with test
+states X_s (n x D) and reconstructions Y_s,
+    EV_s = 1 - ||X_s - Y_s||^2 / ||X_s - mean(X_s)||^2.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+EVAL_BATCH = 8192
+
+
+def layer_widths(d_model: int, n_layers: int = 10) -> list[int]:
+    """Output widths of the k encoder layers: round(D * r^i), i = 0..k-1, r = (2/D)^(1/(k-1)).
+
+    The first is D and the last is 2 (the 2-D bottleneck); no width is below 2.
+    """
+    if d_model <= 2:
+        raise ValueError(f"The CAE needs an input dimension above 2 (its bottleneck); got D = {d_model}.")
+    if n_layers < 2:
+        raise ValueError(f"cae.n_layers = {n_layers}; the encoder needs at least 2 layers.")
+    ratio = (2.0 / d_model) ** (1.0 / (n_layers - 1))
+    widths = [max(2, round(d_model * ratio**i)) for i in range(n_layers)]
+    widths[0], widths[-1] = d_model, 2
+    return widths
+
+
+def _stack(dims: list[int]) -> nn.Sequential:
+    """Linear -> LayerNorm -> ReLU between consecutive ``dims``; the last layer plain Linear."""
+    layers: list[nn.Module] = []
+    for index, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(nn.Linear(d_in, d_out))
+        if index < len(dims) - 2:
+            layers += [nn.LayerNorm(d_out), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+class CompressingAutoencoder(nn.Module):
+    """The paper's CAE: D -> d_0 -> ... -> d_{k-1} = 2 -> d_{k-2} -> ... -> d_0 -> D.
+
+    Inputs and outputs are in the units of the residual stream. A fixed (not trained)
+    affine map ``(x - input_mean) / input_scale`` precedes the encoder and its inverse
+    follows the decoder; ``input_mean`` (D,) and the scalar ``input_scale`` default to
+    0 and 1 and are set from the training data by ``set_input_scaling``. One scalar for
+    all units keeps the MSE objective the paper's up to a constant factor (every unit
+    keeps its weight) while bringing the targets to order one, which Adam at lr 1e-3
+    needs to reach outputs of several hundred within 100 epochs.
+    """
+
+    def __init__(self, d_model: int, n_layers: int = 10):
+        super().__init__()
+        self.d_model = d_model
+        self.n_layers = n_layers
+        self.widths = layer_widths(d_model, n_layers)
+        self.encoder = _stack([d_model, *self.widths])
+        self.decoder = _stack([*self.widths[::-1], d_model])
+        self.register_buffer("input_mean", torch.zeros(d_model))
+        self.register_buffer("input_scale", torch.ones(()))
+
+    @torch.no_grad()
+    def set_input_scaling(self, samples: torch.Tensor) -> None:
+        """Centre by the mean of ``samples`` (n, D) and divide by their root mean square
+        deviation over all entries (one scalar)."""
+        mean = samples.mean(dim=0, dtype=torch.float64)
+        scale = torch.sqrt(torch.mean((samples.double() - mean) ** 2))
+        self.input_mean.copy_(mean)
+        self.input_scale.copy_(scale if scale > 0 else torch.ones((), dtype=torch.float64))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., D) states -> (..., 2) embedding."""
+        return self.encoder((x - self.input_mean) / self.input_scale)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(..., 2) embedding -> (..., D) reconstruction, in the units of the states."""
+        return self.decoder(z) * self.input_scale + self.input_mean
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+
+def build_model(d_model: int, n_layers: int, seed: int) -> CompressingAutoencoder:
+    """A CAE initialised from ``seed`` without touching the global torch RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return CompressingAutoencoder(d_model, n_layers)
+
+
+def split_by_sequence(
+    n_sequences: int, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Seeded split of sequence indices into sorted ``train``, ``val`` and ``test`` arrays.
+
+    Validation and test get round(fraction * n) sequences each, at least one; every
+    sequence is in exactly one set.
+    """
+    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(
+            f"cae.val_fraction = {val_fraction} and cae.test_fraction = {test_fraction}; "
+            "each must lie in (0, 1) and their sum below 1."
+        )
+    n_val = max(1, round(val_fraction * n_sequences))
+    n_test = max(1, round(test_fraction * n_sequences))
+    if n_sequences - n_val - n_test < 1:
+        raise ValueError(
+            f"The CAE split needs at least one training sequence; {n_sequences} sequences "
+            f"leave none after {n_val} for validation and {n_test} for test."
+        )
+    order = np.random.default_rng(seed).permutation(n_sequences)
+    return {
+        "test": np.sort(order[:n_test]),
+        "val": np.sort(order[n_test : n_test + n_val]),
+        "train": np.sort(order[n_test + n_val :]),
+    }
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("cae.device = 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'.")
+    return torch.device(device)
+
+
+@dataclass
+class TrainResult:
+    """Outcome of ``train_cae``: the best model (loaded), the per-epoch history and why it stopped."""
+
+    model: CompressingAutoencoder
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+    @property
+    def best_val_loss(self) -> float:
+        return self.history[self.best_epoch - 1]["val_loss"]
+
+
+@torch.no_grad()
+def mse(model: nn.Module, data: torch.Tensor, batch: int = EVAL_BATCH) -> float:
+    """Mean squared error of the reconstruction over all entries of ``data`` (n, D)."""
+    model.eval()
+    total = 0.0
+    for start in range(0, len(data), batch):
+        chunk = data[start : start + batch]
+        total += torch.sum((model(chunk) - chunk) ** 2, dtype=torch.float64).item()
+    return total / data.numel()
+
+
+def train_cae(
+    model: CompressingAutoencoder,
+    train: torch.Tensor,
+    val: torch.Tensor,
+    *,
+    lr: float = 1e-3,
+    max_epochs: int = 100,
+    patience: int = 10,
+    batch_size: int = 256,
+    seed: int = 0,
+    progress: bool = True,
+) -> TrainResult:
+    """Adam on the MSE of ``train`` (n, D) with early stopping on the MSE of ``val``.
+
+    Stops after ``patience`` epochs without a lower validation loss (or at
+    ``max_epochs``) and returns the model with the weights of its best epoch. Batches
+    are drawn from a permutation seeded by ``seed`` (on the CPU, so the order is the
+    same on every device). Losses are in squared input units.
+    """
+    if len(train) == 0 or len(val) == 0:
+        raise ValueError("train_cae needs at least one training and one validation sample.")
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    result = TrainResult(model=model)
+    best_state: dict[str, torch.Tensor] | None = None
+    best_loss = math.inf
+    start = time.perf_counter()
+    bar = tqdm(range(1, max_epochs + 1), desc="cae epochs", disable=not progress)
+    for epoch in bar:
+        model.train()
+        order = torch.randperm(len(train), generator=generator).to(train.device)
+        running = torch.zeros((), dtype=torch.float64, device=train.device)
+        for begin in range(0, len(train), batch_size):
+            batch = train[order[begin : begin + batch_size]]
+            loss = torch.nn.functional.mse_loss(model(batch), batch)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            running += loss.detach().double() * len(batch)
+        val_loss = mse(model, val)
+        record = {
+            "epoch": epoch,
+            "train_loss": running.item() / len(train),
+            "val_loss": val_loss,
+            "seconds": time.perf_counter() - start,
+        }
+        result.history.append(record)
+        bar.set_postfix(train=f"{record['train_loss']:.4g}", val=f"{val_loss:.4g}")
+        if val_loss < best_loss:
+            best_loss, result.best_epoch = val_loss, epoch
+            best_state = {name: value.detach().clone() for name, value in model.state_dict().items()}
+        elif epoch - result.best_epoch >= patience:
+            result.stopped_early = True
+            break
+    bar.close()
+    model.load_state_dict(best_state)
+    model.eval()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+@torch.no_grad()
+def encode_and_reconstruct(model: CompressingAutoencoder, states: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Embedding (..., 2) and reconstruction (..., D) of ``states`` (..., D), as float32 NumPy."""
+    model.eval()
+    flat = states.reshape(-1, states.shape[-1])
+    codes, recons = [], []
+    for start in range(0, len(flat), EVAL_BATCH):
+        code = model.encode(flat[start : start + EVAL_BATCH])
+        codes.append(code.cpu())
+        recons.append(model.decode(code).cpu())
+    lead = tuple(states.shape[:-1])
+    return (
+        torch.cat(codes).reshape(*lead, -1).numpy(),
+        torch.cat(recons).reshape(*lead, -1).numpy(),
+    )
+
+
+def explained_variance_per_sublayer(states: np.ndarray, reconstruction: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+    """R^2 of each sublayer, for (n, S, D) inputs -> (S,).
+
+    1 - ||X_s - Y_s||^2 / ||X_s - c_s||^2 with c_s the sublayer's own mean (default, a
+    proper R^2), or a fixed (D,) ``reference`` such as the pooled mean of all states
+    (then the denominator also holds the sublayer's offset from it). NaN where the
+    denominator is zero.
+    """
+    states = np.asarray(states, dtype=np.float64)
+    residual = np.sum((states - reconstruction) ** 2, axis=(0, 2))
+    centre = states.mean(axis=0, keepdims=True) if reference is None else np.asarray(reference, dtype=np.float64)
+    spread = np.sum((states - centre) ** 2, axis=(0, 2))
+    return 1.0 - residual / np.where(spread > 0, spread, np.nan)
+
+
+def step_distances(embedding: np.ndarray) -> np.ndarray:
+    """Euclidean distance between successive sublayers of each trajectory: (n, S, 2) -> (n, S-1)."""
+    return np.linalg.norm(np.diff(np.asarray(embedding, dtype=np.float64), axis=1), axis=-1)
+
+
+def check_cae_settings(settings: Mapping[str, Any], n_sequences: int, d_model: int) -> None:
+    """Raise one clear ValueError when the cae settings cannot run on this capture."""
+    layer_widths(d_model, settings["n_layers"])
+    split_by_sequence(n_sequences, settings["val_fraction"], settings["test_fraction"], settings["seed"])
+    resolve_device(settings.get("device", "auto"))
+
+
+def run_cae(store_path, out_dir, settings: Mapping[str, Any], threads: int | None = None) -> dict[str, Any]:
+    """Train the CAE on the capture at ``store_path`` and write ``out_dir`` atomically.
+
+    ``settings`` is the run's ``cae`` section. ``out_dir`` receives ``model.safetensors``
+    (best weights), ``training_curve.csv`` (epoch, train_loss, val_loss, seconds),
+    ``embedding.zarr`` (``embedding`` (n_test, 2L, 2) of the test sequences,
+    ``test_sequences`` (n_test,) their rows in the capture, ``ev_per_sublayer`` (2L,)
+    (R^2 against each sublayer's own test mean), ``ev_per_sublayer_pooled_reference``
+    (2L,) (against the pooled test mean of all sublayers),
+    ``step_distance`` and ``step_distance_sem`` (2L-1,) (mean and s.e.m. over test
+    sequences of the 2-D distance between successive sublayers), ``mean_trajectory``
+    (2L, 2), ``test_mse_per_sublayer`` (2L,)) and ``training.json`` (widths, split
+    sizes, epochs, timing). Returns the contents of ``training.json``.
+    """
+    from safetensors.torch import save_file
+
+    from rsdyn.store import atomic_path, open_group, write_group
+
+    group = open_group(store_path)
+    condition = settings.get("condition", "original")
+    if condition not in group:
+        raise ValueError(f"The capture at {store_path} has no {condition!r} array (cae.condition).")
+    n_sequences, n_sublayers, d_model = group[condition].shape
+    check_cae_settings(settings, n_sequences, d_model)
+    device = resolve_device(settings.get("device", "auto"))
+    if threads:
+        torch.set_num_threads(int(threads))
+
+    split = split_by_sequence(n_sequences, settings["val_fraction"], settings["test_fraction"], settings["seed"])
+    states = torch.from_numpy(np.ascontiguousarray(group[condition][...], dtype=np.float32))
+    subsets = {name: states[torch.from_numpy(rows)].to(device) for name, rows in split.items()}
+    model = build_model(d_model, settings["n_layers"], settings["seed"]).to(device)
+    if settings.get("input_scaling", "global") == "global":
+        model.set_input_scaling(subsets["train"].reshape(-1, d_model))
+    result = train_cae(
+        model,
+        subsets["train"].reshape(-1, d_model),
+        subsets["val"].reshape(-1, d_model),
+        lr=settings["lr"],
+        max_epochs=settings["max_epochs"],
+        patience=settings["patience"],
+        batch_size=settings["batch_size"],
+        seed=settings["seed"],
+    )
+    embedding, reconstruction = encode_and_reconstruct(model, subsets["test"])
+    test_states = states[torch.from_numpy(split["test"])].numpy()
+    distances = step_distances(embedding)
+    n_test = len(split["test"])
+    sublayer_names = list(group.attrs.get("sublayer_names", [f"S{s}" for s in range(n_sublayers)]))
+    info = {
+        "model_name": group.attrs.get("model_name"),
+        "condition": condition,
+        "d_model": d_model,
+        "n_layers": settings["n_layers"],
+        "widths": model.widths,
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "n_sequences": {name: len(rows) for name, rows in split.items()},
+        "n_samples": {name: len(rows) * n_sublayers for name, rows in split.items()},
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        "input_scale": float(model.input_scale),
+        "best_val_loss": result.best_val_loss,
+        "test_loss": float(np.mean((test_states.astype(np.float64) - reconstruction) ** 2)),
+        "train_seconds": result.seconds,
+        "seconds_per_epoch": result.seconds / len(result.history),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "settings": dict(settings),
+    }
+    arrays = {
+        "embedding": embedding.astype(np.float32),
+        "test_sequences": split["test"].astype(np.int32),
+        "ev_per_sublayer": explained_variance_per_sublayer(test_states, reconstruction).astype(np.float32),
+        "ev_per_sublayer_pooled_reference": explained_variance_per_sublayer(
+            test_states, reconstruction, test_states.reshape(-1, d_model).mean(axis=0)
+        ).astype(np.float32),
+        "step_distance": distances.mean(axis=0).astype(np.float32),
+        "step_distance_sem": (distances.std(axis=0, ddof=1) / np.sqrt(n_test) if n_test > 1 else np.zeros(n_sublayers - 1)).astype(np.float32),
+        "mean_trajectory": embedding.mean(axis=0).astype(np.float32),
+        "test_mse_per_sublayer": np.mean((test_states.astype(np.float64) - reconstruction) ** 2, axis=(0, 2)).astype(np.float32),
+    }
+    with atomic_path(out_dir) as temp:
+        temp.mkdir(parents=True)
+        state = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
+        save_file(state, str(temp / "model.safetensors"), metadata={"d_model": str(d_model), "n_layers": str(settings["n_layers"]), "widths": json.dumps(model.widths)})
+        with open(temp / "training_curve.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["epoch", "train_loss", "val_loss", "seconds"])
+            writer.writeheader()
+            writer.writerows(result.history)
+        write_group(temp / "embedding.zarr", arrays, attrs={"sublayer_names": sublayer_names, **{k: info[k] for k in ("model_name", "condition", "widths", "best_epoch")}})
+        (temp / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def load_cae(out_dir) -> CompressingAutoencoder:
+    """The trained CAE saved by ``run_cae`` in ``out_dir`` (on the CPU, eval mode)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(out_dir) / "model.safetensors"
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    model = CompressingAutoencoder(int(meta["d_model"]), int(meta["n_layers"]))
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
+def summary_fig3(cae: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """summary.json rows of Fig. 3 from the arrays of ``cae/embedding.zarr``.
+
+    Each row is ``{value, paper, definition}``. "Early" and "late" are the first and the
+    last quarter of the sublayers (of the transitions for step distances), ceil(n/4) each;
+    medians skip sublayers without variance (undefined R^2, NaN).
+    """
+    ev = np.asarray(cae["ev_per_sublayer"], dtype=np.float64)
+    steps = np.asarray(cae["step_distance"], dtype=np.float64)
+    q_ev, q_steps = max(1, -(-len(ev) // 4)), max(1, -(-len(steps) // 4))
+    return {
+        "cae_ev_early": {
+            "value": float(np.nanmedian(ev[:q_ev])),
+            "paper": "lower early (jump after the first sublayers, then plateau)",
+            "definition": "Fig. 3D: median over the first quarter of sublayers of the test-set R^2 of the CAE reconstruction, 1 - ||X_s - Y_s||^2 / ||X_s - mean(X_s)||^2.",
+        },
+        "cae_ev_late": {
+            "value": float(np.nanmedian(ev[-q_ev:])),
+            "paper": "higher late (slow rise to the end)",
+            "definition": "Fig. 3D: the same median over the last quarter of sublayers.",
+        },
+        "cae_step_distance_late_over_early": {
+            "value": float(np.mean(steps[-q_steps:]) / np.mean(steps[:q_steps])),
+            "paper": "> 1 (steps grow with depth: trajectories straighten and speed up)",
+            "definition": "Fig. 3C: mean 2-D distance between successive sublayers over the last quarter of transitions divided by that over the first quarter (test sequences).",
+        },
+    }

@@ -1,0 +1,745 @@
+"""Per-unit dynamics over depth (Fig. 1C, 1D, 1G/H and Fig. 2 of the paper).
+
+Every kernel takes activations of shape ``(n_samples, n_sublayers, n_units)`` (float64)
+and works on all units at once. Transitions are consecutive sublayers ``l -> l + 1``.
+
+- ``corr_consecutive``: Pearson r across samples between sublayer l and l + 1.
+- ``corr_pairs_hist``: per unit, the fraction of sublayer pairs l < m whose r falls in
+  each bin of [0, 1] (pairs with r < 0 are in no bin).
+- ``mi_kde``: the paper's Gaussian-KDE mutual information in nats, defined as the
+  resubstitution estimate of ``scipy.stats.gaussian_kde`` (Scott bandwidth, full
+  covariance for the joint): mean over samples of
+  ``log((p(x, y) + eps) / (p(x) p(y) + eps))``.
+- ``mi_ksg``: Kraskov-Stoegbauer-Grassberger estimator 1 (max-norm, k neighbours) on
+  x and y scaled to unit variance, in nats, not clipped at 0.
+- ``mi_gaussian``: ``-0.5 ln(1 - r^2)``, the MI of a bivariate Gaussian with that r.
+- ``rotation_number``: R of PAPER.md Fig. 2 (signed turns of the tangent of the phase
+  portrait ``(a_l - a_0, g_l - g_0)`` with ``g = np.gradient(a)`` over sublayers),
+  with a layer-shuffle null and a smoother surrogate null.
+
+``compute_shard`` runs all of them on one unit range of ``activations.zarr``;
+``gather`` joins the shards into ``unit_stats.zarr``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.special import digamma
+from tqdm.auto import tqdm
+
+from rsdyn.store import open_group
+
+log = logging.getLogger(__name__)
+
+CONDITIONS = ("original", "shuffled")
+MIN_SAMPLES = 3
+
+#: arrays whose unit axis is not the last one (gather concatenates along it)
+UNIT_AXIS = {"corr_pairs_hist": 0}
+
+#: units processed together inside a shard (bounds memory; never changes the numbers)
+UNIT_BLOCK = 16
+
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "device": "cpu",
+    "kde_precision": "auto",
+    "corr_bins": 20,
+    "mi_eps": 1e-10,
+    "ksg_k": 3,
+    "n_shuffles": 1000,
+    "surrogate": "phase",
+    "per_sample": False,
+    "seed": 0,
+}
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+class UnitStatsInputError(ValueError):
+    """The activations or the shard layout cannot be analysed; the message says why."""
+
+
+def split_units(n_units: int, shards: int) -> list[tuple[int, int]]:
+    """``shards`` contiguous ``(start, stop)`` unit ranges covering ``0..n_units``.
+
+    The first ``n_units % shards`` ranges hold one unit more than the others.
+    """
+    if shards < 1:
+        raise UnitStatsInputError(f"unit_stats.shards = {shards}; it must be at least 1.")
+    if shards > n_units:
+        raise UnitStatsInputError(
+            f"unit_stats.shards = {shards} exceeds the number of units d_model = {n_units}; "
+            f"use at most {n_units} shards."
+        )
+    base, extra = divmod(n_units, shards)
+    sizes = [base + (1 if index < extra else 0) for index in range(shards)]
+    stops = np.cumsum(sizes).tolist()
+    return [(stop - size, stop) for stop, size in zip(stops, sizes)]
+
+
+def check_activations(acts: np.ndarray, unit_start: int, condition: str) -> None:
+    """Raise if ``acts`` (N, 2L, U) has too few samples or sublayers, or NaN/inf.
+
+    The message names the condition and the global unit range of ``acts``.
+    """
+    n_samples, n_sublayers, n_units = acts.shape
+    unit_range = f"units {unit_start}-{unit_start + n_units - 1}"
+    if n_samples < MIN_SAMPLES:
+        raise UnitStatsInputError(
+            f"activations '{condition}' ({unit_range}) has {n_samples} samples; "
+            f"unit_stats needs at least {MIN_SAMPLES}."
+        )
+    if n_sublayers < 2:
+        raise UnitStatsInputError(
+            f"activations '{condition}' ({unit_range}) has {n_sublayers} sublayer(s); "
+            "unit_stats needs at least 2."
+        )
+    finite = np.isfinite(acts)
+    if not finite.all():
+        sample, sublayer, unit = np.argwhere(~finite)[0]
+        bad_units = np.flatnonzero(~finite.all(axis=(0, 1))) + unit_start
+        raise UnitStatsInputError(
+            f"activations '{condition}' has NaN or inf values in {unit_range} "
+            f"({len(bad_units)} unit(s), first: unit {unit + unit_start}, sublayer {sublayer}, "
+            f"sample {sample}); every activation must be finite."
+        )
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UnitStatsInputError("unit_stats.device = 'cuda' but no CUDA device is visible; use 'cpu' or 'auto'.")
+    return torch.device(device)
+
+
+def kde_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """Dtype of the kernel sums: ``auto`` = float64 on CUDA, float32 on CPU."""
+    if precision == "auto":
+        return torch.float64 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "float64": torch.float64}[precision]
+
+
+@contextlib.contextmanager
+def torch_threads(n_threads: int) -> Iterator[None]:
+    """Run torch CPU ops on ``n_threads`` threads inside the block."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+# --------------------------------------------------------------------------- correlation
+
+
+def _standardize(acts: np.ndarray) -> np.ndarray:
+    """(N, S, U) -> centred and scaled so that sum over samples of z^2 = 1."""
+    centred = acts - acts.mean(axis=0)
+    norm = np.sqrt((centred * centred).sum(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return centred / norm
+
+
+def corr_consecutive(acts: np.ndarray) -> np.ndarray:
+    """Pearson r across samples between sublayer l and l + 1: (N, S, U) -> (S - 1, U)."""
+    z = _standardize(acts)
+    return (z[:, :-1] * z[:, 1:]).sum(axis=0)
+
+
+def corr_matrix(acts: np.ndarray) -> np.ndarray:
+    """Pearson r between every pair of sublayers, per unit: (N, S, U) -> (U, S, S)."""
+    z = np.ascontiguousarray(_standardize(acts).transpose(2, 1, 0))  # (U, S, N)
+    n_sublayers = z.shape[1]
+    out = np.empty((z.shape[0], n_sublayers, n_sublayers))
+    for sublayer in range(n_sublayers):
+        out[:, sublayer, :] = (z[:, sublayer : sublayer + 1, :] * z).sum(axis=-1)
+    return out
+
+
+def histogram_fractions(values: np.ndarray, bins: int) -> np.ndarray:
+    """Per row, the fraction of values in each of ``bins`` equal bins of [0, 1].
+
+    Bins are half-open except the last (as ``np.histogram``); values outside [0, 1]
+    and NaN count in no bin but do count in the denominator. (R, M) -> (R, bins).
+    """
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.searchsorted(edges, values, side="right") - 1
+    index = np.where(values == 1.0, bins - 1, index)
+    inside = (values >= 0.0) & (values <= 1.0)
+    rows = np.broadcast_to(np.arange(values.shape[0])[:, None], values.shape)
+    counts = np.zeros((values.shape[0], bins))
+    np.add.at(counts, (rows[inside], index[inside]), 1.0)
+    return counts / values.shape[1]
+
+
+def corr_pairs_hist(acts: np.ndarray, bins: int) -> np.ndarray:
+    """Per unit, fraction of sublayer pairs l < m with r in each bin of [0, 1]: (U, bins)."""
+    matrix = corr_matrix(acts)
+    upper = np.triu_indices(matrix.shape[1], k=1)
+    return histogram_fractions(matrix[:, upper[0], upper[1]], bins)
+
+
+def mi_gaussian(r: np.ndarray) -> np.ndarray:
+    """MI (nats) of a bivariate Gaussian with correlation r: -0.5 ln(1 - r^2)."""
+    with np.errstate(divide="ignore"):
+        return -0.5 * np.log1p(-np.square(r))
+
+
+# --------------------------------------------------------------------------- KDE MI
+
+
+def _kernel_row_sums(
+    white: torch.Tensor, block: int = 128, rows_per_step: int = 16
+) -> torch.Tensor:
+    """For whitened points (R, N, d): sum_j exp(-|w_i - w_j|^2 / 2) per row i, float64.
+
+    Only the upper block triangle is computed (the kernel matrix is symmetric); the
+    kernel values are in ``white.dtype``, partial sums accumulate in float64.
+    """
+    n_rows, n_points, n_dims = white.shape
+    out = torch.zeros(n_rows, n_points, dtype=torch.float64, device=white.device)
+    starts = list(range(0, n_points, block))
+    coords = [white[..., axis].contiguous() for axis in range(n_dims)]
+    floor = -80.0 if white.dtype == torch.float32 else -700.0
+    for first in range(0, n_rows, rows_per_step):
+        rows = slice(first, first + rows_per_step)
+        columns = [coord[rows] for coord in coords]
+        sums = out[rows]
+        for position, a in enumerate(starts):
+            for b in starts[position:]:
+                sq = torch.sub(columns[0][:, a : a + block, None], columns[0][:, None, b : b + block]).square_()
+                for column in columns[1:]:
+                    sq.add_(torch.sub(column[:, a : a + block, None], column[:, None, b : b + block]).square_())
+                # exp below its underflow threshold takes a ~100x slower path: clamp
+                # to a value whose exp is still normal (contributes < 1e-35 to a sum >= 1)
+                kernel = sq.mul_(-0.5).clamp_(min=floor).exp_()
+                sums[:, a : a + block] += kernel.sum(dim=2)
+                if b != a:
+                    sums[:, b : b + block] += kernel.sum(dim=1)
+    return out
+
+
+def _kernel_layout(device: torch.device, n_points: int) -> dict[str, int]:
+    if device.type == "cuda":
+        return {"block": n_points, "rows_per_step": 256}
+    return {"block": 128, "rows_per_step": 16}
+
+
+def kde_marginal_density(
+    x: np.ndarray, device: str | torch.device = "cpu", precision: str = "auto"
+) -> np.ndarray:
+    """1-D Gaussian KDE (Scott bandwidth) of each row, evaluated at its own samples.
+
+    Same as ``scipy.stats.gaussian_kde(row)(row)`` for each row of x (R, N); density
+    in 1 / (units of x). Rows with zero variance give NaN.
+    """
+    device = torch.device(device) if isinstance(device, str) else device
+    n_rows, n_points = x.shape
+    factor = n_points ** (-1.0 / 5.0)
+    centred = x - x.mean(axis=1, keepdims=True)
+    std = np.sqrt((centred * centred).sum(axis=1) / (n_points - 1))
+    degenerate = ~(std > 0)
+    scale = np.where(degenerate, 1.0, std * factor)
+    white = torch.from_numpy(centred / scale[:, None]).to(device, kde_dtype(precision, device))
+    sums = _kernel_row_sums(white[..., None], **_kernel_layout(device, n_points)).cpu().numpy()
+    density = sums / (n_points * math.sqrt(2.0 * math.pi) * scale[:, None])
+    density[degenerate] = np.nan
+    return density
+
+
+def kde_joint_density(
+    x: np.ndarray, y: np.ndarray, device: str | torch.device = "cpu", precision: str = "auto"
+) -> np.ndarray:
+    """2-D Gaussian KDE (Scott bandwidth, full covariance) of rows (x_r, y_r) at their samples.
+
+    Same as ``scipy.stats.gaussian_kde(np.vstack([x_r, y_r]))`` evaluated at the data,
+    per row; x, y (R, N). Rows with a singular covariance give NaN.
+    """
+    device = torch.device(device) if isinstance(device, str) else device
+    n_points = x.shape[1]
+    factor_sq = n_points ** (-2.0 / 6.0)
+    xc = x - x.mean(axis=1, keepdims=True)
+    yc = y - y.mean(axis=1, keepdims=True)
+    cxx = (xc * xc).sum(axis=1) / (n_points - 1) * factor_sq
+    cyy = (yc * yc).sum(axis=1) / (n_points - 1) * factor_sq
+    cxy = (xc * yc).sum(axis=1) / (n_points - 1) * factor_sq
+    # Cholesky factor [[l11, 0], [l21, l22]] of the kernel covariance
+    with np.errstate(invalid="ignore", divide="ignore"):
+        l11 = np.sqrt(cxx)
+        l21 = cxy / l11
+        l22 = np.sqrt(cyy - l21 * l21)
+    degenerate = ~((l11 > 0) & (l22 > 0))
+    l11 = np.where(degenerate, 1.0, l11)
+    l21 = np.where(degenerate, 0.0, l21)
+    l22 = np.where(degenerate, 1.0, l22)
+    w1 = xc / l11[:, None]
+    w2 = (yc - l21[:, None] * w1) / l22[:, None]
+    white = torch.from_numpy(np.stack([w1, w2], axis=-1)).to(device, kde_dtype(precision, device))
+    sums = _kernel_row_sums(white, **_kernel_layout(device, n_points)).cpu().numpy()
+    density = sums / (n_points * 2.0 * math.pi * (l11 * l22)[:, None])
+    density[degenerate] = np.nan
+    return density
+
+
+def _mi_from_densities(p_xy: np.ndarray, p_x: np.ndarray, p_y: np.ndarray, eps: float) -> np.ndarray:
+    return np.mean(np.log((p_xy + eps) / (p_x * p_y + eps)), axis=-1)
+
+
+def mi_kde_pairs(
+    x: np.ndarray,
+    y: np.ndarray,
+    eps: float = 1e-10,
+    device: str | torch.device = "cpu",
+    precision: str = "auto",
+) -> np.ndarray:
+    """Gaussian-KDE MI (nats) of each row pair (x_r, y_r); x, y (R, N) -> (R,)."""
+    p_x = kde_marginal_density(x, device, precision)
+    p_y = kde_marginal_density(y, device, precision)
+    p_xy = kde_joint_density(x, y, device, precision)
+    return _mi_from_densities(p_xy, p_x, p_y, eps)
+
+
+def mi_kde(
+    acts: np.ndarray,
+    eps: float = 1e-10,
+    device: str | torch.device = "cpu",
+    precision: str = "auto",
+) -> np.ndarray:
+    """Gaussian-KDE MI (nats) between consecutive sublayers: (N, S, U) -> (S - 1, U).
+
+    The marginal density of sublayer l is computed once and shared by the two
+    transitions that touch it.
+    """
+    n_samples, n_sublayers, n_units = acts.shape
+    rows = np.ascontiguousarray(acts.transpose(1, 2, 0))  # (S, U, N)
+    marginal = kde_marginal_density(rows.reshape(-1, n_samples), device, precision)
+    marginal = marginal.reshape(n_sublayers, n_units, n_samples)
+    joint = kde_joint_density(
+        rows[:-1].reshape(-1, n_samples), rows[1:].reshape(-1, n_samples), device, precision
+    ).reshape(n_sublayers - 1, n_units, n_samples)
+    return _mi_from_densities(joint, marginal[:-1], marginal[1:], eps)
+
+
+# --------------------------------------------------------------------------- KSG MI
+
+
+def _count_strictly_within(sorted_values: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+    """Per row and point i: #{j : |v_j - v_i| < radius_i} over the row's sorted values (incl. i)."""
+    n_points = sorted_values.shape[1]
+
+    def at(index: torch.Tensor) -> torch.Tensor:
+        return torch.gather(sorted_values, 1, index.clamp(0, n_points - 1))
+
+    centre = sorted_values
+    hi = torch.searchsorted(sorted_values, centre + radius, side="left")
+    lo = torch.searchsorted(sorted_values, centre - radius, side="right")
+    # one-step fix-ups so that the predicate is exactly |v_j - v_i| < radius_i
+    hi = hi + ((hi < n_points) & ((at(hi) - centre) < radius)).long()
+    hi = hi - ((hi > 0) & ~((at(hi - 1) - centre) < radius)).long()
+    lo = lo - ((lo > 0) & ((centre - at(lo - 1)) < radius)).long()
+    lo = lo + ((lo < n_points) & ~((centre - at(lo)) < radius)).long()
+    return hi - lo
+
+
+def _insert_smallest(smallest: list[torch.Tensor], values: torch.Tensor) -> None:
+    """Keep, elementwise, the k smallest values seen (``smallest`` ascending, in place)."""
+    for rank in range(len(smallest) - 1, 0, -1):
+        torch.minimum(smallest[rank], torch.maximum(smallest[rank - 1], values), out=smallest[rank])
+    torch.minimum(smallest[0], values, out=smallest[0])
+
+
+def _kth_neighbour_distance(
+    xs: torch.Tensor, ys: torch.Tensor, k: int, window: int = 16, check_every: int = 8
+) -> torch.Tensor:
+    """Max-norm distance to the k-th nearest other point, rows sorted by x: (R, N) -> (R, N).
+
+    Candidates are scanned outwards in x-order. All points first see their ``window``
+    nearest x-neighbours on each side; a point is finished once the x-gap to its next
+    unseen neighbour on both sides is at least its current k-th distance. Unfinished
+    points continue alone, ``check_every`` offsets at a time. Exact.
+    """
+    n_rows, n_points = xs.shape
+    inf = torch.tensor(torch.inf, dtype=xs.dtype, device=xs.device)
+    smallest = [torch.full((n_rows, n_points), torch.inf, dtype=xs.dtype, device=xs.device) for _ in range(k)]
+    window = min(window, n_points - 1)
+    for offset in range(1, window + 1):
+        distance = torch.maximum(xs[:, offset:] - xs[:, :-offset], (ys[:, offset:] - ys[:, :-offset]).abs())
+        _insert_smallest([s[:, : n_points - offset] for s in smallest], distance)
+        _insert_smallest([s[:, offset:] for s in smallest], distance)
+    result = smallest[-1].reshape(-1).clone()
+    if window >= n_points - 1:
+        return result.reshape(n_rows, n_points)
+
+    flat_x, flat_y = xs.reshape(-1), ys.reshape(-1)
+    position = torch.arange(n_points, device=xs.device).repeat(n_rows)
+    base = torch.arange(n_rows, device=xs.device).repeat_interleave(n_points) * n_points
+    active = torch.arange(n_rows * n_points, device=xs.device)
+    best = [s.reshape(-1) for s in smallest]
+    offset = window
+    while True:
+        centre_x = flat_x[active]
+        ahead, behind = position + offset + 1, position - offset - 1
+        gap_ahead = torch.where(ahead < n_points, flat_x[base + ahead.clamp(max=n_points - 1)] - centre_x, inf)
+        gap_behind = torch.where(behind >= 0, centre_x - flat_x[base + behind.clamp(min=0)], inf)
+        done = (gap_ahead >= best[-1]) & (gap_behind >= best[-1])
+        result[active[done]] = best[-1][done]
+        keep = ~done
+        if not bool(keep.any()):
+            return result.reshape(n_rows, n_points)
+        active, position, base = active[keep], position[keep], base[keep]
+        best = [b[keep] for b in best]
+        centre_x, centre_y = flat_x[active], flat_y[active]
+        for _ in range(check_every):
+            offset += 1
+            for neighbour in (position + offset, position - offset):
+                inside = (neighbour >= 0) & (neighbour < n_points)
+                index = base + neighbour.clamp(0, n_points - 1)
+                distance = torch.maximum((flat_x[index] - centre_x).abs(), (flat_y[index] - centre_y).abs())
+                _insert_smallest(best, torch.where(inside, distance, inf))
+
+
+def mi_ksg_pairs(x: np.ndarray, y: np.ndarray, k: int = 3, device: str | torch.device = "cpu") -> np.ndarray:
+    """KSG estimator 1 of MI (nats) for each row pair; x, y (R, N) -> (R,).
+
+    x and y are scaled to unit variance; max-norm in the joint space; n_x, n_y count
+    points strictly closer than the k-th neighbour distance:
+    ``psi(k) + psi(N) - <psi(n_x + 1) + psi(n_y + 1)>`` (not clipped at 0).
+    """
+    device = torch.device(device) if isinstance(device, str) else device
+    n_points = x.shape[1]
+    if n_points <= k:
+        raise UnitStatsInputError(f"KSG with k = {k} needs more than {k} samples; got {n_points}.")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        xt = torch.from_numpy(x / x.std(axis=1, keepdims=True)).to(device, torch.float64)
+        yt = torch.from_numpy(y / y.std(axis=1, keepdims=True)).to(device, torch.float64)
+    degenerate = ~(torch.isfinite(xt).all(dim=1) & torch.isfinite(yt).all(dim=1))
+    xt[degenerate] = 0.0
+    yt[degenerate] = 0.0
+    order = torch.argsort(xt, dim=1, stable=True)
+    xs, ys = torch.gather(xt, 1, order), torch.gather(yt, 1, order)
+    radius = _kth_neighbour_distance(xs, ys, k)
+    n_x = _count_strictly_within(xs, radius) - 1
+    y_sorted, y_order = torch.sort(ys, dim=1, stable=True)
+    n_y = _count_strictly_within(y_sorted, torch.gather(radius, 1, y_order)) - 1
+    psi_counts = torch.special.digamma(n_x.double() + 1).mean(1) + torch.special.digamma(n_y.double() + 1).mean(1)
+    mi = digamma(k) + digamma(n_points) - psi_counts.cpu().numpy()
+    mi[degenerate.cpu().numpy()] = np.nan
+    return mi
+
+
+def mi_ksg(acts: np.ndarray, k: int = 3, device: str | torch.device = "cpu") -> np.ndarray:
+    """KSG MI (nats) between consecutive sublayers: (N, S, U) -> (S - 1, U)."""
+    n_samples, n_sublayers, n_units = acts.shape
+    rows = np.ascontiguousarray(acts.transpose(1, 2, 0))  # (S, U, N)
+    mi = mi_ksg_pairs(rows[:-1].reshape(-1, n_samples), rows[1:].reshape(-1, n_samples), k, device)
+    return mi.reshape(n_sublayers - 1, n_units)
+
+
+# --------------------------------------------------------------------------- rotations
+
+
+def phase_portrait(trajectory: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Phase portrait over sublayers (last axis): x = a - a_0, y = g - g_0, g = np.gradient(a)."""
+    gradient = np.gradient(trajectory, axis=-1)
+    return trajectory - trajectory[..., :1], gradient - gradient[..., :1]
+
+
+def tangent_turns(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Signed turns of the tangent of the curve (x_l, y_l) along the last axis.
+
+    Tangent angles theta_l = atan2(y_{l+1} - y_l, x_{l+1} - x_l); their changes are
+    wrapped to [-pi, pi), summed and divided by 2 pi. Positive = counter-clockwise.
+    """
+    theta = np.arctan2(np.diff(y, axis=-1), np.diff(x, axis=-1))
+    turn = np.diff(theta, axis=-1)
+    wrapped = np.mod(turn + np.pi, 2.0 * np.pi) - np.pi
+    return wrapped.sum(axis=-1) / (2.0 * np.pi)
+
+
+def rotation_number(trajectory: np.ndarray) -> np.ndarray:
+    """R of PAPER.md Fig. 2: tangent turns of each trajectory's phase portrait, (..., n) -> (...).
+
+    The portrait of a over sublayers (last axis) is x = a - a_0, y = g - g_0 with
+    g = np.gradient(a); an oscillation of a runs clockwise in it, so R < 0.
+    """
+    return tangent_turns(*phase_portrait(np.asarray(trajectory, dtype=np.float64)))
+
+
+def layer_permutations(n_sublayers: int, n_shuffles: int, seed: int) -> np.ndarray:
+    """``n_shuffles`` seeded permutations of the sublayer order, (n_shuffles, n)."""
+    rng = np.random.default_rng([seed, 0])
+    return np.argsort(rng.random((n_shuffles, n_sublayers)), axis=1)
+
+
+def surrogate_trajectories(trajectory: np.ndarray, kind: str, n_surrogates: int, seed: int) -> np.ndarray:
+    """Smooth surrogates of each trajectory (U, n) -> (U, n_surrogates, n).
+
+    ``phase``: the straight line from a_0 to a_{n-1} is removed, the Fourier phases of
+    the rest are randomised (amplitudes kept, the same random phases for every unit),
+    and the line is added back: same trend, mean and power spectrum, no temporal order.
+    ``circular``: the sequence is rotated by a random shift 1..n-1.
+    """
+    n_units, n_sublayers = trajectory.shape
+    rng = np.random.default_rng([seed, 1])
+    if kind == "circular":
+        shifts = rng.integers(1, n_sublayers, size=n_surrogates)
+        index = (np.arange(n_sublayers)[None, :] + shifts[:, None]) % n_sublayers
+        return trajectory[:, index]
+    if kind != "phase":
+        raise UnitStatsInputError(f"unit_stats.surrogate = {kind!r}; allowed values are 'phase', 'circular'.")
+    ramp = np.linspace(0.0, 1.0, n_sublayers)
+    line = trajectory[:, :1] + (trajectory[:, -1:] - trajectory[:, :1]) * ramp
+    spectrum = np.fft.rfft(trajectory - line, axis=-1)
+    phases = rng.uniform(0.0, 2.0 * np.pi, size=(n_surrogates, spectrum.shape[-1]))
+    phases[:, 0] = 0.0
+    if n_sublayers % 2 == 0:
+        phases[:, -1] = 0.0
+    randomised = np.fft.irfft(spectrum[:, None, :] * np.exp(1j * phases)[None], n=n_sublayers, axis=-1)
+    return randomised + line[:, None, :]
+
+
+def null_summary(observed: np.ndarray, null: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean, std, 2.5/97.5 % quantiles of a null (n_null, U) and each unit's percentile.
+
+    Percentile = 100 x (#null < R + 0.5 #null == R) / n_null.
+    """
+    below = (null < observed).sum(axis=0)
+    equal = (null == observed).sum(axis=0)
+    return {
+        "mean": null.mean(axis=0),
+        "std": null.std(axis=0, ddof=1) if null.shape[0] > 1 else np.zeros(null.shape[1]),
+        "q025": np.quantile(null, 0.025, axis=0),
+        "q975": np.quantile(null, 0.975, axis=0),
+        "percentile": 100.0 * (below + 0.5 * equal) / null.shape[0],
+    }
+
+
+def rotations(
+    acts: np.ndarray,
+    n_shuffles: int = 1000,
+    surrogate: str = "phase",
+    seed: int = 0,
+    per_sample: bool = False,
+) -> dict[str, np.ndarray]:
+    """Rotation numbers of each unit's sample-mean trajectory and their two nulls.
+
+    (N, S, U) -> ``rotations`` (U,), ``rotations_null*`` (layer-shuffle null:
+    mean, std, q025, q975, percentile (U,), samples (n_shuffles, U) float32),
+    ``rotations_surrogate*`` (the same for the surrogate null) and, with
+    ``per_sample``, ``rotations_per_sample_mean`` (U,).
+    """
+    mean_trajectory = acts.mean(axis=0).T  # (U, S)
+    observed = rotation_number(mean_trajectory)
+    permutations = layer_permutations(mean_trajectory.shape[1], n_shuffles, seed)
+    shuffled_null = rotation_number(mean_trajectory[:, permutations]).T  # (n_shuffles, U)
+    surrogate_null = rotation_number(surrogate_trajectories(mean_trajectory, surrogate, n_shuffles, seed)).T
+    out = {"rotations": observed}
+    for prefix, null in (("rotations_null", shuffled_null), ("rotations_surrogate", surrogate_null)):
+        for name, value in null_summary(observed, null).items():
+            out[f"{prefix}_{name}"] = value
+        out[f"{prefix}_samples"] = null.astype(np.float32)
+    if per_sample:
+        out["rotations_per_sample_mean"] = rotation_number(acts.transpose(0, 2, 1)).mean(axis=0)
+    return out
+
+
+# --------------------------------------------------------------------------- shard / gather
+
+
+def unit_block_stats(acts: np.ndarray, settings: Mapping[str, Any], timings: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+    """Every per-unit quantity for one block of units of one condition, (N, S, U) float64."""
+    settings = {**DEFAULT_SETTINGS, **settings}
+    device = resolve_device(settings["device"])
+    timings = {} if timings is None else timings
+
+    def timed(name, function, *args, **kwargs):
+        start = time.perf_counter()
+        value = function(*args, **kwargs)
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+        return value
+
+    r = timed("corr_consecutive", corr_consecutive, acts)
+    out = {
+        "mean_activation": acts.mean(axis=0),
+        "std_activation": acts.std(axis=0, ddof=1),
+        "corr_consecutive": r,
+        "corr_pairs_hist": timed("corr_pairs_hist", corr_pairs_hist, acts, settings["corr_bins"]),
+        "mi_kde": timed("mi_kde", mi_kde, acts, settings["mi_eps"], device, settings["kde_precision"]),
+        "mi_ksg": timed("mi_ksg", mi_ksg, acts, settings["ksg_k"], device),
+        "mi_gaussian": mi_gaussian(r),
+    }
+    out.update(
+        timed(
+            "rotations",
+            rotations,
+            acts,
+            settings["n_shuffles"],
+            settings["surrogate"],
+            settings["seed"],
+            settings["per_sample"],
+        )
+    )
+    return out
+
+
+def _concat_units(blocks: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {
+        name: np.concatenate([block[name] for block in blocks], axis=UNIT_AXIS.get(name, -1))
+        for name in blocks[0]
+    }
+
+
+def read_units(store_path: str | Path, condition: str, unit_start: int, unit_stop: int) -> np.ndarray:
+    """Activations of one condition and unit range as float64 (N, 2L, U)."""
+    group = open_group(store_path)
+    if condition not in group:
+        raise UnitStatsInputError(f"{store_path} has no array '{condition}'; expected {', '.join(CONDITIONS)}.")
+    array = group[condition]
+    n_units = array.shape[2]
+    if not 0 <= unit_start < unit_stop <= n_units:
+        raise UnitStatsInputError(
+            f"unit range {unit_start}-{unit_stop - 1} is outside the {n_units} units of {store_path}."
+        )
+    return np.asarray(array[:, :, unit_start:unit_stop], dtype=np.float64)
+
+
+def compute_shard(
+    store_path: str | Path,
+    unit_start: int,
+    unit_stop: int,
+    settings: Mapping[str, Any],
+    timings: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """All per-unit quantities of units ``unit_start..unit_stop-1`` for both conditions.
+
+    Reads only that unit range of ``activations.zarr``, checks it (raises before any
+    compute), and returns ``{"units": (U,), "original": {...}, "shuffled": {...}}``.
+    Torch runs on one thread so the numbers do not depend on the shard layout.
+    """
+    settings = {**DEFAULT_SETTINGS, **settings}
+    data = {condition: read_units(store_path, condition, unit_start, unit_stop) for condition in CONDITIONS}
+    for condition, acts in data.items():
+        check_activations(acts, unit_start, condition)
+    if data["original"].shape[:2] != data["shuffled"].shape[:2]:
+        raise UnitStatsInputError(
+            f"conditions differ in shape: original {data['original'].shape}, shuffled {data['shuffled'].shape}."
+        )
+    n_samples = data["original"].shape[0]
+    if n_samples <= settings["ksg_k"]:
+        raise UnitStatsInputError(
+            f"activations have {n_samples} samples; KSG with unit_stats.ksg_k = {settings['ksg_k']} "
+            f"needs more than {settings['ksg_k']}."
+        )
+    result: dict[str, Any] = {"units": np.arange(unit_start, unit_stop, dtype=np.int64)}
+    n_units = unit_stop - unit_start
+    with torch_threads(1):
+        for condition, acts in data.items():
+            blocks = []
+            starts = range(0, n_units, UNIT_BLOCK)
+            for first in tqdm(starts, desc=f"unit_stats {condition} units {unit_start}-{unit_stop - 1}", unit="block"):
+                blocks.append(unit_block_stats(acts[:, :, first : first + UNIT_BLOCK], settings, timings))
+            result[condition] = _concat_units(blocks)
+    return result
+
+
+def shard_attrs(store_path: str | Path, unit_start: int, unit_stop: int, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Attributes of a shard store: its unit range, the source's metadata and the settings."""
+    source = dict(open_group(store_path).attrs)
+    kept = {key: source[key] for key in ("model_name", "model_id", "model_revision", "n_layers", "d_model", "n_samples", "sublayer_names") if key in source}
+    return {
+        **kept,
+        "unit_start": int(unit_start),
+        "unit_stop": int(unit_stop),
+        "settings": {key: value for key, value in {**DEFAULT_SETTINGS, **settings}.items() if key not in ("shards", "device")},
+    }
+
+
+def gather(shard_paths: Sequence[str | Path]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Join shard stores into the arrays and attributes of ``unit_stats.zarr``.
+
+    Checks that the shards cover every unit exactly once; arrays are concatenated
+    along their unit axis in unit order.
+    """
+    from rsdyn.store import read_group
+
+    if not shard_paths:
+        raise UnitStatsInputError("gather needs at least one shard store.")
+    shards = []
+    for path in shard_paths:
+        group = open_group(path)
+        shards.append((int(group.attrs["unit_start"]), int(group.attrs["unit_stop"]), dict(group.attrs), read_group(path)))
+    shards.sort(key=lambda item: item[0])
+    expected = 0
+    for start, stop, _, _ in shards:
+        if start != expected:
+            raise UnitStatsInputError(
+                f"shards do not tile the units: a shard starts at unit {start} where unit {expected} was expected."
+            )
+        expected = stop
+    d_model = shards[0][2].get("d_model", expected)
+    if expected != d_model:
+        raise UnitStatsInputError(f"shards cover units 0-{expected - 1} but the model has {d_model} units.")
+    arrays: dict[str, Any] = {"units": np.concatenate([shard[3]["units"] for shard in shards])}
+    for condition in CONDITIONS:
+        arrays[condition] = _concat_units([shard[3][condition] for shard in shards])
+    attrs = {key: value for key, value in shards[0][2].items() if key not in ("unit_start", "unit_stop")}
+    return arrays, attrs
+
+
+# --------------------------------------------------------------------------- synthetic data
+
+
+def synthetic_activations(n_samples: int, n_layers: int, d_model: int, seed: int = 0) -> np.ndarray:
+    """Random residual-stream-like activations (N, 2L, D) float32, for tests and benchmarks.
+
+    Each unit drifts and oscillates over depth (so its mean trajectory rotates) and each
+    sample follows a random walk around it whose steps shrink with depth (so
+    consecutive sublayers correlate more and more).
+    """
+    rng = np.random.default_rng(seed)
+    depth = np.arange(2 * n_layers) / max(1, 2 * n_layers - 1)
+    frequency = rng.uniform(0.5, 4.0, d_model) * 2 * np.pi
+    phase = rng.uniform(0, 2 * np.pi, d_model)
+    mean = rng.normal(0, 1, d_model) * depth[:, None] * 3 + 0.5 * np.sin(frequency * depth[:, None] + phase)
+    steps = rng.standard_normal((n_samples, 2 * n_layers, d_model)) * np.linspace(1.0, 0.2, 2 * n_layers)[None, :, None]
+    return (mean[None] + np.cumsum(steps, axis=1)).astype(np.float32)
+
+
+def write_synthetic_store(
+    path: str | Path, n_samples: int, n_layers: int, d_model: int, seed: int = 0, unit_chunk: int = 16
+) -> Path:
+    """An ``activations.zarr`` following the data contract, filled with synthetic data."""
+    from rsdyn.adapters import sublayer_names
+    from rsdyn.store import write_group
+
+    ids = np.full((n_samples, 4), -1, dtype=np.int32)
+    chunk = (n_samples, 2 * n_layers, unit_chunk)
+    return write_group(
+        path,
+        {
+            "original": synthetic_activations(n_samples, n_layers, d_model, seed),
+            "shuffled": synthetic_activations(n_samples, n_layers, d_model, seed + 1),
+            "original_ids": ids,
+            "shuffled_ids": ids,
+        },
+        attrs={
+            "model_name": "synthetic", "model_id": "synthetic", "model_revision": "none",
+            "family": "llama", "dtype": "float32", "n_layers": n_layers, "d_model": d_model,
+            "n_samples": n_samples, "sublayer_names": sublayer_names(n_layers),
+            "texts": [f"text {index}" for index in range(n_samples)], "config": {},
+        },
+        chunks={"original": chunk, "shuffled": chunk},
+    )

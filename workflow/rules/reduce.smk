@@ -1,0 +1,56 @@
+# Dimensionality reduction of the pooled sublayer states: PCA (Fig. 4 A-C, and the basis
+# of the teleport grid) and the compressing autoencoder (Fig. 3).
+
+
+rule pca:
+    input:
+        run_file("activations.zarr"),
+    output:
+        directory(f"{RESULTS}/{{run}}/pca.zarr"),
+    params:
+        settings=setting("pca"),
+    threads: 2
+    log:
+        f"{RESULTS}/{{run}}/logs/pca.log",
+    benchmark:
+        f"{RESULTS}/{{run}}/benchmarks/pca.tsv"
+    conda:
+        "../../envs/rsdyn.yaml"
+    script:
+        "../scripts/pca.py"
+
+
+rule cae:
+    input:
+        run_file("activations.zarr"),
+    output:
+        directory(f"{RESULTS}/{{run}}/cae"),
+    params:
+        settings=setting("cae"),
+    threads: 4
+    resources:
+        gpu=1,
+    log:
+        f"{RESULTS}/{{run}}/logs/cae.log",
+    benchmark:
+        f"{RESULTS}/{{run}}/benchmarks/cae.tsv"
+    conda:
+        "../../envs/rsdyn.yaml"
+    script:
+        "../scripts/cae.py"
+
+
+rule fig3:
+    input:
+        run_file("cae"),
+    output:
+        pdf=f"{RESULTS}/{{run}}/figures/fig3.pdf",
+        png=f"{RESULTS}/{{run}}/figures/fig3.png",
+    params:
+        settings=setting("figures"),
+    log:
+        f"{RESULTS}/{{run}}/logs/fig3.log",
+    conda:
+        "../../envs/rsdyn.yaml"
+    script:
+        "../scripts/fig3.py"

@@ -1,0 +1,70 @@
+# Teleportation (Fig. 4D): PC1-PC2 grid points written into the residual stream of one
+# layer at a time (one GPU job per layer), gathered into teleport.zarr, and Fig. 4.
+
+from rsdyn.teleport import TeleportError, check_run_layers, job_settings
+
+# Fail at parse time when a teleport layer does not exist in the run's model.
+for _settings in RUNS.values():
+    try:
+        check_run_layers(_settings, RESOURCES)
+    except TeleportError as err:
+        raise WorkflowError(str(err)) from None
+
+
+rule teleport_layer:
+    input:
+        model=model_dir,
+        pca=run_file("pca.zarr"),
+    output:
+        directory(f"{RESULTS}/{{run}}/teleport/layer_{{layer}}.zarr"),
+    params:
+        settings=lambda wildcards: job_settings(RUNS[wildcards.run]["teleport"]),
+        layer=lambda wildcards: int(wildcards.layer),
+        family=lambda wildcards: RUNS[wildcards.run]["model"]["family"],
+    threads: 2
+    resources:
+        gpu=1,
+    log:
+        f"{RESULTS}/{{run}}/logs/teleport_layer.{{layer}}.log",
+    benchmark:
+        f"{RESULTS}/{{run}}/benchmarks/teleport_layer.{{layer}}.tsv"
+    conda:
+        "../../envs/rsdyn.yaml"
+    script:
+        "../scripts/teleport_layer.py"
+
+
+rule teleport_gather:
+    input:
+        lambda wildcards: expand(
+            f"{RESULTS}/{wildcards.run}/teleport/layer_{{layer}}.zarr",
+            layer=RUNS[wildcards.run]["teleport"]["layers"],
+        ),
+    output:
+        directory(f"{RESULTS}/{{run}}/teleport.zarr"),
+    params:
+        layers=setting("teleport", "layers"),
+    log:
+        f"{RESULTS}/{{run}}/logs/teleport_gather.log",
+    conda:
+        "../../envs/rsdyn.yaml"
+    script:
+        "../scripts/teleport_gather.py"
+
+
+rule fig4:
+    input:
+        pca=run_file("pca.zarr"),
+        teleport=run_file("teleport.zarr"),
+    output:
+        pdf=f"{RESULTS}/{{run}}/figures/fig4.pdf",
+        png=f"{RESULTS}/{{run}}/figures/fig4.png",
+    params:
+        arrow_sublayers=setting("teleport", "arrow_sublayers"),
+        settings=setting("figures"),
+    log:
+        f"{RESULTS}/{{run}}/logs/fig4.log",
+    conda:
+        "../../envs/rsdyn.yaml"
+    script:
+        "../scripts/fig4.py"

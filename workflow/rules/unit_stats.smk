@@ -1,0 +1,92 @@
+# Per-unit dynamics (Fig. 1 C, D, G, H and Fig. 2): unit_stats.shards independent CPU jobs
+# over contiguous unit ranges, gathered into one store; layer statistics (Fig. 1 B, E, F);
+# figures 1 and 2. The shard count is static (expand over the config), no checkpoint.
+
+
+rule unit_stats_shard:
+    input:
+        run_file("activations.zarr"),
+    output:
+        directory(f"{RESULTS}/{{run}}/unit_stats/shard_{{shard}}.zarr"),
+    params:
+        settings=setting("unit_stats"),
+    threads: 1
+    resources:
+        mem_mb=4000,
+    log:
+        f"{RESULTS}/{{run}}/logs/unit_stats_shard_{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/{{run}}/benchmarks/unit_stats_shard_{{shard}}.tsv"
+    conda:
+        "../../envs/rsdyn.yaml"
+    script:
+        "../scripts/unit_stats_shard.py"
+
+
+rule unit_stats_gather:
+    input:
+        lambda wildcards: expand(
+            f"{RESULTS}/{wildcards.run}/unit_stats/shard_{{shard}}.zarr",
+            shard=range(RUNS[wildcards.run]["unit_stats"]["shards"]),
+        ),
+    output:
+        directory(f"{RESULTS}/{{run}}/unit_stats.zarr"),
+    params:
+        shards=setting("unit_stats", "shards"),
+    log:
+        f"{RESULTS}/{{run}}/logs/unit_stats_gather.log",
+    conda:
+        "../../envs/rsdyn.yaml"
+    script:
+        "../scripts/unit_stats_gather.py"
+
+
+rule layer_stats:
+    input:
+        run_file("activations.zarr"),
+    output:
+        f"{RESULTS}/{{run}}/layer_stats.csv",
+    params:
+        settings=setting("layer_stats"),
+    log:
+        f"{RESULTS}/{{run}}/logs/layer_stats.log",
+    benchmark:
+        f"{RESULTS}/{{run}}/benchmarks/layer_stats.tsv"
+    conda:
+        "../../envs/rsdyn.yaml"
+    script:
+        "../scripts/layer_stats.py"
+
+
+rule fig1:
+    input:
+        unit_stats=run_file("unit_stats.zarr"),
+        layer_stats=run_file("layer_stats.csv"),
+    output:
+        pdf=f"{RESULTS}/{{run}}/figures/fig1.pdf",
+        png=f"{RESULTS}/{{run}}/figures/fig1.png",
+    params:
+        settings=setting("figures"),
+    log:
+        f"{RESULTS}/{{run}}/logs/fig1.log",
+    conda:
+        "../../envs/rsdyn.yaml"
+    script:
+        "../scripts/fig1.py"
+
+
+rule fig2:
+    input:
+        unit_stats=run_file("unit_stats.zarr"),
+    output:
+        pdf=f"{RESULTS}/{{run}}/figures/fig2.pdf",
+        png=f"{RESULTS}/{{run}}/figures/fig2.png",
+    params:
+        settings=setting("figures"),
+        surrogate=setting("unit_stats", "surrogate"),
+    log:
+        f"{RESULTS}/{{run}}/logs/fig2.log",
+    conda:
+        "../../envs/rsdyn.yaml"
+    script:
+        "../scripts/fig2.py"

@@ -1,0 +1,16 @@
+"""Rule fig4: PCA panels and teleportation (paper Fig. 4)."""
+
+from rsdyn.jobs import setup_job
+
+setup_job(snakemake.log[0], "fig4")  # noqa: F821
+
+from rsdyn.plots.fig4 import save_fig4  # noqa: E402
+
+save_fig4(
+    snakemake.input.pca,  # noqa: F821
+    snakemake.input.teleport,  # noqa: F821
+    snakemake.output.pdf,  # noqa: F821
+    snakemake.output.png,  # noqa: F821
+    arrow_sublayers=snakemake.params.arrow_sublayers,  # noqa: F821
+    dpi=snakemake.params.settings["dpi"],  # noqa: F821
+)
