@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--grid-n", type=int, default=10)
     parser.add_argument("--layers", type=int, nargs="+", default=[0, 7, 15, 23, 29])
     parser.add_argument("--pca-samples", type=int, default=64)
-    parser.add_argument("--naive-points", type=int, default=20, help="points per layer run the naive way; its time is scaled to all points")
+    parser.add_argument("--naive-points", type=int, default=10, help="points per layer run the naive way; its time is scaled to all points")
     parser.add_argument("--repeats", type=int, default=3, help="batched timings: best of this many")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--model-dir", default=str(REPO / "resources/models/smollm2-135m"))

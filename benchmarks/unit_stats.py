@@ -1,7 +1,7 @@
 """Benchmark of the unit_stats stage.
 
 1. Batched KDE MI (rsdyn.unit_stats.mi_kde_pairs) against a per-pair
-   ``scipy.stats.gaussian_kde`` loop on the same pairs (N = 661): speed-up and the
+   ``scipy.stats.gaussian_kde`` loop on the same pairs (N = 661), both on one thread: speed-up and the
    largest difference in nats; also the per-transition cost when the marginals of a
    trajectory are shared (``mi_kde``).
 2. The whole unit_stats stage of the default run (every shard, both conditions, then
@@ -17,21 +17,27 @@ Usage: python benchmarks/unit_stats.py [--store PATH] [--quick]
 
 from __future__ import annotations
 
-import argparse
-import json
-import resource
-import tempfile
-import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
-from pathlib import Path
+import os
 
-import numpy as np
-import torch
-from scipy.stats import gaussian_kde
+# the scipy baseline and the workers run single-threaded, like a snakemake job with threads: 1
+for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
 
-from rsdyn import unit_stats as us
-from rsdyn.store import open_group, write_group
+import argparse  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ProcessPoolExecutor  # noqa: E402
+from multiprocessing import get_context  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from scipy.stats import gaussian_kde  # noqa: E402
+
+from rsdyn import unit_stats as us  # noqa: E402
+from rsdyn.store import open_group, write_group  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_STORE = REPO / "results" / "smollm2-135m" / "activations.zarr"
@@ -56,6 +62,7 @@ def bench_kde(store: Path, n_pairs: int) -> dict:
     scipy_seconds = time.perf_counter() - start
     out = {"n_samples": n_samples, "n_pairs": len(x), "scipy_seconds_per_pair": scipy_seconds / len(x)}
     with us.torch_threads(1):
+        us.mi_kde_pairs(x[:2], y[:2])  # warm-up (first torch calls)
         for precision in ("float32", "float64"):
             start = time.perf_counter()
             batched = us.mi_kde_pairs(x, y, precision=precision)

@@ -85,9 +85,11 @@ def copy_workflow(dest: Path) -> Path:
 def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1800, env: dict | None = None):
     """Run snakemake in ``workdir``; returns the CompletedProcess (stdout+stderr in .stdout)."""
     command = [sys.executable, "-m", "snakemake", *args]
+    # The copy's own package first, so that every job runs the code that was copied.
+    pythonpath = os.pathsep.join(filter(None, [str(Path(workdir) / "src"), os.environ.get("PYTHONPATH")]))
     result = subprocess.run(
         command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        timeout=timeout, env={**os.environ, **(env or {})},
+        timeout=timeout, env={**os.environ, "PYTHONPATH": pythonpath, **(env or {})},
     )
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-6000:]}")

@@ -19,7 +19,7 @@ def settings(path, **overrides):
 
 @pytest.fixture
 def small_corpus(tmp_path):
-    lines = ["x" * n for n in (50, 100, 101, 250, 499, 500, 501)] + ["", "   "]
+    lines = ["x" * n for n in (50, 100, 101, 250, 499, 500, 501)] + ["", "   ", " " + "y" * 99 + " "]
     path = tmp_path / "wiki.raw"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -32,12 +32,18 @@ def test_filter_is_strict_on_both_bounds():
 
 def test_build_corpus_bos_first_and_shuffle_is_a_permutation(small_corpus, char_tokenizer):
     corpus = build_corpus(settings(small_corpus), char_tokenizer)
-    assert [len(t) for t in corpus.texts] == [101, 250, 499]
+    # the last line is 101 characters as stored (so kept), 99 once stripped
+    assert [len(t) for t in corpus.texts] == [101, 250, 499, 99]
     for original, shuffled, n in zip(corpus.original_ids, corpus.shuffled_ids, corpus.lengths):
         assert original[0] == shuffled[0] == char_tokenizer.bos_token_id
         assert sorted(original[:n]) == sorted(shuffled[:n])
         assert np.all(original[n:] == -1) and np.all(shuffled[n:] == -1)
-    assert corpus.lengths.tolist() == [102, 251, 500]
+    assert corpus.lengths.tolist() == [102, 251, 500, 100]
+
+
+def test_strip_whitespace_can_be_turned_off(small_corpus, char_tokenizer):
+    corpus = build_corpus(settings(small_corpus, strip_whitespace=False), char_tokenizer)
+    assert corpus.texts[-1].startswith(" ") and corpus.texts[-1].endswith(" ")
 
 
 def test_shuffle_moves_tokens_but_keeps_bos_and_is_seeded():
@@ -58,7 +64,7 @@ def test_subsample_is_seeded_in_corpus_order_and_rejects_too_many():
 
 
 def test_empty_after_filtering_says_the_counts(small_corpus, char_tokenizer):
-    with pytest.raises(CorpusError, match=r"0 of 7 lines .* corpus.min_chars = 600 and corpus.max_chars = 700"):
+    with pytest.raises(CorpusError, match=r"0 of 8 lines .* corpus.min_chars = 600 and corpus.max_chars = 700"):
         build_corpus(settings(small_corpus, min_chars=600, max_chars=700), char_tokenizer)
 
 

@@ -84,3 +84,16 @@ def test_summary_fig12_rows(tmp_path):
     assert rows["mi_kde_argmin_transition"]["value"] == int(np.argmin(mean_mi))
     percentile = result["original"]["rotations_null_percentile"]
     assert rows["rotations_fraction_beyond_null_95"]["value"] == pytest.approx(np.mean((percentile < 2.5) | (percentile > 97.5)))
+
+
+def test_first_defined_transition_skips_a_constant_first_sublayer():
+    acts = us.synthetic_activations(20, 3, 6, seed=2).astype(np.float64)
+    acts[:, 0, :] = 1.5  # every sample ends with the same token: sublayer 0 is constant
+    r = us.corr_consecutive(acts)
+    assert np.isnan(r[0]).all()
+    assert ls.first_defined_transition(r) == 1
+    stats = {"corr_consecutive": r, "mi_kde": us.mi_kde(acts), "mi_ksg": us.mi_ksg(acts), "mi_gaussian": us.mi_gaussian(r)}
+    rows = ls._condition_rows(stats, "")
+    assert rows["first_defined_transition"]["value"] == 1
+    assert rows["corr_first_transition_median"]["value"] == pytest.approx(np.median(r[1]))
+    assert rows["mi_kde_first"]["value"] == pytest.approx(stats["mi_kde"][1].mean())

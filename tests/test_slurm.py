@@ -8,8 +8,10 @@ do not start, the tests fail with the daemon logs.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import shutil
 import sys
 import textwrap
 import warnings
@@ -173,6 +175,37 @@ def test_bad_config_stops_before_any_submission(cluster, tmp_path):
 
 
 SKIPPED_IN_COMPARISON = {"logs", "benchmarks"}  # timings and log text differ between runs
+TIMING_WORDS = ("second", "elapsed", "duration", "wall", "time")  # keys/columns holding wall-clock times
+
+
+def _is_timing(name: str) -> bool:
+    return any(word in name.lower() for word in TIMING_WORDS)
+
+
+def _without_timings(value):
+    """A parsed JSON value with every key that names a wall-clock time removed."""
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if not _is_timing(k)}
+    if isinstance(value, list):
+        return [_without_timings(v) for v in value]
+    return value
+
+
+def _table_without_timings(path: Path) -> list[list[str]]:
+    """Rows of a CSV/TSV file (header included) without its wall-clock time columns."""
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle, delimiter="\t" if path.suffix == ".tsv" else ","))
+    if not rows:
+        return rows
+    keep = [i for i, name in enumerate(rows[0]) if not _is_timing(name)]
+    return [[row[i] for i in keep if i < len(row)] for row in rows]
+
+
+def _load_safetensors(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as weights:
+        return dict(weights.metadata() or {}), {key: weights.get_tensor(key) for key in weights.keys()}
 
 
 def _compare_zarr(a: Path, b: Path, where: str) -> list[str]:
@@ -209,8 +242,9 @@ def _load_numpy(path: Path) -> dict[str, np.ndarray]:
 def compare_results(a: Path, b: Path) -> tuple[list[str], list[str]]:
     """(outputs compared, differences) of two results folders.
 
-    Same files in both; zarr arrays and attributes, NumPy arrays, JSON, CSV and other
-    files identical; figures (PNG/PDF/SVG) only non-empty in both (they embed dates).
+    Same files in both; identical zarr arrays and attributes, NumPy arrays, safetensors
+    weights, JSON and CSV/TSV (both without wall-clock timings) and other files;
+    figures (PNG/PDF/SVG) only non-empty in both (they embed dates).
     """
     def entries(root: Path) -> set[str]:
         found = set()
@@ -231,8 +265,15 @@ def compare_results(a: Path, b: Path) -> tuple[list[str], list[str]]:
                 warnings.simplefilter("ignore", UserWarning)
                 diffs += _compare_zarr(pa, pb, rel)
         elif pa.suffix == ".json":
-            if json.loads(pa.read_text()) != json.loads(pb.read_text()):
+            if _without_timings(json.loads(pa.read_text())) != _without_timings(json.loads(pb.read_text())):
                 diffs.append(f"{rel}: JSON differs")
+        elif pa.suffix in {".csv", ".tsv"}:
+            if _table_without_timings(pa) != _table_without_timings(pb):
+                diffs.append(f"{rel}: table differs")
+        elif pa.suffix == ".safetensors":
+            (meta_a, x), (meta_b, y) = _load_safetensors(pa), _load_safetensors(pb)
+            if meta_a != meta_b or set(x) != set(y) or any(not np.array_equal(x[k], y[k]) for k in x):
+                diffs.append(f"{rel}: weights differ")
         elif pa.suffix in {".npz", ".npy"}:
             x, y = _load_numpy(pa), _load_numpy(pb)
             if set(x) != set(y) or any(not np.array_equal(x[k], y[k]) for k in x):
@@ -268,11 +309,22 @@ def threads_of_local_run(work: Path) -> list[str]:
     return ["--set-threads", *(f"{rule}={n}" for rule, n in sorted(threads.items()))]
 
 
+def clone_workflow(source: Path, dest: Path) -> Path:
+    """Copy of a working directory made by copy_workflow (same code snapshot), without its
+    results; ``resources`` and ``../shared`` stay links. Returns the new working directory."""
+    work = dest / "main"
+    shutil.copytree(source, work, symlinks=True, ignore=shutil.ignore_patterns("results", ".snakemake", "__pycache__"))
+    if (source.parent / "shared").exists():
+        (dest / "shared").symlink_to((source.parent / "shared").resolve())
+    return work
+
+
 def test_smoke_dag_on_slurm_matches_local_run(cluster, smoke_run, tmp_path):
-    work = copy_workflow(tmp_path)
+    work = clone_workflow(smoke_run, tmp_path)  # the very code the local run used
+    env = {**cluster.env, "PYTHONPATH": str(work / "src")}  # the clone's rsdyn, not the live checkout's
     result = run_snakemake(
         work, "--profile", str(SLURM_PROFILE), *FAST_POLLING, *threads_of_local_run(work),
-        "--configfile", "config/smoke.yaml", check=False, timeout=1800, env=cluster.env,
+        "--configfile", "config/smoke.yaml", check=False, timeout=1800, env=env,
     )
     assert result.returncode == 0, result.stdout[-8000:]
     states = [state for _, _, state in jobs_submitted_from(cluster, work)]

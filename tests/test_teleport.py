@@ -203,6 +203,8 @@ def test_out_of_range_layer_fails_in_the_model_path(setup):
     model, ids, mean, components, points = setup
     with pytest.raises(TeleportError, match="has 4 layers"):
         teleport_layer(model, ids, N_LAYERS, points, mean, components)
+    with pytest.raises(ValueError, match="Unknown model family 'gpt2'"):
+        teleport_layer(model, ids, 0, points, mean, components, family="gpt2")
 
 
 # ------------------------------------------------------------------ gather and summary
@@ -254,15 +256,11 @@ def test_verify_guard_raises_when_the_batched_states_are_wrong(setup):
         verify_against_full_forward(model, ids, 1, residual, states * 1.01 + 0.01)
 
 
-def test_parse_time_layer_check_uses_the_pypi_table(tmp_path):
-    from rsdyn.teleport import check_run_layers, job_settings
+def test_job_settings_leave_out_what_no_layer_depends_on():
+    from rsdyn.teleport import job_settings
 
-    run = {"name": "paper-on-small", "model": {"source": "pypi-gguf", "pypi_key": "smollm2-135m", "name": "smollm2-135m"},
-           "teleport": {"layers": [0, 7, 15, 23, 31], "arrow_sublayers": 12, "grid_n": 10}}
-    with pytest.raises(TeleportError, match="has 30 layers"):
-        check_run_layers(run, tmp_path)
-    check_run_layers({**run, "teleport": {"layers": [0, 29]}}, tmp_path)
-    assert job_settings(run["teleport"]) == {"grid_n": 10}
+    settings = {"layers": [0, 7], "arrow_sublayers": 12, "grid_n": 10, "prompt": PROMPT}
+    assert job_settings(settings) == {"grid_n": 10, "prompt": PROMPT}
 
 
 def test_fig4_draws_panels_and_arrows(tmp_path):

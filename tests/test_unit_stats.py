@@ -311,7 +311,8 @@ def _assert_identical(a: dict, b: dict, prefix: str = "") -> None:
 
 
 def test_gathered_store_is_identical_for_1_and_7_shards(tmp_path):
-    store = us.write_synthetic_store(tmp_path / "activations.zarr", 40, 3, 19, unit_chunk=4)
+    # 150 samples: the KDE kernel matrix spans several blocks (block 128)
+    store = us.write_synthetic_store(tmp_path / "activations.zarr", 150, 3, 19, unit_chunk=4)
     one, seven = _gathered(store, tmp_path, 1), _gathered(store, tmp_path, 7)
     _assert_identical(one, seven)
     names = {"corr_consecutive", "corr_pairs_hist", "mi_kde", "mi_ksg", "mi_gaussian", "rotations",
@@ -363,3 +364,11 @@ def test_non_finite_activations_name_the_unit_range_and_nothing_is_written(tmp_p
         write_group(out, us.compute_shard(store, 4, 8, SMALL))
     assert not out.exists()
     us.compute_shard(store, 0, 4, SMALL)  # the other shard is clean
+
+
+def test_unusable_settings_are_refused_before_reading(tmp_path):
+    store = us.write_synthetic_store(tmp_path / "activations.zarr", 10, 2, 4, unit_chunk=2)
+    with pytest.raises(us.UnitStatsInputError, match="unit_stats.surrogate = 'fourier'; allowed values are 'phase', 'circular'"):
+        us.compute_shard(store, 0, 4, {**SMALL, "surrogate": "fourier"})
+    with pytest.raises(us.UnitStatsInputError, match="unit_stats.n_shuffles = 0; it must be at least 1"):
+        us.compute_shard(store, 0, 4, {**SMALL, "n_shuffles": 0})

@@ -34,7 +34,7 @@ def test_smoke_run_writes_the_activation_store(smoke_run):
     "edit,message",
     [
         ({"capture": {"device": "tpu"}}, "capture.device = 'tpu'; allowed values are 'auto', 'cpu', 'cuda'"),
-        ({"teleport": {"layers": [0, 31]}}, "teleport layer 31 but the model has 30 layers"),
+        ({"teleport": {"layers": [0, 31]}}, "teleport.layers [31] do not exist: smollm2-135m has 30 layers"),
         ({"runs": [{"name": "x", "model": {"source": "pypi-gguf", "pypi_key": "smollm2-135m", "family": "gpt2"}}]},
          "family = 'gpt2'; supported families are"),
     ],

@@ -31,7 +31,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from rsdyn.models import resolve_device as resolve_model_device
+
 EVAL_BATCH = 8192
+INPUT_SCALINGS = ("global", "unit", "none")
 
 
 def layer_widths(d_model: int, n_layers: int = 10) -> list[int]:
@@ -64,11 +67,10 @@ class CompressingAutoencoder(nn.Module):
 
     Inputs and outputs are in the units of the residual stream. A fixed (not trained)
     affine map ``(x - input_mean) / input_scale`` precedes the encoder and its inverse
-    follows the decoder; ``input_mean`` (D,) and the scalar ``input_scale`` default to
-    0 and 1 and are set from the training data by ``set_input_scaling``. One scalar for
-    all units keeps the MSE objective the paper's up to a constant factor (every unit
-    keeps its weight) while bringing the targets to order one, which Adam at lr 1e-3
-    needs to reach outputs of several hundred within 100 epochs.
+    follows the decoder; ``input_mean`` and ``input_scale`` (both (D,)) default to 0 and 1
+    and are set from the training data by ``set_input_scaling``. The map only changes
+    the parametrisation: the reconstruction, and the MSE it is trained on, stay in the
+    units of the states.
     """
 
     def __init__(self, d_model: int, n_layers: int = 10):
@@ -79,16 +81,34 @@ class CompressingAutoencoder(nn.Module):
         self.encoder = _stack([d_model, *self.widths])
         self.decoder = _stack([*self.widths[::-1], d_model])
         self.register_buffer("input_mean", torch.zeros(d_model))
-        self.register_buffer("input_scale", torch.ones(()))
+        self.register_buffer("input_scale", torch.ones(d_model))
 
     @torch.no_grad()
-    def set_input_scaling(self, samples: torch.Tensor) -> None:
-        """Centre by the mean of ``samples`` (n, D) and divide by their root mean square
-        deviation over all entries (one scalar)."""
+    def set_input_scaling(self, samples: torch.Tensor, mode: str = "global") -> None:
+        """Set the input map from ``samples`` (n, D): ``global`` centres each unit and
+        divides all units by one scalar, the root mean square deviation over all entries;
+        ``unit`` centres each unit and divides it by its own standard deviation (units
+        without variance by 1); ``none`` keeps mean 0 and scale 1."""
+        if mode not in INPUT_SCALINGS:
+            raise ValueError(f"cae.input_scaling = {mode!r}; allowed: {', '.join(INPUT_SCALINGS)}.")
+        if mode == "none":
+            self.input_mean.zero_()
+            self.input_scale.fill_(1.0)
+            return
         mean = samples.mean(dim=0, dtype=torch.float64)
-        scale = torch.sqrt(torch.mean((samples.double() - mean) ** 2))
+        deviation = (samples.double() - mean) ** 2
+        if mode == "unit":
+            scale = torch.sqrt(deviation.mean(dim=0))
+        else:
+            scale = torch.sqrt(deviation.mean()).expand(samples.shape[-1])
         self.input_mean.copy_(mean)
-        self.input_scale.copy_(scale if scale > 0 else torch.ones((), dtype=torch.float64))
+        self.input_scale.copy_(torch.where(scale > 0, scale, torch.ones_like(scale)))
+
+    def loss_normaliser(self) -> torch.Tensor:
+        """mean(input_scale^2): the training loss is the MSE divided by it, which keeps the
+        MSE objective (a constant factor) while giving gradients of order one, so that
+        ``grad_clip`` means the same on every model."""
+        return torch.mean(self.input_scale.double() ** 2).float()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(..., D) states -> (..., 2) embedding."""
@@ -138,12 +158,8 @@ def split_by_sequence(
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("cae.device = 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'.")
-    return torch.device(device)
+    """The torch device of ``cae.device`` (``auto`` -> CUDA when visible)."""
+    return torch.device(resolve_model_device(device, "cae.device"))
 
 
 @dataclass
@@ -172,6 +188,12 @@ def mse(model: nn.Module, data: torch.Tensor, batch: int = EVAL_BATCH) -> float:
     return total / data.numel()
 
 
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """Learning-rate multiplier of Adam step ``step`` (0-based): (step + 1) / warmup_steps
+    during the linear warm-up, then 1."""
+    return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
 def train_cae(
     model: CompressingAutoencoder,
     train: torch.Tensor,
@@ -181,6 +203,8 @@ def train_cae(
     max_epochs: int = 100,
     patience: int = 10,
     batch_size: int = 256,
+    grad_clip: float | None = None,
+    warmup_epochs: float = 0,
     seed: int = 0,
     progress: bool = True,
 ) -> TrainResult:
@@ -189,33 +213,55 @@ def train_cae(
     Stops after ``patience`` epochs without a lower validation loss (or at
     ``max_epochs``) and returns the model with the weights of its best epoch. Batches
     are drawn from a permutation seeded by ``seed`` (on the CPU, so the order is the
-    same on every device). Losses are in squared input units.
+    same on every device). The gradient is that of the MSE divided by
+    ``model.loss_normaliser()`` (a constant); with ``grad_clip`` its total norm is
+    clipped to at most ``grad_clip`` before each step (None: no clipping). The learning
+    rate rises linearly from lr / w to ``lr`` over the first w = ceil(warmup_epochs x
+    steps per epoch) steps, then stays at ``lr``. History losses are MSEs in squared
+    input units; ``grad_norm_max`` is the largest gradient norm of the epoch, before
+    clipping (of the normalised loss).
     """
     if len(train) == 0 or len(val) == 0:
         raise ValueError("train_cae needs at least one training and one validation sample.")
+    if grad_clip is not None and not grad_clip > 0:
+        raise ValueError(f"cae.grad_clip = {grad_clip}; it must be a positive number or null (no clipping).")
+    if warmup_epochs < 0:
+        raise ValueError(f"cae.warmup_epochs = {warmup_epochs}; it must be 0 (no warm-up) or positive.")
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    steps_per_epoch = math.ceil(len(train) / batch_size)
+    warmup_steps = math.ceil(warmup_epochs * steps_per_epoch)
+    normaliser = model.loss_normaliser().to(train.device)
+    parameters = [p for p in model.parameters() if p.requires_grad]
     generator = torch.Generator().manual_seed(seed)
     result = TrainResult(model=model)
     best_state: dict[str, torch.Tensor] | None = None
     best_loss = math.inf
+    step = 0
     start = time.perf_counter()
     bar = tqdm(range(1, max_epochs + 1), desc="cae epochs", disable=not progress)
     for epoch in bar:
         model.train()
         order = torch.randperm(len(train), generator=generator).to(train.device)
         running = torch.zeros((), dtype=torch.float64, device=train.device)
+        norms = []
         for begin in range(0, len(train), batch_size):
             batch = train[order[begin : begin + batch_size]]
+            for group in optimiser.param_groups:
+                group["lr"] = lr * warmup_factor(step, warmup_steps)
             loss = torch.nn.functional.mse_loss(model(batch), batch)
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss / normaliser).backward()
+            norms.append(torch.nn.utils.clip_grad_norm_(parameters, grad_clip if grad_clip is not None else math.inf))
             optimiser.step()
+            step += 1
             running += loss.detach().double() * len(batch)
         val_loss = mse(model, val)
         record = {
             "epoch": epoch,
             "train_loss": running.item() / len(train),
             "val_loss": val_loss,
+            "grad_norm_max": torch.stack(norms).max().item(),
+            "lr": optimiser.param_groups[0]["lr"],
             "seconds": time.perf_counter() - start,
         }
         result.history.append(record)

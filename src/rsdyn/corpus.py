@@ -112,7 +112,12 @@ def pad(sequences: Sequence[np.ndarray], fill: int = PAD_ID) -> np.ndarray:
 
 
 def build_corpus(settings: dict, tokenizer) -> Corpus:
-    """Load, filter, subsample, tokenise and shuffle as the ``corpus`` settings say."""
+    """Load, filter, subsample, tokenise and shuffle as the ``corpus`` settings say.
+
+    The length filter applies to each line as stored; with ``strip_whitespace`` the kept
+    lines then lose their leading and trailing spaces (every WikiText line ends with
+    " "), so that the last token is the sequence's own final word or punctuation.
+    """
     lines, source = load_wikitext(
         settings["local_candidates"], settings["hf_dataset"], settings["hf_config"], settings["split"]
     )
@@ -124,6 +129,8 @@ def build_corpus(settings: dict, tokenizer) -> Corpus:
             f"{settings['max_chars']} characters."
         )
     texts = subsample(kept, settings["n_samples"], settings["seed"], source)
+    if settings.get("strip_whitespace", True):
+        texts = [text.strip() for text in texts]
     log.info("%d lines in %s, %d pass the length filter, %d kept", len(lines), source, len(kept), len(texts))
     original = tokenize(texts, tokenizer)
     shuffled = shuffle_positions(original, settings["seed"])

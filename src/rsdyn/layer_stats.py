@@ -178,6 +178,49 @@ def _thirds(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values[:third], values[-third:]
 
 
+def first_defined_transition(values: np.ndarray) -> int:
+    """Index of the first transition (row) at which at least half of the units are finite.
+
+    A transition is undefined for a unit whose source sublayer is constant across
+    samples, e.g. sublayer 0 when every sample ends with the same token.
+    """
+    defined = np.isfinite(values).mean(axis=1) >= 0.5
+    return int(np.argmax(defined)) if defined.any() else 0
+
+
+def _condition_rows(stats: Mapping, suffix: str) -> dict[str, dict]:
+    """Rows computed the same way for either condition (``suffix`` '' or '_shuffled')."""
+    which = "token-shuffled" if suffix else "original"
+    r = stats["corr_consecutive"]
+    first = first_defined_transition(r)
+    median_r = np.array([np.median(row[np.isfinite(row)]) if np.isfinite(row).any() else np.nan for row in r])
+    rows = {
+        f"first_defined_transition{suffix}": _row(
+            first, 0, f"first transition where r is defined for at least half of the units ({which} text); "
+            "0 unless sublayer 0 is constant across samples (every sample ends with the same token)"),
+        f"corr_first_transition_median{suffix}": _row(
+            float(median_r[first]), "> 0.8",
+            f"median over units of Pearson r (across samples) at the first defined transition ({which} text)"),
+        f"corr_first_transition_fraction_above_0.8{suffix}": _row(
+            float(np.mean(r[first] > 0.8)), "most units", f"fraction of units with r > 0.8 at that transition ({which} text)"),
+        f"corr_last_transition_median{suffix}": _row(
+            float(median_r[-1]), "higher than early", f"median over units of r between the last two sublayers ({which} text)"),
+    }
+    for estimator, label in (("mi_kde", "Gaussian KDE, the paper's estimator"), ("mi_ksg", "KSG"), ("mi_gaussian", "-0.5 ln(1 - r^2)")):
+        values = stats[estimator]
+        mean_mi = np.array([np.nanmean(row[np.isfinite(row)]) if np.isfinite(row).any() else np.nan for row in values])
+        after = np.where(np.arange(len(mean_mi)) >= first, np.nan_to_num(mean_mi, nan=np.inf), np.inf)
+        rows[f"{estimator}_first{suffix}"] = _row(
+            float(mean_mi[first]), "high, then a sharp drop" if estimator == "mi_kde" else None,
+            f"mean over units of the MI ({label}, nats) at the first defined transition ({which} text)")
+        rows[f"{estimator}_min{suffix}"] = _row(
+            float(np.min(after)), None,
+            f"minimum over transitions (from the first defined one) of the mean over units of the MI ({label}, nats; {which} text)")
+        rows[f"{estimator}_argmin_transition{suffix}"] = _row(
+            int(np.argmin(after)), "one of the first few", f"transition index of that minimum ({label}; {which} text)")
+    return rows
+
+
 def summary_fig12(unit_stats: Mapping, layer_table: pd.DataFrame) -> dict[str, dict]:
     """The Fig. 1-2 rows of the headline table: {name: {value, paper, definition}}.
 
@@ -189,23 +232,21 @@ def summary_fig12(unit_stats: Mapping, layer_table: pd.DataFrame) -> dict[str, d
 
     original, shuffled = unit_stats["original"], unit_stats["shuffled"]
     r = original["corr_consecutive"]
-    median_r = np.nanmedian(r, axis=1)
-    mean_r = np.nanmean(r, axis=1)
+    first = first_defined_transition(r)
+    with np.errstate(all="ignore"):
+        median_r = np.array([np.median(row[np.isfinite(row)]) if np.isfinite(row).any() else np.nan for row in r])
+        mean_r = np.array([np.mean(row[np.isfinite(row)]) if np.isfinite(row).any() else np.nan for row in r])
     within_r, cross_r = _paired_within_cross(mean_r)
+    defined_layers = np.isfinite(within_r) & np.isfinite(cross_r)
     transitions = layer_table[(layer_table["kind"] == "transition") & (layer_table["condition"] == "original")].sort_values("index")
     cosine = transitions["cosine_mean"].to_numpy()
     velocity = transitions["velocity_mean"].to_numpy()
     within_cos, cross_cos = _paired_within_cross(cosine)
     early_v, late_v = _thirds(velocity)
+    depth = np.arange(len(median_r))
     rows: dict[str, dict] = {}
-    rows["corr_first_transition_median"] = _row(
-        float(median_r[0]), "> 0.8",
-        "median over units of Pearson r (across samples) between sublayers 0 and 1 (L0 pre-attn -> pre-MLP)")
-    rows["corr_last_transition_median"] = _row(
-        float(median_r[-1]), "higher than early",
-        "median over units of Pearson r between the last two sublayers")
-    rows["corr_first_transition_fraction_above_0.8"] = _row(
-        float(np.mean(r[0] > 0.8)), "most units", "fraction of units with r > 0.8 at the first transition")
+    rows.update(_condition_rows(original, ""))
+    rows.update(_condition_rows(shuffled, "_shuffled"))
     rows["corr_within_mean"] = _row(
         float(np.nanmean(_by_type(r, "within"))), "within > cross",
         "mean over units and layers of r for within-layer transitions (pre-attn -> pre-MLP)")
@@ -213,11 +254,11 @@ def summary_fig12(unit_stats: Mapping, layer_table: pd.DataFrame) -> dict[str, d
         float(np.nanmean(_by_type(r, "cross"))), "within > cross",
         "mean over units and layers of r for cross-layer transitions (pre-MLP -> next pre-attn)")
     rows["corr_within_gt_cross_fraction"] = _row(
-        float(np.mean(within_r > cross_r)), 1.0,
-        "fraction of layers l whose mean r over units is higher for 2l -> 2l+1 than for 2l+1 -> 2l+2")
+        float(np.mean(within_r[defined_layers] > cross_r[defined_layers])), 1.0,
+        "fraction of layers l (with both transitions defined) whose mean r over units is higher for 2l -> 2l+1 than for 2l+1 -> 2l+2")
     rows["corr_depth_spearman"] = _row(
-        float(spearmanr(np.arange(len(median_r)), median_r)[0]), "> 0 (r increases with depth)",
-        "Spearman correlation between transition index and median r over units")
+        float(spearmanr(depth[first:], median_r[first:], nan_policy="omit")[0]), "> 0 (r increases with depth)",
+        "Spearman correlation between transition index and median r over units, from the first defined transition")
     rows["cosine_within_mean"] = _row(
         float(np.mean(_by_type(cosine, "within"))), "within > cross",
         "mean over within-layer transitions of the mean (over samples) cosine similarity of consecutive RS vectors")
@@ -236,24 +277,15 @@ def summary_fig12(unit_stats: Mapping, layer_table: pd.DataFrame) -> dict[str, d
     rows["velocity_cross_within_ratio"] = _row(
         float(np.mean(_by_type(velocity, "cross")) / np.mean(_by_type(velocity, "within"))), "> 1 (cross faster)",
         "mean velocity of cross-layer transitions / mean velocity of within-layer transitions")
-    for estimator, label in (("mi_kde", "Gaussian KDE (the paper's estimator)"), ("mi_ksg", "KSG, k neighbours"), ("mi_gaussian", "-0.5 ln(1 - r^2)")):
-        mean_mi = np.nanmean(original[estimator], axis=1)
-        finite = np.where(np.isfinite(mean_mi), mean_mi, np.inf)
-        rows[f"{estimator}_first"] = _row(
-            float(mean_mi[0]), "high, then a sharp drop" if estimator == "mi_kde" else None,
-            f"mean over units of the MI ({label}, nats) of the first transition")
-        rows[f"{estimator}_min"] = _row(
-            float(np.min(finite)), None, f"minimum over transitions of the mean over units of the MI ({label}, nats)")
-        rows[f"{estimator}_argmin_transition"] = _row(
-            int(np.argmin(finite)), "one of the first few", f"transition index where that minimum is reached ({label})")
     rotations = original["rotations"]
     rows["rotations_mean"] = _row(
         float(np.mean(rotations)), 10.74,
-        "mean over units of the signed rotation number R of the unit's sample-mean phase portrait (PAPER.md Fig. 2)")
+        "mean over units of the signed rotation number R of the unit's sample-mean phase portrait "
+        "(PAPER.md Fig. 2; < 0 = clockwise, the sense in which any oscillation of (a, da/dl) turns)")
     rows["rotations_abs_mean"] = _row(float(np.mean(np.abs(rotations))), None, "mean over units of |R|")
     rows["rotations_null_mean"] = _row(
         float(np.mean(original["rotations_null_mean"])), "about 0",
-        "mean over units of the mean R of the layer-shuffle null (sublayer order permuted)")
+        "mean over units of the mean R of the layer-shuffle null (sublayer order permuted n_shuffles times)")
     rows["rotations_surrogate_mean"] = _row(
         float(np.mean(original["rotations_surrogate_mean"])), None,
         "mean over units of the mean R of the smooth surrogate null (unit_stats.surrogate)")
@@ -267,7 +299,7 @@ def summary_fig12(unit_stats: Mapping, layer_table: pd.DataFrame) -> dict[str, d
             f"fraction of units whose R lies below the 2.5th percentile of their own {label} (more clockwise turns than chance)")
         rows[f"rotations_fraction_above_{null}_97.5"] = _row(
             float(np.mean(percentile > 97.5)), None,
-            f"fraction of units whose R lies above the 97.5th percentile of their own {label}")
+            f"fraction of units whose R lies above the 97.5th percentile of their own {label} (fewer clockwise turns than chance)")
         rows[f"rotations_fraction_beyond_{null}_95"] = _row(
             float(np.mean((percentile < 2.5) | (percentile > 97.5))), None,
             f"fraction of units whose R lies outside the central 95% of their own {label} (two-sided)")

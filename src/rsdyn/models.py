@@ -210,12 +210,25 @@ def load_model(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = 
     return model, tokenizer, provenance
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available else ``cpu``; clear error for unavailable CUDA."""
+def layer_count(model_dir: str | Path) -> int | None:
+    """Number of decoder layers from a model directory's ``config.json`` (None if absent)."""
+    config_file = Path(model_dir) / "config.json"
+    if not config_file.is_file():
+        return None
+    config = json.loads(config_file.read_text())
+    if "num_hidden_layers" not in config:
+        config = config.get("text_config", {})
+    count = config.get("num_hidden_layers")
+    return int(count) if count is not None else None
+
+
+def resolve_device(device: str, key: str = "device") -> str:
+    """``auto`` -> ``cuda`` when available else ``cpu``; ``cuda`` without a GPU is an error
+    naming the config ``key``."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was requested but no CUDA device is available; use 'auto' or 'cpu'.")
+        raise ValueError(f"{key} = 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'.")
     return device
 
 

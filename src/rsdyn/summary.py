@@ -33,7 +33,8 @@ def collect_rows(
     rows: dict[str, dict[str, Any]] = {}
     rows.update(summary_fig12(read_group(unit_stats_path), pd.read_csv(layer_stats_path)))
     rows.update(summary_fig3(read_group(cae_embedding_path)))
-    rows.update(summary_fig4_pca(read_group(pca_path)))
+    threshold = float(open_group(pca_path).attrs.get("variance_threshold", 0.9))
+    rows.update(summary_fig4_pca(read_group(pca_path), threshold=threshold))
     rows.update(summary_teleport(read_teleport(teleport_path)))
     return rows
 

@@ -124,34 +124,10 @@ def mse_to_control(trajectories: np.ndarray, control: np.ndarray, layer: int) ->
 
 
 def model_layer_count(model_dir: str | Path) -> int | None:
-    """Number of decoder layers from a converted model's ``config.json`` (None if absent)."""
-    config_file = Path(model_dir) / "config.json"
-    if not config_file.exists():
-        return None
-    config = json.loads(config_file.read_text())
-    config = config.get("text_config", config) if "num_hidden_layers" not in config else config
-    count = config.get("num_hidden_layers")
-    return int(count) if count is not None else None
+    """Number of decoder layers of a converted model (None if it has no config.json)."""
+    from rsdyn.models import layer_count
 
-
-def known_layer_count(model_settings: Mapping[str, Any], resources_dir: str | Path) -> int | None:
-    """A run's model layer count before any job: from the converted model when present,
-    else from the PyPI GGUF table; None when unknown (a hub model not yet fetched)."""
-    count = model_layer_count(Path(resources_dir) / "models" / model_settings["name"])
-    if count is None and model_settings.get("source") == "pypi-gguf":
-        from rsdyn.models import PYPI_GGUF_MODELS
-
-        entry = PYPI_GGUF_MODELS.get(model_settings.get("pypi_key", model_settings["name"]))
-        count = entry.n_layers if entry else None
-    return count
-
-
-def check_run_layers(run_settings: Mapping[str, Any], resources_dir: str | Path) -> None:
-    """Workflow parse-time check: every teleport layer exists in the run's model (when its
-    layer count is already known)."""
-    count = known_layer_count(run_settings["model"], resources_dir)
-    if count is not None:
-        check_layers(run_settings["teleport"]["layers"], count, f"the model of run {run_settings['name']!r}")
+    return layer_count(model_dir)
 
 
 def job_settings(teleport_settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -535,7 +511,7 @@ def run_teleport_layer(
     points = grid_for(settings, pca["projection"][...])
     config = json.loads((Path(model_dir) / "config.json").read_text())
     check_basis(mean, components, config.get("text_config", config).get("hidden_size", config.get("hidden_size")))
-    device = resolve_device(settings.get("device", "auto"))
+    device = resolve_device(settings.get("device", "auto"), "teleport.device")
     dtype = resolve_dtype(settings.get("dtype", "auto"), device)
     model, _, provenance = load_model(model_dir, device, dtype)
     log.info("teleporting %d points into layer %d of %s (%s, %s)", len(points), layer, name, device, dtype)

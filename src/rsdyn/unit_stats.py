@@ -24,7 +24,6 @@ and works on all units at once. Transitions are consecutive sublayers ``l -> l +
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -37,8 +36,6 @@ from scipy.special import digamma
 from tqdm.auto import tqdm
 
 from rsdyn.store import open_group
-
-log = logging.getLogger(__name__)
 
 CONDITIONS = ("original", "shuffled")
 MIN_SAMPLES = 3
@@ -113,6 +110,24 @@ def check_activations(acts: np.ndarray, unit_start: int, condition: str) -> None
             f"({len(bad_units)} unit(s), first: unit {unit + unit_start}, sublayer {sublayer}, "
             f"sample {sample}); every activation must be finite."
         )
+
+
+def check_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings with defaults filled in; raises on a value the kernels cannot use."""
+    settings = {**DEFAULT_SETTINGS, **settings}
+    allowed = {"surrogate": ("phase", "circular"), "kde_precision": ("auto", "float32", "float64"), "device": ("auto", "cpu", "cuda")}
+    for key, values in allowed.items():
+        if settings[key] not in values:
+            raise UnitStatsInputError(
+                f"unit_stats.{key} = {settings[key]!r}; allowed values are {', '.join(map(repr, values))}."
+            )
+    for key, minimum in (("corr_bins", 2), ("ksg_k", 1), ("n_shuffles", 1)):
+        if int(settings[key]) < minimum:
+            raise UnitStatsInputError(f"unit_stats.{key} = {settings[key]!r}; it must be at least {minimum}.")
+    if not settings["mi_eps"] > 0:
+        raise UnitStatsInputError(f"unit_stats.mi_eps = {settings['mi_eps']!r}; it must be positive.")
+    resolve_device(settings["device"])
+    return settings
 
 
 def resolve_device(device: str) -> torch.device:
@@ -207,25 +222,34 @@ def _kernel_row_sums(
     """For whitened points (R, N, d): sum_j exp(-|w_i - w_j|^2 / 2) per row i, float64.
 
     Only the upper block triangle is computed (the kernel matrix is symmetric); the
-    kernel values are in ``white.dtype``, partial sums accumulate in float64.
+    kernel values are in ``white.dtype``, partial sums accumulate in float64. Work
+    buffers are reused (cache-sized, no allocation per block).
     """
     n_rows, n_points, n_dims = white.shape
     out = torch.zeros(n_rows, n_points, dtype=torch.float64, device=white.device)
     starts = list(range(0, n_points, block))
     coords = [white[..., axis].contiguous() for axis in range(n_dims)]
+    # exp below its underflow threshold takes a ~100x slower path: clamp the exponent
+    # to a value whose exp is still normal (adds < 1e-34 to a sum that is >= 1)
     floor = -80.0 if white.dtype == torch.float32 else -700.0
+    buffers: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
     for first in range(0, n_rows, rows_per_step):
-        rows = slice(first, first + rows_per_step)
-        columns = [coord[rows] for coord in coords]
-        sums = out[rows]
+        columns = [coord[first : first + rows_per_step] for coord in coords]
+        sums = out[first : first + rows_per_step]
         for position, a in enumerate(starts):
+            left = [column[:, a : a + block, None] for column in columns]
             for b in starts[position:]:
-                sq = torch.sub(columns[0][:, a : a + block, None], columns[0][:, None, b : b + block]).square_()
-                for column in columns[1:]:
-                    sq.add_(torch.sub(column[:, a : a + block, None], column[:, None, b : b + block]).square_())
-                # exp below its underflow threshold takes a ~100x slower path: clamp
-                # to a value whose exp is still normal (contributes < 1e-35 to a sum >= 1)
-                kernel = sq.mul_(-0.5).clamp_(min=floor).exp_()
+                right = [column[:, None, b : b + block] for column in columns]
+                shape = (left[0].shape[0], left[0].shape[1], right[0].shape[2])
+                if shape not in buffers:
+                    buffers[shape] = (torch.empty(shape, dtype=white.dtype, device=white.device),
+                                      torch.empty(shape, dtype=white.dtype, device=white.device))
+                kernel, scratch = buffers[shape]
+                torch.sub(left[0], right[0], out=kernel).square_()
+                for axis in range(1, n_dims):
+                    torch.sub(left[axis], right[axis], out=scratch)
+                    kernel.addcmul_(scratch, scratch)
+                kernel.mul_(-0.5).clamp_(min=floor).exp_()
                 sums[:, a : a + block] += kernel.sum(dim=2)
                 if b != a:
                     sums[:, b : b + block] += kernel.sum(dim=1)
@@ -362,7 +386,7 @@ def _insert_smallest(smallest: list[torch.Tensor], values: torch.Tensor) -> None
 
 
 def _kth_neighbour_distance(
-    xs: torch.Tensor, ys: torch.Tensor, k: int, window: int = 16, check_every: int = 8
+    xs: torch.Tensor, ys: torch.Tensor, k: int, window: int = 32, check_every: int = 8, rows_per_step: int = 64
 ) -> torch.Tensor:
     """Max-norm distance to the k-th nearest other point, rows sorted by x: (R, N) -> (R, N).
 
@@ -375,10 +399,13 @@ def _kth_neighbour_distance(
     inf = torch.tensor(torch.inf, dtype=xs.dtype, device=xs.device)
     smallest = [torch.full((n_rows, n_points), torch.inf, dtype=xs.dtype, device=xs.device) for _ in range(k)]
     window = min(window, n_points - 1)
-    for offset in range(1, window + 1):
-        distance = torch.maximum(xs[:, offset:] - xs[:, :-offset], (ys[:, offset:] - ys[:, :-offset]).abs())
-        _insert_smallest([s[:, : n_points - offset] for s in smallest], distance)
-        _insert_smallest([s[:, offset:] for s in smallest], distance)
+    for first in range(0, n_rows, rows_per_step):  # cache-sized row chunks
+        rows = slice(first, first + rows_per_step)
+        x_rows, y_rows, best_rows = xs[rows], ys[rows], [s[rows] for s in smallest]
+        for offset in range(1, window + 1):
+            distance = torch.maximum(x_rows[:, offset:] - x_rows[:, :-offset], (y_rows[:, offset:] - y_rows[:, :-offset]).abs_())
+            _insert_smallest([s[:, : n_points - offset] for s in best_rows], distance)
+            _insert_smallest([s[:, offset:] for s in best_rows], distance)
     result = smallest[-1].reshape(-1).clone()
     if window >= n_points - 1:
         return result.reshape(n_rows, n_points)
@@ -629,7 +656,7 @@ def compute_shard(
     compute), and returns ``{"units": (U,), "original": {...}, "shuffled": {...}}``.
     Torch runs on one thread so the numbers do not depend on the shard layout.
     """
-    settings = {**DEFAULT_SETTINGS, **settings}
+    settings = check_settings(settings)
     data = {condition: read_units(store_path, condition, unit_start, unit_stop) for condition in CONDITIONS}
     for condition, acts in data.items():
         check_activations(acts, unit_start, condition)

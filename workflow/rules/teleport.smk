@@ -1,14 +1,9 @@
 # Teleportation (Fig. 4D): PC1-PC2 grid points written into the residual stream of one
 # layer at a time (one GPU job per layer), gathered into teleport.zarr, and Fig. 4.
 
-from rsdyn.teleport import TeleportError, check_run_layers, job_settings
-
-# Fail at parse time when a teleport layer does not exist in the run's model.
-for _settings in RUNS.values():
-    try:
-        check_run_layers(_settings, RESOURCES)
-    except TeleportError as err:
-        raise WorkflowError(str(err)) from None
+# Teleport layers are checked against the model's layer count with the config
+# (rsdyn.config), before any job.
+from rsdyn.teleport import job_settings
 
 
 rule teleport_layer:
@@ -61,7 +56,7 @@ rule fig4:
         png=f"{RESULTS}/{{run}}/figures/fig4.png",
     params:
         arrow_sublayers=setting("teleport", "arrow_sublayers"),
-        settings=setting("figures"),
+        dpi=setting("figures", "dpi"),
     log:
         f"{RESULTS}/{{run}}/logs/fig4.log",
     conda:

@@ -12,5 +12,5 @@ save_fig4(
     snakemake.output.pdf,  # noqa: F821
     snakemake.output.png,  # noqa: F821
     arrow_sublayers=snakemake.params.arrow_sublayers,  # noqa: F821
-    dpi=snakemake.params.settings["dpi"],  # noqa: F821
+    dpi=snakemake.params.dpi,  # noqa: F821
 )

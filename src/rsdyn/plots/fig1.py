@@ -10,6 +10,7 @@ estimators. Solid lines: original text; dashed: token-shuffled control.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -72,7 +73,17 @@ def _transition_lines(ax, table: pd.DataFrame, column: str) -> None:
 
 
 def make_fig1(unit_stats: Mapping, layer_table: pd.DataFrame, title: str = "") -> Figure:
-    """Figure 1 from ``read_group(unit_stats.zarr)`` and the ``layer_stats.csv`` table."""
+    """Figure 1 from ``read_group(unit_stats.zarr)`` and the ``layer_stats.csv`` table.
+
+    Transitions that are undefined for every unit (a sublayer constant across samples)
+    are left blank.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN transitions
+        return _draw_fig1(unit_stats, layer_table, title)
+
+
+def _draw_fig1(unit_stats: Mapping, layer_table: pd.DataFrame, title: str) -> Figure:
     original = unit_stats["original"]
     mean_activation = original["mean_activation"]  # (S, D)
     n_sublayers, n_units = mean_activation.shape
