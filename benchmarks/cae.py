@@ -3,15 +3,19 @@
 Uses the real capture (``--store``, default results/smollm2-135m/activations.zarr) when
 it exists, else a synthetic store of the default size (661 sequences x 60 sublayers x
 576 units). Reports (1) the time of one training epoch at several batch sizes as a ratio
-to batch 256, and (2) the full default training (``--full``, on by default):
-seconds, epochs run, best epoch. Writes benchmarks/results/cae.json.
+to batch 256, (2) the full default training (on by default): seconds, epochs run, best
+epoch, best validation MSE, test MSE and pooled test R^2, and (3) with ``--compare``, the
+full training of every option in ``OPTIONS`` (input scaling x gradient clipping) for
+seeds 0, 1, 2 (about 30 min on 2 cores), which is how the defaults were chosen. Writes
+benchmarks/results/cae.json.
 
-    python benchmarks/cae.py [--store PATH] [--threads 2] [--no-full]
+    python benchmarks/cae.py [--store PATH] [--threads 2] [--no-full] [--compare]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import tempfile
 import time
@@ -22,7 +26,7 @@ import torch
 
 from rsdyn.cae import build_model, run_cae, split_by_sequence
 from rsdyn.config import load_schema
-from rsdyn.store import open_group, write_group
+from rsdyn.store import open_group, read_group, write_group
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,11 +70,45 @@ def epoch_seconds(train: torch.Tensor, batch_size: int, d_model: int, n_layers: 
     return min(timings) * len(train) / len(subset)
 
 
+OPTIONS = {
+    "global, no clip": {"input_scaling": "global", "grad_clip": None},
+    "global, clip 1": {"input_scaling": "global", "grad_clip": 1.0},
+    "unit, no clip": {"input_scaling": "unit", "grad_clip": None},
+    "unit, clip 1": {"input_scaling": "unit", "grad_clip": 1.0},
+}
+SEEDS = (0, 1, 2)
+FULL_KEYS = ("epochs_run", "best_epoch", "stopped_early", "train_seconds", "seconds_per_epoch", "best_val_loss", "test_loss", "test_r2_pooled")
+
+
+def full_training(store: Path, out: Path, settings: dict, threads: int) -> dict:
+    """Train with ``settings`` and return the headline numbers, the median per-sublayer
+    test R^2 (own mean) and the validation curve."""
+    info = run_cae(store, out, settings, threads=threads)
+    arrays = read_group(out / "embedding.zarr")
+    row = {key: info[key] for key in FULL_KEYS}
+    row["median_ev_per_sublayer"] = float(np.nanmedian(arrays["ev_per_sublayer"]))
+    row["median_ev_pooled_reference"] = float(np.nanmedian(arrays["ev_per_sublayer_pooled_reference"]))
+    with open(out / "training_curve.csv") as handle:
+        row["val_curve"] = [float(record["val_loss"]) for record in csv.DictReader(handle)]
+    row["worst_val_jump"] = worst_jump(row["val_curve"])
+    return row
+
+
+def worst_jump(curve: list[float]) -> float:
+    """Largest ratio of a validation MSE to the lowest one before it (1 = never rose)."""
+    best, worst = np.inf, 1.0
+    for value in curve:
+        worst = max(worst, value / best) if np.isfinite(best) else worst
+        best = min(best, value)
+    return float(worst)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", default=str(ROOT / "results/smollm2-135m/activations.zarr"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-full", action="store_true", help="skip the full default training")
+    parser.add_argument("--compare", action="store_true", help="train every option of OPTIONS for seeds 0, 1, 2")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     settings = default_settings()
@@ -95,14 +133,26 @@ def main() -> None:
             report["epoch_seconds"][batch] = {"seconds": seconds, "ratio_to_256": seconds / baseline}
             print(f"{batch:>6} {seconds:>8.2f} {seconds / baseline:>12.2f}")
         if not args.no_full:
-            info = run_cae(store, Path(tmp) / "cae", settings, threads=args.threads)
-            report["full"] = {key: info[key] for key in ("epochs_run", "best_epoch", "stopped_early", "train_seconds", "seconds_per_epoch", "best_val_loss", "test_loss")}
-            report["full"]["ev_per_sublayer"] = open_group(Path(tmp) / "cae" / "embedding.zarr")["ev_per_sublayer"][...].tolist()
+            row = full_training(store, Path(tmp) / "cae", settings, args.threads)
+            report["full"] = row
             print(
-                f"full default training: {info['train_seconds']:.0f} s, {info['epochs_run']} epochs "
-                f"(best {info['best_epoch']}, early stop {info['stopped_early']}), "
-                f"{info['seconds_per_epoch']:.2f} s/epoch at batch {settings['batch_size']} (validation included)"
+                f"full default training: {row['train_seconds']:.0f} s, {row['epochs_run']} epochs "
+                f"(best {row['best_epoch']}, early stop {row['stopped_early']}), {row['seconds_per_epoch']:.2f} s/epoch "
+                f"at batch {settings['batch_size']} (validation included); best val MSE {row['best_val_loss']:.2f}, "
+                f"test MSE {row['test_loss']:.2f}, pooled test R^2 {row['test_r2_pooled']:.3f}"
             )
+        if args.compare:
+            report["compare"] = {}
+            print(f"{'option':>16} {'seed':>4} {'epochs':>6} {'best':>4} {'val MSE':>8} {'test MSE':>8} {'R^2':>6} {'med R^2 own':>11} {'worst jump':>10}")
+            for name, option in OPTIONS.items():
+                for seed in SEEDS:
+                    row = full_training(store, Path(tmp) / f"cae_{len(report['compare'])}", dict(settings, **option, seed=seed), args.threads)
+                    report["compare"][f"{name}, seed {seed}"] = row
+                    print(
+                        f"{name:>16} {seed:>4} {row['epochs_run']:>6} {row['best_epoch']:>4} {row['best_val_loss']:>8.2f} "
+                        f"{row['test_loss']:>8.2f} {row['test_r2_pooled']:>6.3f} {row['median_ev_per_sublayer']:>11.3f} "
+                        f"{row['worst_val_jump']:>10.2f}"
+                    )
     out = ROOT / "benchmarks/results/cae.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

