@@ -74,3 +74,10 @@ def test_bad_values_fail_with_one_sentence_naming_the_key(mutate, message):
     with pytest.raises(ConfigError, match=message) as info:
         resolve_runs(config)
     assert "\n" not in str(info.value)
+
+
+def test_settings_do_not_depend_on_key_order_in_the_file():
+    config = load("config.yaml")
+    reordered = {key: config[key] for key in reversed(list(config))}
+    reordered["runs"][0]["model"] = dict(reversed(list(config["runs"][0]["model"].items())))
+    assert repr(resolve_runs(copy.deepcopy(config))) == repr(resolve_runs(reordered))

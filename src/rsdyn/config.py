@@ -133,8 +133,18 @@ def resolve_runs(config: dict, schema: dict | None = None) -> dict[str, dict]:
             check_layers(
                 settings["teleport"]["layers"], n_layers, f"runs[{index}] ({run['name']})", settings["model"]["name"]
             )
-        runs[run["name"]] = settings
+        runs[run["name"]] = canonical(settings)
     return runs
+
+
+def canonical(value: Any) -> Any:
+    """``value`` with every mapping's keys sorted (recursively), so that the same settings
+    always look the same to Snakemake's params trigger whatever the config file's order."""
+    if isinstance(value, Mapping):
+        return {key: canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [canonical(item) for item in value]
+    return value
 
 
 def _check_model(model: dict, key: str) -> None:

@@ -100,3 +100,18 @@ def write_table(summary: Mapping[str, Any], path: str | Path) -> None:
         writer.writerow(["quantity", "paper (Llama 3.1 8B)", "ours", "definition"])
         for name, row in summary["rows"].items():
             writer.writerow([name, format_value(row.get("paper")), format_value(row.get("value")), row.get("definition", "")])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m rsdyn.summary results/{run}/summary.json [--definitions]``: the Markdown table."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("summary", help="a summary.json written by the summary rule")
+    parser.add_argument("--definitions", action="store_true", help="add each row's definition")
+    args = parser.parse_args(argv)
+    print(markdown_table(json.loads(Path(args.summary).read_text()), with_definitions=args.definitions), end="")
+
+
+if __name__ == "__main__":
+    main()
