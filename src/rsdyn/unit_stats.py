@@ -141,12 +141,13 @@ def check_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UnitStatsInputError("unit_stats.device = 'cuda' but no CUDA device is visible; use 'cpu' or 'auto'.")
-    return torch.device(device)
+    """The torch device of ``unit_stats.device`` (``auto`` -> CUDA when visible)."""
+    from rsdyn.models import resolve_device as resolve_model_device
+
+    try:
+        return torch.device(resolve_model_device(device, "unit_stats.device"))
+    except ValueError as err:
+        raise UnitStatsInputError(str(err)) from None
 
 
 def kde_dtype(precision: str, device: torch.device) -> torch.dtype:
