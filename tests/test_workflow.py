@@ -48,3 +48,12 @@ def test_bad_config_stops_before_any_job(tmp_path, edit, message):
     assert result.returncode != 0
     assert message in result.stdout
     assert not (work / "results").exists()
+
+
+def test_report_holds_the_four_figures_and_the_summary(smoke_run):
+    run_snakemake(smoke_run, "--configfile", "config/smoke.yaml", "--report", "results/report.zip")
+    import zipfile
+
+    names = zipfile.ZipFile(smoke_run / "results/report.zip").namelist()
+    for expected in ("fig1.png", "fig2.png", "fig3.png", "fig4.png", "summary.tsv", "run_config.yaml"):
+        assert any(name.endswith(expected) for name in names), expected

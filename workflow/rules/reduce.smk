@@ -45,7 +45,12 @@ rule fig3:
         run_file("cae"),
     output:
         pdf=f"{RESULTS}/{{run}}/figures/fig3.pdf",
-        png=f"{RESULTS}/{{run}}/figures/fig3.png",
+        png=report(
+            f"{RESULTS}/{{run}}/figures/fig3.png",
+            caption="../report/fig3.rst",
+            category="Figures",
+            labels={"run": "{run}", "figure": "Fig. 3"},
+        ),
     params:
         settings=setting("figures"),
     log:

@@ -53,7 +53,12 @@ rule fig4:
         teleport=run_file("teleport.zarr"),
     output:
         pdf=f"{RESULTS}/{{run}}/figures/fig4.pdf",
-        png=f"{RESULTS}/{{run}}/figures/fig4.png",
+        png=report(
+            f"{RESULTS}/{{run}}/figures/fig4.png",
+            caption="../report/fig4.rst",
+            category="Figures",
+            labels={"run": "{run}", "figure": "Fig. 4"},
+        ),
     params:
         arrow_sublayers=setting("teleport", "arrow_sublayers"),
         dpi=setting("figures", "dpi"),

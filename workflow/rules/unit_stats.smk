@@ -64,7 +64,12 @@ rule fig1:
         layer_stats=run_file("layer_stats.csv"),
     output:
         pdf=f"{RESULTS}/{{run}}/figures/fig1.pdf",
-        png=f"{RESULTS}/{{run}}/figures/fig1.png",
+        png=report(
+            f"{RESULTS}/{{run}}/figures/fig1.png",
+            caption="../report/fig1.rst",
+            category="Figures",
+            labels={"run": "{run}", "figure": "Fig. 1"},
+        ),
     params:
         settings=setting("figures"),
     log:
@@ -80,7 +85,12 @@ rule fig2:
         unit_stats=run_file("unit_stats.zarr"),
     output:
         pdf=f"{RESULTS}/{{run}}/figures/fig2.pdf",
-        png=f"{RESULTS}/{{run}}/figures/fig2.png",
+        png=report(
+            f"{RESULTS}/{{run}}/figures/fig2.png",
+            caption="../report/fig2.rst",
+            category="Figures",
+            labels={"run": "{run}", "figure": "Fig. 2"},
+        ),
     params:
         settings=setting("figures"),
         surrogate=setting("unit_stats", "surrogate"),
