@@ -42,8 +42,9 @@ def draw_architecture(ax: Axes, widths: Sequence[int], d_model: int) -> None:
     ax.set_title(f"A  CAE, k = {len(widths)} layers per side")
 
 
-def draw_training_curve(ax: Axes, curve: Sequence[Mapping], best_epoch: int | None = None) -> None:
-    """Panel E: training and validation MSE (squared input units) per epoch."""
+def draw_training_curve(ax: Axes, curve: Sequence[Mapping], best_epoch: int | None = None, note: str | None = None) -> None:
+    """Panel E: training and validation MSE (squared input units) per epoch; ``note`` (e.g.
+    the training options) titles the legend."""
     epochs = [row["epoch"] for row in curve]
     ax.plot(epochs, [row["train_loss"] for row in curve], lw=1.0, label="train")
     ax.plot(epochs, [row["val_loss"] for row in curve], lw=1.0, label="validation")
@@ -53,7 +54,7 @@ def draw_training_curve(ax: Axes, curve: Sequence[Mapping], best_epoch: int | No
     ax.set_xlabel("epoch")
     ax.set_ylabel("MSE")
     ax.set_title("E  training curve")
-    ax.legend(fontsize=7, frameon=False)
+    ax.legend(fontsize=7, frameon=False, title=note, title_fontsize=7)
 
 
 def draw_mean_trajectory(ax: Axes, embedding: np.ndarray, max_trajectories: int = 100, seed: int = 0) -> None:
@@ -146,10 +147,17 @@ def fig3(cae_dir) -> Figure:
     draw_cae_explained_variance(
         axes["D"], arrays["ev_per_sublayer"], names, arrays.get("ev_per_sublayer_pooled_reference"), arrays.get("test_variance_per_sublayer")
     )
-    draw_training_curve(axes["E"], outputs["curve"], info["best_epoch"])
+    settings = info.get("settings", {})
+    clip = settings.get("grad_clip")
+    note = (
+        f"{info.get('input_scaling', settings.get('input_scaling', 'global'))} input scaling\n"
+        f"clip {'none' if clip is None else f'{clip:g}'}, warm-up {settings.get('warmup_epochs', 0):g} epochs"
+    )
+    draw_training_curve(axes["E"], outputs["curve"], info["best_epoch"], note)
     figure.suptitle(
         f"Compressing autoencoder, {info.get('model_name') or ''} ({info['condition']}): "
-        f"{info['n_sequences']['test']} test sequences, best epoch {info['best_epoch']}",
+        f"{info['n_sequences']['test']} test sequences, best epoch {info['best_epoch']}"
+        + (f", test MSE {info['test_loss']:.3g}, pooled test R^2 {info['test_r2_pooled']:.2f}" if "test_r2_pooled" in info else ""),
         fontsize=10,
     )
     return figure
