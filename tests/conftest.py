@@ -82,14 +82,23 @@ def copy_workflow(dest: Path) -> Path:
     return work
 
 
+def snakemake_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "snakemake", *args]
+
+
+def snakemake_env(workdir: Path, extra: dict | None = None) -> dict:
+    """The environment for snakemake in a copied workflow: the copy's own package first on
+    PYTHONPATH, so that every job runs the code that was copied."""
+    pythonpath = os.pathsep.join(filter(None, [str(Path(workdir) / "src"), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": pythonpath, **(extra or {})}
+
+
 def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1800, env: dict | None = None):
     """Run snakemake in ``workdir``; returns the CompletedProcess (stdout+stderr in .stdout)."""
-    command = [sys.executable, "-m", "snakemake", *args]
-    # The copy's own package first, so that every job runs the code that was copied.
-    pythonpath = os.pathsep.join(filter(None, [str(Path(workdir) / "src"), os.environ.get("PYTHONPATH")]))
+    command = snakemake_command(*args)
     result = subprocess.run(
         command, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        timeout=timeout, env={**os.environ, "PYTHONPATH": pythonpath, **(env or {})},
+        timeout=timeout, env=snakemake_env(workdir, env),
     )
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout[-6000:]}")

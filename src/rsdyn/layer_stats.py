@@ -173,6 +173,27 @@ def _paired_within_cross(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return within[:n], cross[:n]
 
 
+def _within_cross_rows(
+    name: str,
+    within_mean: float,
+    cross_mean: float,
+    within_per_layer: np.ndarray,
+    cross_per_layer: np.ndarray,
+    depth_spearman: float,
+    depth_paper: str,
+    definitions: tuple[str, str, str, str],
+) -> dict[str, dict]:
+    """The four rows ``{name}_within_mean``, ``_cross_mean``, ``_within_gt_cross_fraction`` and
+    ``_depth_spearman`` of one quantity (r or cosine) with their definitions."""
+    within_def, cross_def, fraction_def, spearman_def = definitions
+    return {
+        f"{name}_within_mean": _row(within_mean, "within > cross", within_def),
+        f"{name}_cross_mean": _row(cross_mean, "within > cross", cross_def),
+        f"{name}_within_gt_cross_fraction": _row(float(np.mean(within_per_layer > cross_per_layer)), 1.0, fraction_def),
+        f"{name}_depth_spearman": _row(depth_spearman, depth_paper, spearman_def),
+    }
+
+
 def _thirds(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     third = max(1, len(values) // 3)
     return values[:third], values[-third:]
@@ -247,30 +268,24 @@ def summary_fig12(unit_stats: Mapping, layer_table: pd.DataFrame) -> dict[str, d
     rows: dict[str, dict] = {}
     rows.update(_condition_rows(original, ""))
     rows.update(_condition_rows(shuffled, "_shuffled"))
-    rows["corr_within_mean"] = _row(
-        float(np.nanmean(_by_type(r, "within"))), "within > cross",
-        "mean over units and layers of r for within-layer transitions (pre-attn -> pre-MLP)")
-    rows["corr_cross_mean"] = _row(
-        float(np.nanmean(_by_type(r, "cross"))), "within > cross",
-        "mean over units and layers of r for cross-layer transitions (pre-MLP -> next pre-attn)")
-    rows["corr_within_gt_cross_fraction"] = _row(
-        float(np.mean(within_r[defined_layers] > cross_r[defined_layers])), 1.0,
-        "fraction of layers l (with both transitions defined) whose mean r over units is higher for 2l -> 2l+1 than for 2l+1 -> 2l+2")
-    rows["corr_depth_spearman"] = _row(
+    rows.update(_within_cross_rows(
+        "corr", float(np.nanmean(_by_type(r, "within"))), float(np.nanmean(_by_type(r, "cross"))),
+        within_r[defined_layers], cross_r[defined_layers],
         float(spearmanr(depth[first:], median_r[first:], nan_policy="omit")[0]), "> 0 (r increases with depth)",
-        "Spearman correlation between transition index and median r over units, from the first defined transition")
-    rows["cosine_within_mean"] = _row(
-        float(np.mean(_by_type(cosine, "within"))), "within > cross",
-        "mean over within-layer transitions of the mean (over samples) cosine similarity of consecutive RS vectors")
-    rows["cosine_cross_mean"] = _row(
-        float(np.mean(_by_type(cosine, "cross"))), "within > cross",
-        "the same for cross-layer transitions")
-    rows["cosine_within_gt_cross_fraction"] = _row(
-        float(np.mean(within_cos > cross_cos)), 1.0,
-        "fraction of layers whose within-layer cosine exceeds their cross-layer cosine")
-    rows["cosine_depth_spearman"] = _row(
+        ("mean over units and layers of r for within-layer transitions (pre-attn -> pre-MLP)",
+         "mean over units and layers of r for cross-layer transitions (pre-MLP -> next pre-attn)",
+         "fraction of layers l (with both transitions defined) whose mean r over units is higher for 2l -> 2l+1 than for 2l+1 -> 2l+2",
+         "Spearman correlation between transition index and median r over units, from the first defined transition"),
+    ))
+    rows.update(_within_cross_rows(
+        "cosine", float(np.mean(_by_type(cosine, "within"))), float(np.mean(_by_type(cosine, "cross"))),
+        within_cos, cross_cos,
         float(spearmanr(np.arange(len(cosine)), cosine)[0]), "> 0 (increases with depth)",
-        "Spearman correlation between transition index and mean cosine similarity")
+        ("mean over within-layer transitions of the mean (over samples) cosine similarity of consecutive RS vectors",
+         "the same for cross-layer transitions",
+         "fraction of layers whose within-layer cosine exceeds their cross-layer cosine",
+         "Spearman correlation between transition index and mean cosine similarity"),
+    ))
     rows["velocity_late_early_ratio"] = _row(
         float(late_v.mean() / early_v.mean()), "> 1 (steepest rise in the last third)",
         "mean velocity ||h_{l+1} - h_l|| over the last third of transitions / over the first third")

@@ -10,12 +10,17 @@ import contextlib
 import os
 import shutil
 import signal
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
+
+# Snakemake touches a `.snakemake_timestamp` file inside every directory() output; it is
+# not part of the store, and zarr would warn about it whenever a group is listed.
+warnings.filterwarnings("ignore", message=r"Object at \.snakemake_timestamp is not recognized", category=UserWarning)
 
 
 def _remove(path: Path) -> None:

@@ -288,10 +288,15 @@ if numba is not None:
         return _exp_nonpositive_f32(max(-(du * du + dv * dv), _EXP_FLOOR_F32))
 
     @numba.njit(fastmath=True, cache=True)
-    def _upper_rows_2d(u, v, column, total, i):
-        """Rows i..i+3: their pairs among themselves and with every j >= i + 4 (also added to column[j])."""
+    def _upper_rows(u, v, column, total, i):
+        """Rows i..i+3: their pairs among themselves and with every j >= i + 4 (also added to
+        column[j]). Points are (u, v), or u alone when v is None: numba compiles one version
+        per type of v and drops the untaken branches, so 1-D points cost no extra work."""
+        zero = np.float32(0.0)
         u0, u1, u2, u3 = u[i], u[i + 1], u[i + 2], u[i + 3]
-        v0, v1, v2, v3 = v[i], v[i + 1], v[i + 2], v[i + 3]
+        v0, v1, v2, v3 = zero, zero, zero, zero
+        if v is not None:
+            v0, v1, v2, v3 = v[i], v[i + 1], v[i + 2], v[i + 3]
         k01, k02, k03 = _kernel_f32(u0 - u1, v0 - v1), _kernel_f32(u0 - u2, v0 - v2), _kernel_f32(u0 - u3, v0 - v3)
         k12, k13, k23 = _kernel_f32(u1 - u2, v1 - v2), _kernel_f32(u1 - u3, v1 - v3), _kernel_f32(u2 - u3, v2 - v3)
         total[i] += (k01 + k02) + k03
@@ -300,48 +305,23 @@ if numba is not None:
         total[i + 3] += (k03 + k13) + k23
         for start in range(i + 4, u.shape[0], _NUMBA_CHUNK):
             stop = min(start + _NUMBA_CHUNK, u.shape[0])
-            u_tail, v_tail, column_tail = u[start:stop], v[start:stop], column[start:stop]
-            s0, s1, s2, s3 = np.float32(0.0), np.float32(0.0), np.float32(0.0), np.float32(0.0)
-            for j in range(u_tail.shape[0]):
-                uj, vj = u_tail[j], v_tail[j]
-                d0, e0, d1, e1 = u0 - uj, v0 - vj, u1 - uj, v1 - vj
-                d2, e2, d3, e3 = u2 - uj, v2 - vj, u3 - uj, v3 - vj
-                k0 = _exp_nonpositive_f32(max(-(d0 * d0 + e0 * e0), _EXP_FLOOR_F32))
-                k1 = _exp_nonpositive_f32(max(-(d1 * d1 + e1 * e1), _EXP_FLOOR_F32))
-                k2 = _exp_nonpositive_f32(max(-(d2 * d2 + e2 * e2), _EXP_FLOOR_F32))
-                k3 = _exp_nonpositive_f32(max(-(d3 * d3 + e3 * e3), _EXP_FLOOR_F32))
-                s0 += k0
-                s1 += k1
-                s2 += k2
-                s3 += k3
-                column_tail[j] += (k0 + k1) + (k2 + k3)
-            total[i] += s0
-            total[i + 1] += s1
-            total[i + 2] += s2
-            total[i + 3] += s3
-
-    @numba.njit(fastmath=True, cache=True)
-    def _upper_rows_1d(u, column, total, i):
-        """Rows i..i+3 of 1-D points: as ``_upper_rows_2d`` without the second coordinate."""
-        u0, u1, u2, u3 = u[i], u[i + 1], u[i + 2], u[i + 3]
-        zero = np.float32(0.0)
-        k01, k02, k03 = _kernel_f32(u0 - u1, zero), _kernel_f32(u0 - u2, zero), _kernel_f32(u0 - u3, zero)
-        k12, k13, k23 = _kernel_f32(u1 - u2, zero), _kernel_f32(u1 - u3, zero), _kernel_f32(u2 - u3, zero)
-        total[i] += (k01 + k02) + k03
-        total[i + 1] += (k01 + k12) + k13
-        total[i + 2] += (k02 + k12) + k23
-        total[i + 3] += (k03 + k13) + k23
-        for start in range(i + 4, u.shape[0], _NUMBA_CHUNK):
-            stop = min(start + _NUMBA_CHUNK, u.shape[0])
             u_tail, column_tail = u[start:stop], column[start:stop]
-            s0, s1, s2, s3 = np.float32(0.0), np.float32(0.0), np.float32(0.0), np.float32(0.0)
+            v_tail = u_tail
+            if v is not None:
+                v_tail = v[start:stop]
+            s0, s1, s2, s3 = zero, zero, zero, zero
             for j in range(u_tail.shape[0]):
                 uj = u_tail[j]
                 d0, d1, d2, d3 = u0 - uj, u1 - uj, u2 - uj, u3 - uj
-                k0 = _exp_nonpositive_f32(max(-(d0 * d0), _EXP_FLOOR_F32))
-                k1 = _exp_nonpositive_f32(max(-(d1 * d1), _EXP_FLOOR_F32))
-                k2 = _exp_nonpositive_f32(max(-(d2 * d2), _EXP_FLOOR_F32))
-                k3 = _exp_nonpositive_f32(max(-(d3 * d3), _EXP_FLOOR_F32))
+                q0, q1, q2, q3 = d0 * d0, d1 * d1, d2 * d2, d3 * d3
+                if v is not None:
+                    vj = v_tail[j]
+                    e0, e1, e2, e3 = v0 - vj, v1 - vj, v2 - vj, v3 - vj
+                    q0, q1, q2, q3 = q0 + e0 * e0, q1 + e1 * e1, q2 + e2 * e2, q3 + e3 * e3
+                k0 = _exp_nonpositive_f32(max(-q0, _EXP_FLOOR_F32))
+                k1 = _exp_nonpositive_f32(max(-q1, _EXP_FLOOR_F32))
+                k2 = _exp_nonpositive_f32(max(-q2, _EXP_FLOOR_F32))
+                k3 = _exp_nonpositive_f32(max(-q3, _EXP_FLOOR_F32))
                 s0 += k0
                 s1 += k1
                 s2 += k2
@@ -375,9 +355,9 @@ if numba is not None:
                 column[first:] = 0.0
                 for i in range(first, min(first + _NUMBA_ROW_BLOCK, n_points), 4):
                     if two_dims:
-                        _upper_rows_2d(u_row, v_row, column, total, i)
+                        _upper_rows(u_row, v_row, column, total, i)
                     else:
-                        _upper_rows_1d(u_row, column, total, i)
+                        _upper_rows(u_row, None, column, total, i)
                 for j in range(first, n_points):
                     total[j] += column[j]
             out[row] = total

@@ -21,7 +21,7 @@ from rsdyn.plots.pca_panels import (  # noqa: E402
     _sublayer_axis,
     add_sublayer_colourbar,
     draw_clipped_profile,
-    sublayer_colours,
+    draw_trajectory_bundle,
 )
 
 WITHIN, CROSS = "tab:blue", "tab:orange"
@@ -60,19 +60,11 @@ def draw_training_curve(ax: Axes, curve: Sequence[Mapping], best_epoch: int | No
 def draw_mean_trajectory(ax: Axes, embedding: np.ndarray, max_trajectories: int = 100, seed: int = 0) -> None:
     """Panel B: the mean 2-D trajectory over test sequences, points coloured by sublayer;
     a seeded subset of individual trajectories in light grey."""
-    n_samples, n_sublayers, _ = embedding.shape
-    rows = np.arange(n_samples)
-    if n_samples > max_trajectories:
-        rows = np.sort(np.random.default_rng(seed).choice(n_samples, max_trajectories, replace=False))
-    for row in rows:
-        ax.plot(embedding[row, :, 0], embedding[row, :, 1], color="0.8", lw=0.3, zorder=1)
-    mean = embedding.mean(axis=0)
-    ax.plot(mean[:, 0], mean[:, 1], color="black", lw=1.0, zorder=2)
-    ax.scatter(mean[:, 0], mean[:, 1], c=sublayer_colours(n_sublayers), s=25, edgecolor="white", lw=0.4, zorder=3)
+    draw_trajectory_bundle(ax, embedding, max_trajectories, seed, marker_size=25)
     ax.set_xlabel("CAE dimension 1")
     ax.set_ylabel("CAE dimension 2")
     ax.set_title("B  mean trajectory (test set)")
-    add_sublayer_colourbar(ax, n_sublayers)
+    add_sublayer_colourbar(ax, embedding.shape[1])
 
 
 def draw_step_distance(ax: Axes, step_distance: np.ndarray, step_distance_sem: np.ndarray | None = None, sublayer_names: Sequence[str] | None = None) -> None:

@@ -24,6 +24,30 @@ def add_sublayer_colourbar(ax: Axes, n_sublayers: int, cmap: str = "viridis") ->
     ax.figure.colorbar(mappable, ax=ax, label="sublayer", fraction=0.046, pad=0.03)
 
 
+def draw_trajectory_bundle(
+    ax: Axes,
+    trajectories: np.ndarray,
+    max_trajectories: int,
+    seed: int = 0,
+    line_colour: str = "0.8",
+    line_alpha: float = 1.0,
+    mean_colour: str = "black",
+    mean_width: float = 1.0,
+    marker_size: float = 22,
+) -> None:
+    """Trajectories (N, 2L, 2) as thin lines (a seeded subset of at most ``max_trajectories``)
+    under their per-sublayer mean, a line with points coloured by sublayer."""
+    n_samples, n_sublayers, _ = trajectories.shape
+    rows = np.arange(n_samples)
+    if n_samples > max_trajectories:
+        rows = np.sort(np.random.default_rng(seed).choice(n_samples, max_trajectories, replace=False))
+    for row in rows:
+        ax.plot(trajectories[row, :, 0], trajectories[row, :, 1], color=line_colour, lw=0.3, alpha=line_alpha, zorder=1)
+    means = trajectories.mean(axis=0)
+    ax.plot(means[:, 0], means[:, 1], color=mean_colour, lw=mean_width, zorder=3)
+    ax.scatter(means[:, 0], means[:, 1], c=sublayer_colours(n_sublayers), s=marker_size, edgecolor="white", lw=0.4, zorder=4)
+
+
 def draw_pca_trajectories(
     ax: Axes,
     projection: np.ndarray,
@@ -36,15 +60,7 @@ def draw_pca_trajectories(
 
     At most ``max_trajectories`` sequences are drawn (a seeded subset).
     """
-    n_samples, n_sublayers, _ = projection.shape
-    rows = np.arange(n_samples)
-    if n_samples > max_trajectories:
-        rows = np.sort(np.random.default_rng(seed).choice(n_samples, max_trajectories, replace=False))
-    for row in rows:
-        ax.plot(projection[row, :, 0], projection[row, :, 1], color="black", lw=0.3, alpha=0.25)
-    means = projection.mean(axis=0)
-    ax.plot(means[:, 0], means[:, 1], color="tab:red", lw=1.2, zorder=3)
-    ax.scatter(means[:, 0], means[:, 1], c=sublayer_colours(n_sublayers), s=22, edgecolor="white", lw=0.4, zorder=4)
+    draw_trajectory_bundle(ax, projection, max_trajectories, seed, line_colour="black", line_alpha=0.25, mean_colour="tab:red", mean_width=1.2)
     if explained_variance_ratio is not None:
         ax.set_xlabel(f"PC1 ({100 * explained_variance_ratio[0]:.1f} %)")
         ax.set_ylabel(f"PC2 ({100 * explained_variance_ratio[1]:.1f} %)")
@@ -53,7 +69,7 @@ def draw_pca_trajectories(
         ax.set_ylabel("PC2")
     ax.set_title("A  trajectories in PC space")
     if colourbar:
-        add_sublayer_colourbar(ax, n_sublayers)
+        add_sublayer_colourbar(ax, projection.shape[1])
 
 
 def draw_cumulative_variance(ax: Axes, explained_variance_ratio: np.ndarray, threshold: float = 0.9) -> None:
