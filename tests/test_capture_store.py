@@ -89,3 +89,20 @@ def test_kill_during_write_leaves_only_a_temporary_that_the_next_run_removes(inp
     monkeypatch.setattr(store, "_write_node", real_write_node)
     capture.capture_store(str(model_dir), str(corpus_path), str(out), CAPTURE, MODEL)
     assert zarr.open_group(str(out), mode="r")["original"].shape[1] == 6
+
+
+def test_reading_a_snakemake_directory_output_does_not_warn(tmp_path):
+    """Snakemake puts `.snakemake_timestamp` inside directory() outputs; reading the store
+    must neither warn about it nor return it."""
+    import warnings
+
+    from rsdyn.store import write_group
+
+    store = tmp_path / "out.zarr"
+    write_group(store, {"values": np.arange(6.0).reshape(2, 3)}, attrs={})
+    (store / ".snakemake_timestamp").touch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        arrays = read_group(store)
+    assert list(arrays) == ["values"]
+    np.testing.assert_array_equal(arrays["values"], np.arange(6.0).reshape(2, 3))

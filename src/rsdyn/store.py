@@ -18,9 +18,6 @@ from typing import Any
 import numpy as np
 import zarr
 
-# Snakemake touches a `.snakemake_timestamp` file inside every directory() output; it is
-# not part of the store, and zarr would warn about it whenever a group is listed.
-warnings.filterwarnings("ignore", message=r"Object at \.snakemake_timestamp is not recognized", category=UserWarning)
 
 
 def _remove(path: Path) -> None:
@@ -109,6 +106,15 @@ def open_group(path: str | os.PathLike) -> zarr.Group:
     return zarr.open_group(str(path), mode="r")
 
 
+@contextlib.contextmanager
+def ignoring_snakemake_marker() -> Iterator[None]:
+    """Silence zarr's warning about the `.snakemake_timestamp` file that Snakemake puts in
+    every directory() output while a group is listed; it is not part of the store."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Object at \.snakemake_timestamp is not recognized", category=UserWarning)
+        yield
+
+
 def read_group(path: str | os.PathLike) -> dict[str, Any]:
     """Every array of a group (recursively) as NumPy arrays, sub-groups as dicts."""
 
@@ -118,7 +124,8 @@ def read_group(path: str | os.PathLike) -> dict[str, Any]:
             out[name] = _read(member) if isinstance(member, zarr.Group) else member[...]
         return out
 
-    return _read(open_group(path))
+    with ignoring_snakemake_marker():
+        return _read(open_group(path))
 
 
 @contextlib.contextmanager
