@@ -199,6 +199,11 @@ def _thirds(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values[:third], values[-third:]
 
 
+def _per_row_of_finite(values: np.ndarray, statistic) -> np.ndarray:
+    """``statistic`` of each row's finite entries: (T, U) -> (T,), NaN for a row with none."""
+    return np.array([statistic(row[np.isfinite(row)]) if np.isfinite(row).any() else np.nan for row in values])
+
+
 def first_defined_transition(values: np.ndarray) -> int:
     """Index of the first transition (row) at which at least half of the units are finite.
 
@@ -214,7 +219,7 @@ def _condition_rows(stats: Mapping, suffix: str) -> dict[str, dict]:
     which = "token-shuffled" if suffix else "original"
     r = stats["corr_consecutive"]
     first = first_defined_transition(r)
-    median_r = np.array([np.median(row[np.isfinite(row)]) if np.isfinite(row).any() else np.nan for row in r])
+    median_r = _per_row_of_finite(r, np.median)
     rows = {
         f"first_defined_transition{suffix}": _row(
             first, 0, f"first transition where r is defined for at least half of the units ({which} text); "
@@ -229,7 +234,7 @@ def _condition_rows(stats: Mapping, suffix: str) -> dict[str, dict]:
     }
     for estimator, label in (("mi_kde", "Gaussian KDE, the paper's estimator"), ("mi_ksg", "KSG"), ("mi_gaussian", "-0.5 ln(1 - r^2)")):
         values = stats[estimator]
-        mean_mi = np.array([np.nanmean(row[np.isfinite(row)]) if np.isfinite(row).any() else np.nan for row in values])
+        mean_mi = _per_row_of_finite(values, np.mean)
         after = np.where(np.arange(len(mean_mi)) >= first, np.nan_to_num(mean_mi, nan=np.inf), np.inf)
         rows[f"{estimator}_first{suffix}"] = _row(
             float(mean_mi[first]), "high, then a sharp drop" if estimator == "mi_kde" else None,
@@ -254,9 +259,8 @@ def summary_fig12(unit_stats: Mapping, layer_table: pd.DataFrame) -> dict[str, d
     original, shuffled = unit_stats["original"], unit_stats["shuffled"]
     r = original["corr_consecutive"]
     first = first_defined_transition(r)
-    with np.errstate(all="ignore"):
-        median_r = np.array([np.median(row[np.isfinite(row)]) if np.isfinite(row).any() else np.nan for row in r])
-        mean_r = np.array([np.mean(row[np.isfinite(row)]) if np.isfinite(row).any() else np.nan for row in r])
+    median_r = _per_row_of_finite(r, np.median)
+    mean_r = _per_row_of_finite(r, np.mean)
     within_r, cross_r = _paired_within_cross(mean_r)
     defined_layers = np.isfinite(within_r) & np.isfinite(cross_r)
     transitions = layer_table[(layer_table["kind"] == "transition") & (layer_table["condition"] == "original")].sort_values("index")

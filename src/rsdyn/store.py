@@ -19,7 +19,6 @@ import numpy as np
 import zarr
 
 
-
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)

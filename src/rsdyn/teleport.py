@@ -123,13 +123,6 @@ def mse_to_control(trajectories: np.ndarray, control: np.ndarray, layer: int) ->
 # --------------------------------------------------------------------------- validation
 
 
-def model_layer_count(model_dir: str | Path) -> int | None:
-    """Number of decoder layers of a converted model (None if it has no config.json)."""
-    from rsdyn.models import layer_count
-
-    return layer_count(model_dir)
-
-
 def job_settings(teleport_settings: Mapping[str, Any]) -> dict[str, Any]:
     """The teleport settings one layer's job depends on: all but ``layers`` and
     ``arrow_sublayers``, so that adding a layer or changing the arrows reruns no layer."""
@@ -498,10 +491,10 @@ def run_teleport_layer(
     """
     from transformers import AutoTokenizer
 
-    from rsdyn.models import load_model, resolve_device, resolve_dtype
+    from rsdyn.models import layer_count, load_model, resolve_device, resolve_dtype
     from rsdyn.store import open_group
 
-    n_layers = model_layer_count(model_dir)
+    n_layers = layer_count(model_dir)
     if n_layers is None:
         raise FileNotFoundError(f"No converted model at {model_dir}: run the model rule first.")
     name = Path(model_dir).name
