@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import gaussian_kde  # noqa: E402
 
+from rsdyn import mi  # noqa: E402
 from rsdyn import unit_stats as us  # noqa: E402
 from rsdyn.store import open_group, write_group  # noqa: E402
 
@@ -78,32 +79,32 @@ def bench_kde(store: Path, n_pairs: int, n_units: int, repeats: int) -> dict:
     y = np.ascontiguousarray(rows[2:10].reshape(-1, n_samples)[:n_pairs])
     trajectory = np.ascontiguousarray(acts[:, :, :n_units])
     n_transitions = (n_sublayers - 1) * n_units
-    backends = ["numba", "torch"] if us.numba is not None else ["torch"]
+    backends = ["numba", "torch"] if mi.numba is not None else ["torch"]
     load_before = os.getloadavg()
     reference = np.array([mi_kde_scipy(x[i], y[i]) for i in range(len(x))])
     out: dict = {"n_samples": n_samples, "n_pairs": len(x), "n_transitions": n_transitions,
-                 "default_cpu_backend": us.KDE_CPU_BACKEND, "numba_version": getattr(us.numba, "__version__", None),
+                 "default_cpu_backend": mi.KDE_CPU_BACKEND, "numba_version": getattr(mi.numba, "__version__", None),
                  "repeats": repeats}
     for backend in backends:  # warm-up: numba compiles (or loads its cache), torch's first calls
-        us.KDE_CPU_BACKEND = backend
-        us.mi_kde_pairs(x[:2], y[:2])
+        mi.KDE_CPU_BACKEND = backend
+        mi.mi_kde_pairs(x[:2], y[:2])
     timings: dict[str, float] = {"scipy": float("inf")}
     for _ in range(repeats):  # one round = every variant once, so load spikes hit them alike
         timings["scipy"] = min(timings["scipy"], _best_seconds(lambda: [mi_kde_scipy(x[i], y[i]) for i in range(len(x))], 1))
         for backend in backends:
-            us.KDE_CPU_BACKEND = backend
+            mi.KDE_CPU_BACKEND = backend
             for threads in (1, 2):
-                with us.torch_threads(threads):
-                    for kind, call in (("pair", lambda: us.mi_kde_pairs(x, y)), ("transition", lambda: us.mi_kde(trajectory))):
+                with mi.torch_threads(threads):
+                    for kind, call in (("pair", lambda: mi.mi_kde_pairs(x, y)), ("transition", lambda: mi.mi_kde(trajectory))):
                         key = f"{backend}/{threads}/{kind}"
                         # 3 calls in a row: an idle vCPU needs a few ms to wake up for the second thread
                         timings[key] = min(timings.get(key, float("inf")), _best_seconds(call, 3))
     scipy_per_pair = timings["scipy"] / len(x)
     out["scipy_seconds_per_pair"] = scipy_per_pair
     for backend in backends:
-        us.KDE_CPU_BACKEND = backend
-        with us.torch_threads(1):
-            diff = float(np.nanmax(np.abs(us.mi_kde_pairs(x, y) - reference)))
+        mi.KDE_CPU_BACKEND = backend
+        with mi.torch_threads(1):
+            diff = float(np.nanmax(np.abs(mi.mi_kde_pairs(x, y) - reference)))
         row: dict = {"max_abs_diff_nats": diff}
         for threads in (1, 2):
             per_pair = timings[f"{backend}/{threads}/pair"] / len(x)
@@ -113,9 +114,9 @@ def bench_kde(store: Path, n_pairs: int, n_units: int, repeats: int) -> dict:
                 "seconds_per_transition": per_transition, "speedup_per_transition": scipy_per_pair / per_transition,
             }
         out[backend] = row
-    us.KDE_CPU_BACKEND = out["default_cpu_backend"]
-    with us.torch_threads(1):
-        out["float64_max_abs_diff_nats"] = float(np.nanmax(np.abs(us.mi_kde_pairs(x, y, precision="float64") - reference)))
+    mi.KDE_CPU_BACKEND = out["default_cpu_backend"]
+    with mi.torch_threads(1):
+        out["float64_max_abs_diff_nats"] = float(np.nanmax(np.abs(mi.mi_kde_pairs(x, y, precision="float64") - reference)))
     out["load_average_1min"] = [load_before[0], os.getloadavg()[0]]
     return out
 
@@ -166,7 +167,7 @@ def bench_scaling(quick: bool) -> dict:
     }
     settings = {"n_shuffles": 200}
     out: dict = {}
-    with us.torch_threads(1):
+    with mi.torch_threads(1):
         for factor, values in grid.items():
             points = []
             for value in values:

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from rsdyn import correlations, mi
 from rsdyn import layer_stats as ls
 from rsdyn import unit_stats as us
 from rsdyn.store import read_group
@@ -89,10 +90,10 @@ def test_summary_fig12_rows(tmp_path):
 def test_first_defined_transition_skips_a_constant_first_sublayer():
     acts = us.synthetic_activations(20, 3, 6, seed=2).astype(np.float64)
     acts[:, 0, :] = 1.5  # every sample ends with the same token: sublayer 0 is constant
-    r = us.corr_consecutive(acts)
+    r = correlations.corr_consecutive(acts)
     assert np.isnan(r[0]).all()
     assert ls.first_defined_transition(r) == 1
-    stats = {"corr_consecutive": r, "mi_kde": us.mi_kde(acts), "mi_ksg": us.mi_ksg(acts), "mi_gaussian": us.mi_gaussian(r)}
+    stats = {"corr_consecutive": r, "mi_kde": mi.mi_kde(acts), "mi_ksg": mi.mi_ksg(acts), "mi_gaussian": mi.mi_gaussian(r)}
     rows = ls._condition_rows(stats, "")
     assert rows["first_defined_transition"]["value"] == 1
     assert rows["corr_first_transition_median"]["value"] == pytest.approx(np.median(r[1]))

@@ -7,6 +7,7 @@ import pytest
 from scipy.special import digamma
 from scipy.stats import gaussian_kde
 
+from rsdyn import correlations, mi, rotations, surrogates
 from rsdyn import unit_stats as us
 from rsdyn.store import read_group, write_group
 
@@ -92,7 +93,7 @@ def test_more_shards_than_units_is_a_clear_error():
 def test_corr_consecutive_matches_corrcoef(acts):
     expected = np.array([[np.corrcoef(acts[:, l, u], acts[:, l + 1, u])[0, 1] for u in range(acts.shape[2])]
                          for l in range(acts.shape[1] - 1)])
-    np.testing.assert_allclose(us.corr_consecutive(acts), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(correlations.corr_consecutive(acts), expected, rtol=0, atol=1e-12)
 
 
 def test_corr_pairs_hist_matches_corrcoef_and_histogram(acts):
@@ -102,30 +103,30 @@ def test_corr_pairs_hist_matches_corrcoef_and_histogram(acts):
         matrix = np.corrcoef(acts[:, :, u].T)
         r = matrix[np.triu_indices(acts.shape[1], k=1)]
         expected.append(np.histogram(r, bins=bins, range=(0, 1))[0] / len(r))
-    np.testing.assert_allclose(us.corr_pairs_hist(acts, bins), np.array(expected), atol=1e-12)
+    np.testing.assert_allclose(correlations.corr_pairs_hist(acts, bins), np.array(expected), atol=1e-12)
 
 
 def test_histogram_fractions_edges_like_numpy():
     values = np.array([[0.0, 0.1, 0.2, 0.5, 0.9999, 1.0, -0.3, 0.3, 0.7, 0.6]])
     expected = np.histogram(values[0], bins=5, range=(0, 1))[0] / values.shape[1]
-    np.testing.assert_array_equal(us.histogram_fractions(values, 5), expected[None])
+    np.testing.assert_array_equal(correlations.histogram_fractions(values, 5), expected[None])
 
 
 def test_mi_gaussian_is_the_bivariate_normal_mi():
     r = np.array([0.0, 0.5, -0.9, 0.999])
-    np.testing.assert_allclose(us.mi_gaussian(r), [-0.5 * np.log(1 - v * v) for v in r], rtol=1e-14)
+    np.testing.assert_allclose(mi.mi_gaussian(r), [-0.5 * np.log(1 - v * v) for v in r], rtol=1e-14)
 
 
 # ----------------------------------------------------------------------------- KDE MI
 
 
-KDE_BACKENDS = ["torch"] + (["numba"] if us.numba is not None else [])
+KDE_BACKENDS = ["torch"] + (["numba"] if mi.numba is not None else [])
 
 
 @pytest.fixture(params=KDE_BACKENDS)
 def kde_backend(request, monkeypatch):
     """Runs the test with each CPU backend of the float32 kernel sums."""
-    monkeypatch.setattr(us, "KDE_CPU_BACKEND", request.param)
+    monkeypatch.setattr(mi, "KDE_CPU_BACKEND", request.param)
     return request.param
 
 
@@ -147,7 +148,7 @@ def test_mi_kde_pairs_matches_scipy(precision, kde_backend):
     extra_x, extra_y = discrete_and_outlier_pairs(rng, 300)
     x, y = np.vstack([x, extra_x]), np.vstack([y, extra_y])
     expected = np.array([mi_kde_scipy(x[i], y[i]) for i in range(len(x))])
-    got = us.mi_kde_pairs(x, y, precision=precision)
+    got = mi.mi_kde_pairs(x, y, precision=precision)
     if precision == "float32":
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
     else:
@@ -172,16 +173,16 @@ def float64_kde_tolerance(x: np.ndarray, y: np.ndarray, mi: np.ndarray) -> np.nd
     return 4.0 * n_points * np.finfo(np.float64).eps * kappa * np.maximum(1.0, np.abs(mi))
 
 
-@pytest.mark.skipif(us.numba is None, reason="numba is not installed")
+@pytest.mark.skipif(mi.numba is None, reason="numba is not installed")
 def test_numba_exp_matches_numpy():
     t = np.concatenate([np.linspace(-87.0, 0.0, 4001), -np.logspace(-8, 1, 500), [0.0, -0.0]]).astype(np.float32)
-    got = np.array([us._exp_nonpositive_f32(value) for value in t], dtype=np.float64)
+    got = np.array([mi._exp_nonpositive_f32(value) for value in t], dtype=np.float64)
     expected = np.exp(t.astype(np.float64))
     np.testing.assert_allclose(got, expected, rtol=3.5e-7, atol=0)
     np.testing.assert_allclose(got[t >= -20], expected[t >= -20], rtol=1.5e-7, atol=0)
 
 
-@pytest.mark.skipif(us.numba is None, reason="numba is not installed")
+@pytest.mark.skipif(mi.numba is None, reason="numba is not installed")
 @pytest.mark.parametrize("n_dims", [1, 2])
 @pytest.mark.parametrize("n_points", [3, 301])
 def test_numba_kernel_sums_match_float64_loop(n_dims, n_points):
@@ -193,35 +194,35 @@ def test_numba_kernel_sums_match_float64_loop(n_dims, n_points):
     for row in range(4):
         p = points[row].astype(np.float64)
         expected[row] = [np.exp(-((p - p[i]) ** 2).sum(axis=1)).sum() for i in range(n_points)]
-    got = us._numba_kernel_sums(points, workers=1)
+    got = mi._numba_kernel_sums(points, workers=1)
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=0)
-    np.testing.assert_array_equal(us._numba_kernel_sums(points, workers=3), got)
+    np.testing.assert_array_equal(mi._numba_kernel_sums(points, workers=3), got)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_mi_kde_of_a_unit_does_not_depend_on_its_batch(kde_backend, threads):
     acts = us.synthetic_activations(150, 3, 5, seed=13).astype(np.float64)
-    with us.torch_threads(1):
-        alone = np.hstack([us.mi_kde(acts[:, :, [unit]]) for unit in range(5)])
-    with us.torch_threads(threads):
-        together = us.mi_kde(acts)
+    with mi.torch_threads(1):
+        alone = np.hstack([mi.mi_kde(acts[:, :, [unit]]) for unit in range(5)])
+    with mi.torch_threads(threads):
+        together = mi.mi_kde(acts)
     np.testing.assert_array_equal(together, alone)
 
 
 def test_mi_kde_consecutive_shares_marginals_and_matches_scipy(acts):
     expected = np.array([[mi_kde_scipy(acts[:, l, u], acts[:, l + 1, u]) for u in range(acts.shape[2])]
                          for l in range(acts.shape[1] - 1)])
-    np.testing.assert_allclose(us.mi_kde(acts), expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(mi.mi_kde(acts), expected, rtol=0, atol=1e-6)
 
 
 def test_kde_densities_match_scipy_at_the_samples():
     rng = np.random.default_rng(1)
     x, y = correlated_pairs(rng, 3, 200)
     for i in range(3):
-        np.testing.assert_allclose(us.kde_marginal_density(x[i : i + 1], precision="float64")[0],
+        np.testing.assert_allclose(mi.kde_marginal_density(x[i : i + 1], precision="float64")[0],
                                    gaussian_kde(x[i])(x[i]), rtol=1e-12)
         joint = np.vstack([x[i], y[i]])
-        np.testing.assert_allclose(us.kde_joint_density(x[i : i + 1], y[i : i + 1], precision="float64")[0],
+        np.testing.assert_allclose(mi.kde_joint_density(x[i : i + 1], y[i : i + 1], precision="float64")[0],
                                    gaussian_kde(joint)(joint), rtol=1e-12)
 
 
@@ -229,8 +230,8 @@ def test_mi_kde_of_constant_unit_is_nan():
     rng = np.random.default_rng(2)
     x = np.vstack([np.full(50, 3.0), rng.standard_normal(50)])
     y = rng.standard_normal((2, 50))
-    mi = us.mi_kde_pairs(x, y)
-    assert np.isnan(mi[0]) and np.isfinite(mi[1])
+    values = mi.mi_kde_pairs(x, y)
+    assert np.isnan(values[0]) and np.isfinite(values[1])
 
 
 # ----------------------------------------------------------------------------- KSG MI
@@ -240,14 +241,14 @@ def test_mi_ksg_matches_brute_force_loop():
     rng = np.random.default_rng(4)
     x, y = correlated_pairs(rng, 10, 250)
     expected = np.array([mi_ksg_loop(x[i], y[i]) for i in range(len(x))])
-    np.testing.assert_allclose(us.mi_ksg_pairs(x, y, k=3), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(mi.mi_ksg_pairs(x, y, k=3), expected, rtol=0, atol=1e-12)
 
 
 def test_mi_ksg_consecutive_and_other_k(acts):
     for k in (1, 4):
         expected = np.array([[mi_ksg_loop(acts[:, l, u], acts[:, l + 1, u], k) for u in range(acts.shape[2])]
                              for l in range(acts.shape[1] - 1)])
-        np.testing.assert_allclose(us.mi_ksg(acts, k=k), expected, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(mi.mi_ksg(acts, k=k), expected, rtol=0, atol=1e-12)
 
 
 def test_mi_ksg_matches_sklearn():
@@ -257,7 +258,7 @@ def test_mi_ksg_matches_sklearn():
     x, y = x[3:], y[3:]  # positive correlations, where sklearn's clipping at 0 does not act
     x, y = x / x.std(axis=1, keepdims=True), y / y.std(axis=1, keepdims=True)
     expected = [mutual_info._compute_mi_cc(x[i], y[i], 3) for i in range(len(x))]
-    np.testing.assert_allclose(us.mi_ksg_pairs(x, y, k=3), expected, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(mi.mi_ksg_pairs(x, y, k=3), expected, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("window", [1, 2, 5, 299])
@@ -275,7 +276,7 @@ def test_kth_neighbour_distance_does_not_depend_on_window(window):
                               np.abs(ys[row].numpy()[:, None] - ys[row].numpy()[None]))
         np.fill_diagonal(distance, np.inf)
         expected.append(np.sort(distance, axis=1)[:, 2])
-    got = us._kth_neighbour_distance(xs, ys, 3, window=window, check_every=3)
+    got = mi._kth_neighbour_distance(xs, ys, 3, window=window, check_every=3)
     np.testing.assert_array_equal(got.numpy(), np.array(expected))
 
 
@@ -284,8 +285,8 @@ def test_estimators_agree_on_a_gaussian_pair():
     x = rng.standard_normal((1, 2000))
     y = 0.8 * x + 0.6 * rng.standard_normal((1, 2000))
     exact = -0.5 * np.log(1 - 0.8**2)
-    assert abs(us.mi_ksg_pairs(x, y)[0] - exact) < 0.05
-    assert abs(us.mi_kde_pairs(x, y)[0] - exact) < 0.1
+    assert abs(mi.mi_ksg_pairs(x, y)[0] - exact) < 0.05
+    assert abs(mi.mi_kde_pairs(x, y)[0] - exact) < 0.1
 
 
 # ----------------------------------------------------------------------------- rotations
@@ -295,7 +296,7 @@ def test_rotation_number_matches_python_loop():
     rng = np.random.default_rng(8)
     trajectories = rng.standard_normal((20, 17)).cumsum(axis=1)
     expected = [rotation_loop(t) for t in trajectories]
-    np.testing.assert_allclose(us.rotation_number(trajectories), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(rotations.rotation_number(trajectories), expected, rtol=0, atol=1e-12)
 
 
 def test_tangent_turns_of_circles_traversed_n_times():
@@ -303,7 +304,7 @@ def test_tangent_turns_of_circles_traversed_n_times():
     for turns in (1, 3, -2):
         x, y = np.cos(2 * np.pi * turns * t), np.sin(2 * np.pi * turns * t)
         # the tangent turns once per loop; first and last tangent are one step short of a full loop
-        assert us.tangent_turns(x, y) == pytest.approx(turns * (1 - 1 / 2000), abs=1e-9)
+        assert rotations.tangent_turns(x, y) == pytest.approx(turns * (1 - 1 / 2000), abs=1e-9)
 
 
 def test_rotation_number_of_growing_oscillation_is_minus_its_cycles():
@@ -311,15 +312,15 @@ def test_rotation_number_of_growing_oscillation_is_minus_its_cycles():
     n_steps, cycles = 800, 6
     l = np.arange(n_steps)
     trajectory = np.exp(0.01 * l * 6 / cycles) * np.cos(2 * np.pi * cycles * l / n_steps)
-    assert us.rotation_number(trajectory) == pytest.approx(-cycles, abs=0.05)
+    assert rotations.rotation_number(trajectory) == pytest.approx(-cycles, abs=0.05)
 
 
 def test_layer_shuffle_null_matches_loop():
     rng = np.random.default_rng(9)
     acts = rng.standard_normal((5, 12, 3)).cumsum(axis=1)
-    out = us.rotations(acts, n_shuffles=30, surrogate="circular", seed=4)
+    out = rotations.rotations(acts, n_shuffles=30, surrogate="circular", seed=4)
     mean_trajectory = acts.mean(axis=0)
-    permutations = us.layer_permutations(12, 30, 4)
+    permutations = rotations.layer_permutations(12, 30, 4)
     for unit in range(3):
         null = np.array([rotation_loop(mean_trajectory[perm, unit]) for perm in permutations])
         observed = rotation_loop(mean_trajectory[:, unit])
@@ -331,37 +332,37 @@ def test_layer_shuffle_null_matches_loop():
 
 
 def test_permutations_are_permutations_and_seeded():
-    permutations = us.layer_permutations(10, 50, 1)
+    permutations = rotations.layer_permutations(10, 50, 1)
     assert np.array_equal(np.sort(permutations, axis=1), np.tile(np.arange(10), (50, 1)))
-    assert np.array_equal(permutations, us.layer_permutations(10, 50, 1))
-    assert not np.array_equal(permutations, us.layer_permutations(10, 50, 2))
+    assert np.array_equal(permutations, rotations.layer_permutations(10, 50, 1))
+    assert not np.array_equal(permutations, rotations.layer_permutations(10, 50, 2))
 
 
 def test_phase_surrogates_keep_trend_and_spectrum():
     rng = np.random.default_rng(10)
     trajectory = rng.standard_normal((4, 16)).cumsum(axis=1)
-    surrogates = us.surrogate_trajectories(trajectory, "phase", 25, seed=0)
-    np.testing.assert_allclose(surrogates.mean(axis=2), trajectory.mean(axis=1, keepdims=True).repeat(25, 1), atol=1e-12)
-    assert not np.allclose(surrogates[:, 0], trajectory)
+    draws = surrogates.surrogate_trajectories(trajectory, "phase", 25, seed=0)
+    np.testing.assert_allclose(draws.mean(axis=2), trajectory.mean(axis=1, keepdims=True).repeat(25, 1), atol=1e-12)
+    assert not np.allclose(draws[:, 0], trajectory)
     ramp = np.linspace(0, 1, 16)
     line = trajectory[:, :1] + (trajectory[:, -1:] - trajectory[:, :1]) * ramp
     amplitude = np.abs(np.fft.rfft(trajectory - line))
-    surrogate_amplitude = np.abs(np.fft.rfft(surrogates - line[:, None]))
+    surrogate_amplitude = np.abs(np.fft.rfft(draws - line[:, None]))
     np.testing.assert_allclose(surrogate_amplitude, np.broadcast_to(amplitude[:, None], surrogate_amplitude.shape), atol=1e-9)
 
 
 def test_circular_surrogates_are_rotations_of_the_sequence():
     trajectory = np.arange(24, dtype=float).reshape(2, 12)
-    surrogates = us.surrogate_trajectories(trajectory, "circular", 7, seed=0)
+    draws = surrogates.surrogate_trajectories(trajectory, "circular", 7, seed=0)
     for unit in range(2):
-        for draw in surrogates[unit]:
+        for draw in draws[unit]:
             shift = int(draw[0] - trajectory[unit, 0])
             assert 1 <= shift < 12
             assert np.array_equal(draw, np.roll(trajectory[unit], -shift))
 
 
 def test_per_sample_rotations_are_the_mean_over_samples(acts):
-    out = us.rotations(acts, n_shuffles=5, per_sample=True)
+    out = rotations.rotations(acts, n_shuffles=5, per_sample=True)
     expected = [np.mean([rotation_loop(acts[n, :, u]) for n in range(acts.shape[0])]) for u in range(acts.shape[2])]
     np.testing.assert_allclose(out["rotations_per_sample_mean"], expected, atol=1e-12)
 
@@ -408,8 +409,8 @@ def test_shard_reads_only_its_units_and_matches_the_kernels(tmp_path):
     result = us.compute_shard(store, 3, 6, SMALL)
     acts = read_group(store)["original"][:, :, 3:6].astype(np.float64)
     np.testing.assert_array_equal(result["units"], [3, 4, 5])
-    np.testing.assert_allclose(result["original"]["corr_consecutive"], us.corr_consecutive(acts), atol=1e-14)
-    np.testing.assert_allclose(result["original"]["mi_kde"], us.mi_kde(acts), atol=1e-12)
+    np.testing.assert_allclose(result["original"]["corr_consecutive"], correlations.corr_consecutive(acts), atol=1e-14)
+    np.testing.assert_allclose(result["original"]["mi_kde"], mi.mi_kde(acts), atol=1e-12)
 
 
 def test_gather_refuses_a_missing_shard(tmp_path):

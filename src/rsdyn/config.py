@@ -197,7 +197,8 @@ def known_n_layers(model: dict, resources_dir: str = "resources") -> int | None:
 
 def check_layers(layers: list[int], n_layers: int, key: str, model_name: str) -> None:
     """Every teleport layer must exist in a model of ``n_layers`` layers."""
-    from rsdyn.teleport import TeleportError, check_layers as check_teleport_layers
+    from rsdyn.teleport import TeleportError
+    from rsdyn.teleport import check_layers as check_teleport_layers
 
     try:
         check_teleport_layers(layers, n_layers, model_name)

@@ -21,8 +21,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from rsdyn.adapters import sublayer_names as default_sublayer_names
+from rsdyn.errors import UnitStatsInputError
 from rsdyn.store import open_group
-from rsdyn.unit_stats import CONDITIONS, MIN_SAMPLES, UnitStatsInputError
+from rsdyn.unit_stats import CONDITIONS, MIN_SAMPLES
 
 COLUMNS = [
     "condition", "kind", "index", "name", "layer", "site", "transition_type",

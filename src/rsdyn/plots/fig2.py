@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 from matplotlib.figure import Figure
 
-from rsdyn.unit_stats import phase_portrait
+from rsdyn.rotations import phase_portrait
 
 
 def example_units(rotations: np.ndarray, n_units: int) -> np.ndarray:
