@@ -25,16 +25,27 @@ def fake_terminal(monkeypatch):
 
 def test_progress_prints_one_line_per_interval_and_one_at_the_end(fake_terminal):
     screen, clock = fake_terminal
-    bar = jobs.progress(total=100, desc="capture original", unit="seq", file=io.StringIO(), mininterval=0)
-    for _ in range(100):
+    bar = jobs.progress(total=105, desc="capture original", unit="seq", file=io.StringIO(), mininterval=0)
+    for _ in range(105):
         clock["now"] += 1.0  # one second per sequence: a line every PROGRESS_INTERVAL_S
         bar.update(1)
     bar.close()
     lines = screen.getvalue().splitlines()
-    assert len(lines) == 100 // jobs.PROGRESS_INTERVAL_S + 1
+    assert len(lines) == 105 // jobs.PROGRESS_INTERVAL_S + 1
     assert all(line.startswith("[capture] capture original: ") for line in lines)
-    assert lines[0].startswith(f"[capture] capture original: {int(jobs.PROGRESS_INTERVAL_S)}/100 seq after ")
-    assert lines[-1].startswith("[capture] capture original: 100/100 seq after ")
+    assert lines[0].startswith(f"[capture] capture original: {int(jobs.PROGRESS_INTERVAL_S)}/105 seq after ")
+    assert lines[-1].startswith("[capture] capture original: 105/105 seq after ")
+
+
+def test_progress_does_not_repeat_the_last_line_when_it_closes(fake_terminal):
+    screen, clock = fake_terminal
+    bar = jobs.progress(total=2, desc="cae epochs", unit="epoch", file=io.StringIO(), mininterval=0)
+    for _ in range(2):
+        clock["now"] += jobs.PROGRESS_INTERVAL_S
+        bar.update(1)
+    bar.close()
+    assert [line.split(" after ")[0] for line in screen.getvalue().splitlines()] == [
+        "[capture] cae epochs: 1/2 epoch", "[capture] cae epochs: 2/2 epoch"]
 
 
 def test_progress_outside_a_job_is_a_plain_bar(monkeypatch):

@@ -102,10 +102,11 @@ class _JobProgress(tqdm):
 
     def __init__(self, *args, **kwargs):
         self._terminal_at = time.monotonic()
+        self._terminal_n = 0  # the count the last terminal line showed
         super().__init__(*args, **kwargs)
 
     def _terminal_line(self) -> None:
-        self._terminal_at = time.monotonic()
+        self._terminal_at, self._terminal_n = time.monotonic(), self.n
         done = f"{self.n}/{self.total}" if self.total else f"{self.n}"
         rate = self.format_dict.get("rate")
         remaining = (self.total - self.n) / rate if rate and self.total else None
@@ -119,7 +120,7 @@ class _JobProgress(tqdm):
         return shown
 
     def close(self):
-        if not self.disable and terminal() is not None and self.n:
+        if not self.disable and terminal() is not None and self.n != self._terminal_n:
             self._terminal_line()
         super().close()
 
