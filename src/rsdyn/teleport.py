@@ -278,7 +278,7 @@ def prefix_cache(model, prompt_ids, family: str = "auto"):
     decoder, _, _, _, ids = _prepare(model, prompt_ids, 0, family)
     if ids.shape[1] < 2:
         return None
-    return decoder(input_ids=ids[:, :-1], use_cache=True).past_key_values
+    return decoder(input_ids=ids[:, :-1], use_cache=True).cache
 
 
 @torch.inference_mode()
@@ -318,7 +318,7 @@ def teleported_states(
         decoder(
             input_ids=ids[:, -1:].expand(n_points, 1),
             position_ids=torch.full((n_points, 1), length - 1, dtype=torch.long, device=device),
-            past_key_values=past,
+            cache=past,
             use_cache=past is not None,
         )
         return recorder.states[:, 2 * layer :].clone()

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from rsdyn.correlations import corr_consecutive, corr_pairs_hist
 from rsdyn.errors import UnitStatsInputError
+from rsdyn.jobs import progress
 from rsdyn.mi import mi_gaussian, mi_kde, mi_ksg, torch_threads
 from rsdyn.rotations import rotations
 from rsdyn.store import open_group
@@ -218,7 +218,7 @@ def compute_shard(
         for condition, acts in data.items():
             blocks = []
             starts = range(0, n_units, UNIT_BLOCK)
-            for first in tqdm(starts, desc=f"unit_stats {condition} units {unit_start}-{unit_stop - 1}", unit="block"):
+            for first in progress(starts, desc=f"unit_stats {condition} units {unit_start}-{unit_stop - 1}", unit="block"):
                 blocks.append(unit_block_stats(acts[:, :, first : first + UNIT_BLOCK], settings, timings))
             result[condition] = _concat_units(blocks)
     return result

@@ -53,6 +53,7 @@ rule fig3:
         ),
     params:
         settings=setting("figures"),
+        lineage=lineage("cae"),
     log:
         f"{RESULTS}/{{run}}/logs/fig3.log",
     conda:

@@ -16,6 +16,7 @@ rule teleport_layer:
         settings=lambda wildcards: job_settings(RUNS[wildcards.run]["teleport"]),
         layer=lambda wildcards: int(wildcards.layer),
         family=lambda wildcards: RUNS[wildcards.run]["model"]["family"],
+        lineage=lineage("pca"),
     threads: 2
     resources:
         gpu=1,
@@ -39,6 +40,7 @@ rule teleport_gather:
         directory(f"{RESULTS}/{{run}}/teleport.zarr"),
     params:
         layers=setting("teleport", "layers"),
+        lineage=lineage("teleport", leave_out=("teleport.arrow_sublayers",)),
     log:
         f"{RESULTS}/{{run}}/logs/teleport_gather.log",
     conda:
@@ -62,6 +64,7 @@ rule fig4:
     params:
         arrow_sublayers=setting("teleport", "arrow_sublayers"),
         dpi=setting("figures", "dpi"),
+        lineage=lineage("teleport"),
     log:
         f"{RESULTS}/{{run}}/logs/fig4.log",
     conda:
