@@ -9,6 +9,9 @@ rule pca:
         directory(f"{RESULTS}/{{run}}/pca.zarr"),
     params:
         settings=setting("pca"),
+        # bootstrap over sequences for the Fig. 4C rows (summary.bootstrap, summary.seed)
+        bootstrap=lambda wildcards: RUNS[wildcards.run].get("summary", {}).get("bootstrap", 200),
+        seed=lambda wildcards: RUNS[wildcards.run].get("summary", {}).get("seed", 0),
     threads: 2
     log:
         f"{RESULTS}/{{run}}/logs/pca.log",
