@@ -204,6 +204,29 @@ def test_metrics_match_a_loop_over_points():
     np.testing.assert_allclose(mse_to_control(trajectories, control, layer, steps), metrics["mse_to_control"])
 
 
+def test_scaled_metrics_divide_positions_by_the_data_spread():
+    """An offset that grows with the spread of the corpus states has raw distance ratio
+    sigma_{2l+h} / sigma_{2l} and points away from the control, but scaled ratio 1."""
+    layer, steps = 1, 2
+    sigma = np.array([1.0, 1.0, 2.0, 3.0, 8.0, 9.0])
+    control = np.stack([np.arange(6.0), np.zeros(6)], axis=1)
+    offset = np.array([0.0, 1.0])
+    trajectories = np.array([[control[s] + offset * sigma[s] for s in range(2, 6)]])
+    raw = teleport_metrics(trajectories, control, layer, steps)
+    scaled = teleport_metrics(trajectories, control, layer, steps, data_spread=sigma)
+    assert raw["distance_ratio"][0] == pytest.approx(8.0 / 2.0) and raw["alignment"][0] == pytest.approx(-1.0)
+    assert scaled["distance_ratio"][0] == pytest.approx(1.0) and np.isnan(scaled["alignment"][0])
+    rng = np.random.default_rng(14)
+    trajectories = rng.normal(size=(5, 4, 2))
+    by_hand = teleport_metrics(trajectories / sigma[2:, None], control / sigma[:, None], layer, steps)
+    for name, value in teleport_metrics(trajectories, control, layer, steps, sigma).items():
+        np.testing.assert_allclose(value, by_hand[name], rtol=1e-12)
+    projection = rng.normal(size=(7, 6, 2))
+    from rsdyn.teleport_metrics import data_spread
+
+    np.testing.assert_allclose(data_spread(projection), [np.sqrt(np.var(projection[:, s, 0], ddof=1) + np.var(projection[:, s, 1], ddof=1)) for s in range(6)])
+
+
 def test_horizon_is_clipped_to_what_remains():
     assert horizon(0, 60, 12) == 12
     assert horizon(23, 60, 12) == 12  # 46 + 12 = 58 <= 59
@@ -337,7 +360,10 @@ def fake_group(layer, rng, pull, n_points=30, samples=0):
         offsets = rng.normal(size=(count, 1, 2)) * 3 * pull ** np.arange(steps)[None, :, None]
         return control[2 * layer :] + offsets * rng.uniform(0.8, 1.2, (count, steps, 1))
 
-    group = {"grid_points": rng.normal(size=(n_points, 2)), "trajectories": trajectories(n_points), "control": control}
+    group = {
+        "grid_points": rng.normal(size=(n_points, 2)), "trajectories": trajectories(n_points), "control": control,
+        "data_spread": np.linspace(1.0, 2.0, 2 * N_LAYERS),
+    }
     if samples:
         group["sample_trajectories"] = trajectories(samples)
     return group
@@ -389,6 +415,10 @@ def test_summary_rows_rank_layers_and_compare_mid_with_ends():
     assert rows["teleport_distance_ratio_mid_over_ends"]["value"] == pytest.approx(expected, rel=1e-6)
     assert rows["teleport_alignment_mid_minus_ends"]["verdict"] == "reproduced"
     assert "corpus samples" in rows["teleport_sample_alignment_per_layer"]["resampled"]
+    scaled = rows["teleport_scaled_distance_ratio_per_layer"]["value"]
+    assert scaled["2"] == pytest.approx(np.nanmedian(groups[2]["scaled_distance_ratio"]), rel=1e-6)
+    assert {"teleport_scaled_spread_ratio_mid_over_ends", "teleport_sample_scaled_alignment_mid_minus_ends"} <= set(rows)
+    assert "teleport_scaled_mse_per_layer" not in rows
     final = np.mean(((groups[0]["trajectories"][:, -1] - groups[0]["control"][-1]) ** 2).sum(-1))
     assert rows["teleport_final_distance_per_layer"]["value"]["0"] == pytest.approx(final)
 

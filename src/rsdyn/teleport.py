@@ -63,7 +63,7 @@ from rsdyn.teleport_grid import (  # noqa: F401 - re-exported
     layer_data_range,
     sample_indices,
 )
-from rsdyn.teleport_metrics import MSE_DEFINITION, layer_metrics, mse_to_control, summary_teleport  # noqa: F401 - re-exported
+from rsdyn.teleport_metrics import MSE_DEFINITION, data_spread, layer_metrics, mse_to_control, summary_teleport  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def validate_teleport(settings: Mapping[str, Any], n_layers: int, tokenizer, mod
     n = settings.get("grid_n", 10)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
         raise TeleportError(f"teleport.grid_n = {n!r}; it must be an integer >= 2.")
-    value_range = settings.get("range")
+    value_range = settings.get("range", PER_LAYER)
     if value_range == PER_LAYER:
         range_sd = settings.get("range_sd", 3.0)
         if isinstance(range_sd, bool) or not isinstance(range_sd, (int, float)) or not range_sd > 0:
@@ -425,8 +425,9 @@ def run_teleport_layer(
     activations_path: str | Path | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The raw arrays of one layer (grid, its trajectories, the control, the grid's range
-    ``grid_range`` (2, 2) and, with ``sample_control`` > 0, ``sample_indices`` and
-    ``sample_trajectories``) and their attributes.
+    ``grid_range`` (2, 2), the corpus states' spread per sublayer ``data_spread`` (2L,)
+    and, with ``sample_control`` > 0, ``sample_indices`` and ``sample_trajectories``) and
+    their attributes.
 
     Everything is checked (layer against the model's count, grid, range, prompt, PCA
     width, sample count) before the weights are loaded. ``settings``: the run's
@@ -463,6 +464,7 @@ def run_teleport_layer(
     log.info("teleporting %d points and %d samples into layer %d of %s (%s, %s)", len(points), n_control, layer, name, device, dtype)
     arrays = teleport_layer(model, prompt_ids, layer, points, mean, components, family, sample_states=samples)
     arrays["grid_range"] = value_range.astype(np.float32)
+    arrays["data_spread"] = data_spread(projection).astype(np.float32)
     if n_control:
         arrays["sample_indices"] = indices.astype(np.int32)
     attrs = {
@@ -471,7 +473,7 @@ def run_teleport_layer(
         "prompt": settings["prompt"],
         "prompt_ids": [int(i) for i in prompt_ids],
         "grid_n": int(settings.get("grid_n", 10)),
-        "range": settings.get("range"),
+        "range": settings.get("range", PER_LAYER),
         "range_sd": settings.get("range_sd", 3.0),
         "sample_control": n_control,
         "seed": int(settings.get("seed", 0)),

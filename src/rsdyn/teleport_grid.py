@@ -100,7 +100,7 @@ def grid_range_for(settings: Mapping[str, Any], projection: np.ndarray, layer: i
     """The grid's [min, max] per PC (2, 2) for ``layer``: ``range``; or, when it is null,
     the span of every projected state widened by ``margin``; or, when it is ``per_layer``,
     the layer's own data +- ``range_sd`` standard deviations."""
-    value_range = settings.get("range")
+    value_range = settings.get("range", PER_LAYER)
     if value_range is None:
         value_range = data_range(projection, settings.get("margin", 0.1))
     elif value_range == PER_LAYER:

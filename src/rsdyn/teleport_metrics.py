@@ -18,6 +18,14 @@ at sublayer s, c_s the control's and d_s(p) = ||p_s - c_s||:
 - ``mse_to_control`` (P,) = mean over s = 2l+1 .. 2l+h of d_s^2 (PC units squared): the
   same number of sublayers at every layer, never the injected point s = 2l itself.
 
+Scaled reading (``scaled_`` arrays): the natural states spread out with depth (on the
+default model the spread of the corpus states in PC1-PC2 grows 24-fold over the 12
+sublayers after layer 0), so an offset that keeps its size relative to the stream's
+spread has a distance ratio above 1 and points away from the control. The scaled metrics
+divide every position at sublayer s (trajectory and control) by ``data_spread``_s, the
+root of the total PC1-PC2 variance of the corpus states at s, before the same formulas:
+the distance ratio becomes (d_{2l+h} / sigma_{2l+h}) / (d_{2l} / sigma_{2l}).
+
 Summary rows resample the grid points (or the corpus samples of the sample control) with
 replacement, the same draw at every layer (the grid index is the same relative position in
 every layer's grid, so layers are compared point by point), and compare the middle
@@ -63,13 +71,22 @@ def spread(points: np.ndarray) -> np.ndarray:
     return np.mean(np.sum(np.square(points - points.mean(axis=-2, keepdims=True)), axis=-1), axis=-1)
 
 
-def teleport_metrics(trajectories: np.ndarray, control: np.ndarray, layer: int, steps: int) -> dict[str, np.ndarray]:
+def teleport_metrics(
+    trajectories: np.ndarray, control: np.ndarray, layer: int, steps: int, data_spread: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """``distance_ratio`` (P,), ``spread_ratio`` (), ``alignment`` (P,) and ``mse_to_control``
     (P,) (module docstring) of ``trajectories`` (P, 2L-2l, 2) from sublayer 2l against
-    ``control`` (2L, 2), over ``steps`` = h sublayers. float64."""
+    ``control`` (2L, 2), over ``steps`` = h sublayers. With ``data_spread`` (2L,), positions
+    at sublayer s are divided by ``data_spread[s]`` first (the scaled reading). float64."""
     trajectories = np.asarray(trajectories, dtype=np.float64)
     control = np.asarray(control, dtype=np.float64)
     first = 2 * int(layer)
+    if data_spread is not None:
+        data_spread = np.asarray(data_spread, dtype=np.float64)
+        if data_spread.shape != (len(control),) or not (data_spread > 0).all():
+            raise ValueError(f"data_spread must be ({len(control)},) and positive; got shape {data_spread.shape}.")
+        control = control / data_spread[:, None]
+        trajectories = trajectories / data_spread[first:, None]
     if trajectories.ndim != 3 or trajectories.shape[1] != len(control) - first or trajectories.shape[2] != 2:
         raise ValueError(
             f"teleport trajectories must be (P, {len(control) - first}, 2) for layer {layer} of a "
@@ -102,17 +119,30 @@ def mse_to_control(trajectories: np.ndarray, control: np.ndarray, layer: int, st
     return teleport_metrics(trajectories, control, layer, steps)["mse_to_control"]
 
 
+def data_spread(projection: np.ndarray) -> np.ndarray:
+    """Root of the total PC1-PC2 variance over sequences (ddof 1) at every sublayer of the
+    projection (N, 2L, 2): float64 (2L,), PC units."""
+    projection = np.asarray(projection, dtype=np.float64)
+    return np.sqrt(projection.var(axis=0, ddof=1).sum(axis=-1))
+
+
 def layer_metrics(group: Mapping[str, np.ndarray], layer: int, arrow_sublayers: int) -> dict[str, np.ndarray]:
-    """The metric arrays of one ``teleport.zarr/layer_{l}`` group (grid and, when present,
-    sample control, prefixed ``sample_``) and its ``horizon``, from its trajectories."""
+    """The metric arrays of one ``teleport.zarr/layer_{l}`` group and its ``horizon``, from
+    its trajectories: the grid's, and the sample control's (prefixed ``sample_``) when
+    present; each also in the scaled reading (``scaled_`` after the set's prefix) when the
+    group holds ``data_spread``."""
     control = np.asarray(group["control"])
     steps = horizon(layer, len(control), arrow_sublayers)
     out: dict[str, np.ndarray] = {"horizon": np.asarray(steps, dtype=np.int32)}
+    spread_per_sublayer = group.get("data_spread")
     for prefix in SET_PREFIXES:
         name = f"{prefix}trajectories"
         if name in group and len(group[name]):
             metrics = teleport_metrics(group[name], control, layer, steps)
             out.update({f"{prefix}{key}": value.astype(np.float32) for key, value in metrics.items()})
+            if spread_per_sublayer is not None:
+                scaled = teleport_metrics(group[name], control, layer, steps, spread_per_sublayer)
+                out.update({f"{prefix}scaled_{key}": value.astype(np.float32) for key, value in scaled.items()})
     return out
 
 
@@ -125,16 +155,26 @@ def _quiet_nan(function, *args, **kwargs):
         return function(*args, **kwargs)
 
 
-def _statistics(groups, layers, indices, prefix: str) -> dict[str, np.ndarray]:
-    """Per-layer statistics on the points ``indices`` (R, P) (R resamples): median distance
-    ratio, spread ratio, median alignment, mean MSE: each (R, n_layers)."""
-    out = {key: np.zeros((len(indices), len(layers))) for key in ("distance_ratio", "spread_ratio", "alignment", "mse_to_control")}
+def _statistics(groups, layers, indices, source: str, prefix: str) -> dict[str, np.ndarray]:
+    """Per-layer statistics on the points ``indices`` (R, P) (R resamples) of the set whose
+    trajectories are ``{source}trajectories`` and metrics ``{prefix}...``: median distance
+    ratio, spread ratio, median alignment, mean MSE, each (R, n_layers), and ``defined``
+    (n_layers,), the points with a finite distance ratio."""
+    keys = ("distance_ratio", "spread_ratio", "alignment", "mse_to_control")
+    out = {key: np.zeros((len(indices), len(layers))) for key in keys}
+    out["defined"] = np.zeros(len(layers), dtype=np.int64)
+    scaled = prefix != source
     for column, layer in enumerate(layers):
         group = groups[layer]
         steps = int(group["horizon"])
-        trajectories = np.asarray(group[f"{prefix}trajectories"], np.float64)
+        trajectories = np.asarray(group[f"{source}trajectories"], np.float64)
         start, end = trajectories[indices, 0], trajectories[indices, steps]
-        out["distance_ratio"][:, column] = _quiet_nan(np.nanmedian, np.asarray(group[f"{prefix}distance_ratio"], np.float64)[indices], axis=1)
+        if scaled:
+            sigma = np.asarray(group["data_spread"], np.float64)
+            start, end = start / sigma[2 * layer], end / sigma[2 * layer + steps]
+        ratio = np.asarray(group[f"{prefix}distance_ratio"], np.float64)
+        out["defined"][column] = int(np.isfinite(ratio).sum())
+        out["distance_ratio"][:, column] = _quiet_nan(np.nanmedian, ratio[indices], axis=1)
         out["alignment"][:, column] = _quiet_nan(np.nanmedian, np.asarray(group[f"{prefix}alignment"], np.float64)[indices], axis=1)
         out["mse_to_control"][:, column] = np.mean(np.asarray(group[f"{prefix}mse_to_control"], np.float64)[indices], axis=1)
         out["spread_ratio"][:, column] = _quiet_nan(np.divide, spread(end), spread(start))
@@ -190,19 +230,26 @@ def _finite(value) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def _set_rows(groups, layers, prefix: str, name: str, what: str, indices: np.ndarray, label: str) -> dict[str, dict[str, Any]]:
-    """Per-layer rows and mid-vs-ends comparisons of one teleported set (grid or samples)."""
+def _set_rows(
+    groups, layers, source: str, prefix: str, name: str, what: str, indices: np.ndarray, label: str, metrics: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Per-layer rows and mid-vs-ends comparisons of one teleported set (grid or samples,
+    raw or scaled): ``{name}_{metric}_per_layer`` and ``{name}_{metric}_mid_over_ends`` (or
+    ``_mid_minus_ends``)."""
     from rsdyn.verdicts import comparison_row, row, verdict
 
-    n_points = len(groups[layers[0]][f"{prefix}trajectories"])
-    point = _statistics(groups, layers, np.arange(n_points)[None], prefix)
-    resampled = _statistics(groups, layers, indices, prefix)
+    n_points = len(groups[layers[0]][f"{source}trajectories"])
+    point = _statistics(groups, layers, np.arange(n_points)[None], source, prefix)
+    resampled = _statistics(groups, layers, indices, source, prefix)
     steps = {str(layer): int(groups[layer]["horizon"]) for layer in layers}
+    defined = {str(layer): int(point["defined"][i]) for i, layer in enumerate(layers)}
     rows: dict[str, dict[str, Any]] = {}
-    for metric, (kind, expected, paper, definition) in METRICS.items():
+    for metric in metrics:
+        kind, expected, paper, definition = METRICS[metric]
         per_layer = row(
             {str(layer): _finite(point[metric][0, i]) for i, layer in enumerate(layers)}, paper,
-            f"{what}, per teleport layer l: {definition}; horizon h per layer {steps}",
+            f"{what}, per teleport layer l: {definition}; horizon h per layer {steps}; "
+            f"points with a defined distance ratio {defined} of {n_points}",
         )
         per_layer.update(intervals=_interval_dict(layers, resampled[metric]), resampled=label)
         key = "mse" if metric == "mse_to_control" else metric
@@ -210,7 +257,8 @@ def _set_rows(groups, layers, prefix: str, name: str, what: str, indices: np.nda
     if len(layers) < 3:
         return rows
     mid, ends = np.arange(1, len(layers) - 1), np.array([0, len(layers) - 1])
-    for metric, (kind, expected, paper, definition) in METRICS.items():
+    for metric in metrics:
+        kind, expected, paper, definition = METRICS[metric]
         null = 1.0 if kind == "ratio" else 0.0
         combined = "geometric mean over" if kind == "ratio" else "mean over"
         operator = "/" if kind == "ratio" else "-"
@@ -258,10 +306,11 @@ def summary_teleport(
     n_points = len(groups[layers[0]]["trajectories"])
     indices = bootstrap_indices(n_points, n_resamples, seed)
     label = resampled_label("grid points, the same draw at every layer", n_resamples, seed)
-    rows = _set_rows(groups, layers, "", "teleport", "teleported grid", indices, label)
+    scaled = all("data_spread" in groups[layer] for layer in layers)
+    rows = _set_rows(groups, layers, "", "", "teleport", "teleported grid (PC units)", indices, label, list(METRICS))
     ratio = rows["teleport_distance_ratio_per_layer"]["value"]
     ranking = sorted(layers, key=lambda layer: (np.inf if ratio[str(layer)] is None else ratio[str(layer)]))
-    resampled = _statistics(groups, layers, indices, "")["distance_ratio"]
+    resampled = _statistics(groups, layers, indices, "", "")["distance_ratio"]
     firsts = np.argmin(np.where(np.isnan(resampled), np.inf, resampled), axis=1)
     best = row(
         ranking, [7, 15, 23],
@@ -286,14 +335,25 @@ def summary_teleport(
         final, "trajectories teleported at layers 0 and 31 end far from the control",
         "per teleport layer, mean over grid points of the squared PC1-PC2 distance to the control at the last sublayer (2L-1)",
     )
+    shape_metrics = ["distance_ratio", "spread_ratio", "alignment"]
+    scaled_what = "positions at sublayer s divided by the spread of the corpus states at s"
+    if scaled:
+        rows.update(_set_rows(
+            groups, layers, "", "scaled_", "teleport_scaled", f"teleported grid, {scaled_what}", indices, label, shape_metrics,
+        ))
     sample_sizes = [len(groups[layer].get("sample_trajectories", ())) for layer in layers]
     if min(sample_sizes) > 0:
         sample_indices = bootstrap_indices(sample_sizes[0], n_resamples, seed)
         sample_label = resampled_label("corpus samples written in, the same draw at every layer", n_resamples, seed)
+        what = "sample control (another corpus sample's state at 2l written in)"
         rows.update(_set_rows(
-            groups, layers, "sample_", "teleport_sample", "sample control (another corpus sample's state at 2l written in)",
-            sample_indices, sample_label,
+            groups, layers, "sample_", "sample_", "teleport_sample", f"{what} (PC units)", sample_indices, sample_label, list(METRICS),
         ))
+        if scaled:
+            rows.update(_set_rows(
+                groups, layers, "sample_", "sample_scaled_", "teleport_sample_scaled", f"{what}, {scaled_what}",
+                sample_indices, sample_label, shape_metrics,
+            ))
     return rows
 
 

@@ -30,7 +30,7 @@ CONTROL_COLOUR = "0.55"
 SET_STYLE = {"": ("grid", "tab:purple"), "sample_": ("sample control", "tab:green")}
 #: arrow length as a fraction of the grid spacing
 ARROW_FRACTION = 0.7
-FONT_SIZE = 11
+FONT_SIZE = 12
 
 
 def arrow_vectors(trajectories: np.ndarray, arrow_sublayers: int) -> tuple[np.ndarray, np.ndarray]:
@@ -173,8 +173,8 @@ def fig4(
     layers = sorted(teleport)
     if not layers:
         raise ValueError("Fig. 4 needs at least one teleport layer.")
-    with plt.rc_context({"font.size": FONT_SIZE, "axes.titlesize": FONT_SIZE, "legend.fontsize": FONT_SIZE - 2}):
-        figure = plt.figure(figsize=(16, 13.5), layout="constrained")
+    with plt.rc_context({"font.size": FONT_SIZE, "axes.titlesize": FONT_SIZE, "legend.fontsize": FONT_SIZE - 3, "xtick.labelsize": FONT_SIZE - 1, "ytick.labelsize": FONT_SIZE - 1}):
+        figure = plt.figure(figsize=(13.5, 12.5), layout="constrained")
         top, middle, bottom = figure.subfigures(3, 1, height_ratios=[1.0, 1.05, 0.85])
         draw_pca_panels(top.subplots(1, 4), pca, sublayer_names, threshold)
         axes = np.atleast_1d(middle.subplots(1, len(layers), sharex=True, sharey=True))
@@ -188,16 +188,16 @@ def fig4(
         norm = LogNorm(positive.min(), positive.max()) if positive.size and positive.min() < positive.max() else None
         quiver = None
         for index, (ax, layer) in enumerate(zip(axes, layers)):
-            quiver = draw_teleport_panel(ax, teleport[layer], layer, arrow_sublayers, frames[layer], norm, label="D  " if index == 0 else "")
-            ax.set_xlabel(f"PC1 ({unit})")
+            quiver = draw_teleport_panel(ax, teleport[layer], layer, arrow_sublayers, frames[layer], norm, label="")
         grids = np.array([(_grid_range(teleport[layer]) - frames[layer][0][:, None]) / frames[layer][1][:, None] for layer in layers])
         pad = 0.08 * (grids[:, :, 1] - grids[:, :, 0]).max(axis=0)
         axes[0].set_xlim(grids[:, 0, 0].min() - pad[0], grids[:, 0, 1].max() + pad[0])
         axes[0].set_ylim(grids[:, 1, 0].min() - pad[1], grids[:, 1, 1].max() + pad[1])
         axes[0].set_ylabel(f"PC2 ({unit})")
+        middle.supxlabel(f"PC1 ({unit})", fontsize=FONT_SIZE)
         axes[0].legend(loc="lower left", framealpha=0.8)
         middle.colorbar(quiver, ax=list(axes), label=f"displacement over h ({unit})", fraction=0.02, pad=0.01)
-        middle.suptitle("Teleportation: grid points written into the residual stream at the input of layer l (arrows: direction over h sublayers)")
+        middle.suptitle("D  teleportation: grid points written into the residual stream at the input of layer l; arrows: direction over h sublayers")
         draw_recovery_panels(bottom.subplots(1, 3), teleport)
     return figure
 

@@ -98,7 +98,7 @@ def draw_cumulative_variance(
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("number of components")
     ax.set_ylabel("cumulative explained variance")
-    ax.set_title("B  pooled (black), each sublayer (colour)" if spectrum_within is not None else "B  pooled variance")
+    ax.set_title("B  pooled (black), per sublayer" if spectrum_within is not None else "B  pooled variance")
 
 
 def draw_ev_per_sublayer(
@@ -126,7 +126,7 @@ def draw_ev_per_sublayer(
     ax.set_ylim(min(-0.1, lowest * 1.3 if lowest < -1 else lowest - 0.1), 1.05)
     _layer_axis(ax, n_sublayers, sublayer_names)
     ax.set_ylabel("R$^2$ with pooled PCs (log below $-1$)")
-    ax.set_title("C  pooled view: R$^2$ per sublayer")
+    ax.set_title("C  pooled PCs: R$^2$ per sublayer")
     ax.legend(frameon=False, loc="lower right")
 
 
@@ -160,7 +160,7 @@ def draw_dimensionality_per_sublayer(
     ax.set_yscale("log")
     _layer_axis(ax, n_sublayers, sublayer_names)
     ax.set_ylabel("components")
-    ax.set_title("C  within view: each sublayer's own PCA")
+    ax.set_title("C  each sublayer's own PCs")
     ax.legend(frameon=False, loc="best")
 
 
@@ -194,7 +194,7 @@ def _layer_axis(ax: Axes, n_sublayers: int, sublayer_names: Sequence[str] | None
     step = max(1, int(np.ceil(n_layers / 6)))
     layers = np.arange(0, n_layers, step)
     ax.set_xticks(2 * layers, [str(layer) for layer in layers])
-    ax.set_xlabel("layer (sublayer 2l = pre-attention)" if sublayer_names is not None else "layer")
+    ax.set_xlabel("layer (pre-attention sublayer)")
 
 
 def draw_pca_panels(axes: Sequence[Axes], pca: Mapping[str, np.ndarray], sublayer_names: Sequence[str] | None = None, threshold: float = 0.9) -> None:
