@@ -118,6 +118,9 @@ def test_per_axis_grid_and_per_layer_range_against_loops():
         assert got[k] == pytest.approx([centre - sd * spread_k, centre + sd * spread_k], rel=1e-12)
     settings = {"range": "per_layer", "range_sd": sd, "grid_n": 4}
     np.testing.assert_allclose(grid_for(settings, projection, layer), grid_points(got, 4))
+    around = layer_data_range(projection, layer, sd, centre=[1.0, -1.0])  # the stage centres it on the control
+    np.testing.assert_allclose(around.mean(axis=1), [1.0, -1.0])
+    np.testing.assert_allclose(around[:, 1] - around[:, 0], got[:, 1] - got[:, 0])
     pooled = grid_for({"range": None, "margin": 0.0, "grid_n": 4}, projection, layer)
     assert pooled.min() == pytest.approx(projection.min()) and pooled.max() == pytest.approx(projection.max())
     with pytest.raises(TeleportError, match="do not vary along PC2"):

@@ -20,8 +20,9 @@ prompt per point with the last position of layer ``l``'s input overwritten.
 
 Grid range (``teleport.range``): ``null`` = one range for every layer, the span of all
 projected states widened by ``margin`` (the paper's single [r_min, r_max]); ``[r_min,
-r_max]`` = that range; ``per_layer`` = each layer's own data: PC k of the grid of layer l
-spans mean_k +- ``range_sd`` standard deviations of the projected states at sublayer 2l.
+r_max]`` = that range; ``per_layer`` (the default) = each layer's own scale: PC k of the
+grid of layer l spans the control's state at 2l +- ``range_sd`` standard deviations of
+the projected corpus states at sublayer 2l.
 
 Sample control (``teleport.sample_control`` > 0): the states at sublayer 2l of that many
 corpus sequences (a seeded choice, the same at every layer, from the capture's PCA
@@ -447,8 +448,7 @@ def run_teleport_layer(
     pca = open_group(pca_path)
     mean, components = pca["mean"][...], pca["components"][:2]
     projection = pca["projection"][...]
-    value_range = grid_range_for(settings, projection, layer)
-    points = grid_points(value_range, settings.get("grid_n", 10))
+    grid_range_for(settings, projection, layer)  # fails here, before the weights load, if the range cannot be built
     n_control = int(settings.get("sample_control", 0))
     indices = sample_indices(projection.shape[0], n_control, int(settings.get("seed", 0)))
     samples = None
@@ -461,6 +461,9 @@ def run_teleport_layer(
     device = resolve_device(settings.get("device", "auto"), "teleport.device")
     dtype = resolve_dtype(settings.get("dtype", "auto"), device)
     model, _, provenance = load_model(model_dir, device, dtype)
+    control = project_pc12(control_states(model, prompt_ids, family).cpu().numpy()[2 * layer], mean, components)
+    value_range = grid_range_for(settings, projection, layer, centre=control)
+    points = grid_points(value_range, settings.get("grid_n", 10))
     log.info("teleporting %d points and %d samples into layer %d of %s (%s, %s)", len(points), n_control, layer, name, device, dtype)
     arrays = teleport_layer(model, prompt_ids, layer, points, mean, components, family, sample_states=samples)
     arrays["grid_range"] = value_range.astype(np.float32)

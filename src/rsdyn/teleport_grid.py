@@ -36,10 +36,11 @@ def data_range(projection: np.ndarray, margin: float) -> tuple[float, float]:
     return low - margin * span, high + margin * span
 
 
-def layer_data_range(projection: np.ndarray, layer: int, range_sd: float) -> np.ndarray:
-    """Per-axis grid range of ``teleport.range: per_layer``: PC k spans mean_k +- ``range_sd``
-    standard deviations (over sequences, ddof 1) of the projected states at sublayer 2l.
-    float64 (2, 2): row k is [low, high] of PC k+1."""
+def layer_data_range(projection: np.ndarray, layer: int, range_sd: float, centre: np.ndarray | None = None) -> np.ndarray:
+    """Per-axis grid range of ``teleport.range: per_layer``: PC k spans centre_k +- ``range_sd``
+    standard deviations (over sequences, ddof 1) of the projected states at sublayer 2l;
+    ``centre`` (2,) defaults to those states' mean (the stage passes the control's state
+    at 2l, so that the grid surrounds it). float64 (2, 2): row k is [low, high] of PC k+1."""
     if isinstance(range_sd, bool) or not isinstance(range_sd, (int, float)) or not range_sd > 0:
         raise TeleportError(f"teleport.range_sd = {range_sd!r}; it must be a number > 0.")
     values = np.asarray(projection, dtype=np.float64)
@@ -50,7 +51,8 @@ def layer_data_range(projection: np.ndarray, layer: int, range_sd: float) -> np.
     states = values[:, 2 * layer]
     if not np.isfinite(states).all():
         raise TeleportError("The PCA projection contains NaN or infinite values; the grid range cannot be derived.")
-    centre, sd = states.mean(axis=0), states.std(axis=0, ddof=1)
+    sd = states.std(axis=0, ddof=1)
+    centre = states.mean(axis=0) if centre is None else np.asarray(centre, dtype=np.float64)
     if not (sd > 0).all():
         raise TeleportError(
             f"The projected states at sublayer {2 * layer} do not vary along PC{int(np.argmin(sd)) + 1}; "
@@ -96,21 +98,22 @@ def grid_points(value_range, n: int) -> np.ndarray:
     return np.stack([pc1.ravel(), pc2.ravel()], axis=1)
 
 
-def grid_range_for(settings: Mapping[str, Any], projection: np.ndarray, layer: int) -> np.ndarray:
+def grid_range_for(settings: Mapping[str, Any], projection: np.ndarray, layer: int, centre: np.ndarray | None = None) -> np.ndarray:
     """The grid's [min, max] per PC (2, 2) for ``layer``: ``range``; or, when it is null,
     the span of every projected state widened by ``margin``; or, when it is ``per_layer``,
-    the layer's own data +- ``range_sd`` standard deviations."""
+    ``centre`` (the control's state at 2l; default the states' mean) +- ``range_sd``
+    standard deviations of the layer's own states."""
     value_range = settings.get("range", PER_LAYER)
     if value_range is None:
         value_range = data_range(projection, settings.get("margin", 0.1))
     elif value_range == PER_LAYER:
-        value_range = layer_data_range(projection, layer, settings.get("range_sd", 3.0))
+        value_range = layer_data_range(projection, layer, settings.get("range_sd", 3.0), centre)
     return axis_ranges(value_range)
 
 
-def grid_for(settings: Mapping[str, Any], projection: np.ndarray, layer: int = 0) -> np.ndarray:
+def grid_for(settings: Mapping[str, Any], projection: np.ndarray, layer: int = 0, centre: np.ndarray | None = None) -> np.ndarray:
     """The (n*n, 2) grid of the settings for ``layer`` (see :func:`grid_range_for`)."""
-    return grid_points(grid_range_for(settings, projection, layer), settings.get("grid_n", 10))
+    return grid_points(grid_range_for(settings, projection, layer, centre), settings.get("grid_n", 10))
 
 
 def sample_indices(n_samples: int, count: int, seed: int = 0) -> np.ndarray:
