@@ -64,7 +64,9 @@ RANDOMIZED_MIN_SIDE = 4096
 
 _ROW_CHUNK = 8192
 #: float32 bytes of the capture read at once (one sample block or one sublayer group)
-_BLOCK_BYTES = 128 * 2**20
+_BLOCK_BYTES = 64 * 2**20
+#: float64 bytes of one centred row chunk added into the Gram
+_CHUNK_BYTES = 32 * 2**20
 
 
 def choose_solver(n_rows: int, n_features: int, n_components: int, solver: str = "auto") -> str:
@@ -198,22 +200,29 @@ def _sample_step(states) -> int:
 
 
 def _sample_blocks(states, desc: str):
-    """Float64 sample blocks (b, 2L, D) of an (N, 2L, D) array or zarr array, read in turn."""
+    """Sample blocks (b, 2L, D) of an (N, 2L, D) array or zarr array in its own dtype, read in turn."""
     step = _sample_step(states)
     starts = range(0, states.shape[0], step)
     for start in tqdm(starts, desc=desc, leave=False, disable=len(starts) < 4):
-        block = np.asarray(states[start : start + step], dtype=np.float64)
+        block = np.asarray(states[start : start + step])
         if not np.isfinite(block).all():
             raise ValueError("PCA input contains NaN or infinite values; the capture must be finite.")
         yield block
 
 
+def _row_chunks(rows: np.ndarray):
+    """Float64 copies of consecutive row chunks of a 2-D block, about ``_CHUNK_BYTES`` each."""
+    step = max(1, _CHUNK_BYTES // (8 * rows.shape[1]))
+    for start in range(0, len(rows), step):
+        yield rows[start : start + step].astype(np.float64)
+
+
 def _sublayer_groups(states):
-    """``(first sublayer, float64 block (N, g, D))`` for groups of about ``_BLOCK_BYTES`` of float32."""
+    """``(first sublayer, block (N, g, D))`` for groups of about ``_BLOCK_BYTES`` of float32."""
     n_samples, n_sublayers, d_model = states.shape
     step = int(np.clip(_BLOCK_BYTES // (4 * n_samples * d_model), 1, n_sublayers))
     for start in range(0, n_sublayers, step):
-        yield start, np.asarray(states[:, start : start + step], dtype=np.float64)
+        yield start, np.asarray(states[:, start : start + step])
 
 
 def fit_pca_streamed(states, n_components: int = 100, solver: str = "auto") -> dict[str, Any]:
@@ -235,12 +244,14 @@ def fit_pca_streamed(states, n_components: int = 100, solver: str = "auto") -> d
         return fit_pca(np.asarray(states[...]).reshape(n_rows, d_model), n_components, resolved)
     total = np.zeros(d_model)
     for block in _sample_blocks(states, "pca mean"):
-        total += block.sum(axis=(0, 1))
+        for chunk in _row_chunks(block.reshape(-1, d_model)):
+            total += chunk.sum(axis=0)
     mean = total / n_rows
     gram = np.zeros((d_model, d_model))
     for block in _sample_blocks(states, "pca gram"):
-        centred = block.reshape(-1, d_model) - mean
-        gram += centred.T @ centred
+        for chunk in _row_chunks(block.reshape(-1, d_model)):
+            chunk -= mean
+            gram += chunk.T @ chunk
     return _fit_result(mean, *_components_of_covariance_gram(gram, n_components), n_rows, resolved)
 
 
@@ -314,7 +325,7 @@ def sublayer_pass(
     for start, group in _sublayer_groups(states):
         for offset in range(group.shape[1]):
             s = start + offset
-            block = group[:, offset]
+            block = group[:, offset].astype(np.float64)
             centred = block - mean
             scores = centred @ components.T
             out["projection"][:, s] = scores[:, :2]
