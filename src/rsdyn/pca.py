@@ -336,6 +336,7 @@ def sublayer_pass(
             out["ev_per_sublayer_curve"][s] = _pooled_curve(squared_scores.sum(axis=0), pooled_ss.sum(), own_ss.sum())
             out["spectrum_within"][s] = own_spectrum(block)
             if counts is None:
+                progress.update(1)
                 continue
             resampled_mean = weights @ own / n_samples  # (B, D), offset of each resample's mean
             resampled_own = weights @ own_ss - n_samples * np.einsum("bd,bd->b", resampled_mean, resampled_mean)
@@ -344,7 +345,7 @@ def sublayer_pass(
             out["n_components_90_bootstrap"][:, s] = components_needed(curve, threshold)
             if s in resampled:
                 within_spectra[:, resampled.index(s)] = resampled_spectra(block, counts)
-        progress.update(group.shape[1])
+            progress.update(1)
     progress.close()
     spectrum = out["spectrum_within"]
     out["participation_ratio"] = participation_ratio(spectrum)
