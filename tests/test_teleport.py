@@ -22,11 +22,11 @@ from rsdyn.teleport import (
     naive_teleport,
     project_pc12,
     sample_indices,
+    summary_teleport,
     teleport_layer,
     teleported_states,
     to_residual,
     validate_teleport,
-    summary_teleport,
 )
 from rsdyn.teleport_metrics import horizon, layer_metrics, spread, teleport_metrics
 
