@@ -46,6 +46,12 @@ def test_no_change_means_nothing_to_do(smoke_run):
     assert rules_of(dry_run_after(smoke_run, lambda c: None)) == set()
 
 
+def test_teleport_horizon_reruns_no_forward(smoke_run):
+    """arrow_sublayers is the metrics' horizon: the gather recomputes them, no layer reruns."""
+    jobs = dry_run_after(smoke_run, lambda c: c["teleport"].update(arrow_sublayers=2))
+    assert rules_of(jobs) == {"teleport_gather", "fig4", "summary"}
+
+
 def test_teleport_grid_reruns_only_teleport_and_what_follows(smoke_run):
     jobs = dry_run_after(smoke_run, lambda c: c["teleport"].update(grid_n=4))
     assert rules_of(jobs) == {"teleport_layer", "teleport_gather", "fig4", "summary"}
