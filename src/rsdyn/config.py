@@ -257,7 +257,7 @@ def check_run(settings: dict, key: str, resources_dir: str = "resources") -> Non
             "training data; their sum must be below 1."
         )
     value_range = teleport.get("range")
-    if value_range is not None and not value_range[0] < value_range[1]:
+    if isinstance(value_range, list) and not value_range[0] < value_range[1]:
         fail(f"teleport.range = {value_range} is empty or inverted; it must be [r_min, r_max] with r_min < r_max.")
     n_samples = corpus["n_samples"]
     if n_samples is not None:
