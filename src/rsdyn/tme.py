@@ -1,0 +1,296 @@
+"""Tensor-maximum-entropy (TME) surrogates (Elsayed & Cunningham 2017, Nat Neurosci).
+
+For a data tensor T of shape (n_0, n_1, n_2) (here samples x sublayers x units or PCs):
+
+- the mean tensor M is the sum of the three marginal means, found as in the authors'
+  code: subtract the mean over modes (1, 2), then over (0, 2), then over (0, 1) of what
+  remains; M = T - remainder;
+- the marginal covariances of the residual R = T - M are the second moments
+  Sigma_m = R_(m) R_(m)^T (R_(m) = the mode-m unfolding, n_m x rest), the convention of
+  the authors' code (sums, not means);
+- the TME distribution is the maximum-entropy distribution whose expected marginal
+  covariances are those three: a Gaussian around M whose precision is the Kronecker
+  sum L_0 (+) L_1 (+) L_2, with L_m = U_m diag(lambda_m) U_m^T sharing the eigenvectors
+  U_m of Sigma_m. The multipliers solve, for every mode m and eigen-direction i,
+  sum_{other indices} 1 / (lambda_0,i + lambda_1,j + lambda_2,k) = s_m,i (the
+  eigenvalues s_m of Sigma_m).
+
+rsdyn finds the multipliers by damped Newton on the convex dual
+F = -1/2 sum log(lambda_0,i + lambda_1,j + lambda_2,k) + 1/2 sum_m lambda_m . s_m
+(the maximum-entropy problem's Lagrangian dual; its gradient is the constraint error),
+with fused kernels over the n_0 n_1 n_2 sums. Eigen-directions with eigenvalue below
+``floor`` x the mode's largest get no variance (an infinite multiplier), as in the
+authors' code. Samples: M + (U_0 (x) U_1 (x) U_2)(z / sqrt(lambda-sum)), z ~ N(0, I).
+The PyPI package ``tensor-maximum-entropy`` (0.0.2) ports the authors' MATLAB code,
+but draws from NumPy's global, unseeded generator and plots, so rsdyn has its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+
+from rsdyn.errors import PopulationInputError
+
+
+def single_threaded_blas():
+    """Run BLAS on one thread inside the block when threadpoolctl is installed: small
+    solves (Newton steps, k x k fits of the surrogate loops) are slower with several
+    threads, and much slower on a busy machine."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - optional
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
+
+
+@dataclass
+class TMEModel:
+    """A fitted TME distribution: mean tensor, eigenbases and multipliers per mode."""
+
+    shape: tuple[int, int, int]
+    marginal_means: tuple[np.ndarray, np.ndarray, np.ndarray]  # broadcastable parts of M
+    eigenvectors: tuple[np.ndarray, np.ndarray, np.ndarray]  # U_m (n_m, r_m), kept directions
+    eigenvalues: tuple[np.ndarray, np.ndarray, np.ndarray]  # s_m (r_m,)
+    multipliers: tuple[np.ndarray, np.ndarray, np.ndarray]  # lambda_m (r_m,)
+    iterations: int = 0
+    constraint_error: float = np.nan  # max_m ||fitted s_m - s_m|| / ||s_m||
+    history: list[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> np.ndarray:
+        a, b, c = self.marginal_means
+        return a[:, None, None] + b[None, :, None] + c[None, None, :]
+
+
+def marginal_means(tensor: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three marginal-mean vectors whose broadcast sum is the TME mean tensor."""
+    remainder = np.asarray(tensor, dtype=np.float64)
+    means = []
+    for axes in ((1, 2), (0, 2), (0, 1)):
+        mean = remainder.mean(axis=axes)
+        shape = [1, 1, 1]
+        shape[({0, 1, 2} - set(axes)).pop()] = -1
+        remainder = remainder - mean.reshape(shape)
+        means.append(mean)
+    return tuple(means)
+
+
+def marginal_covariances(residual: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sigma_m = R_(m) R_(m)^T of a residual tensor (n_0, n_1, n_2), one per mode."""
+    residual = np.asarray(residual, dtype=np.float64)
+    out = []
+    for mode in range(3):
+        unfolded = np.moveaxis(residual, mode, 0).reshape(residual.shape[mode], -1)
+        out.append(unfolded @ unfolded.T)
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@numba.njit(cache=True, nogil=True)
+def _dual_pass(l0, l1, l2, with_hessian):
+    """Sums over the Kronecker sum x_ijk = l0_i + l1_j + l2_k: sum log x, the three
+    marginal sums of 1/x and, with_hessian, the marginal and pairwise sums of 1/x^2."""
+    n0, n1, n2 = l0.shape[0], l1.shape[0], l2.shape[0]
+    g0, g1, g2 = np.zeros(n0), np.zeros(n1), np.zeros(n2)
+    h01 = np.zeros((n0, n1)) if with_hessian else np.zeros((1, 1))
+    h02 = np.zeros((n0, n2)) if with_hessian else np.zeros((1, 1))
+    h12 = np.zeros((n1, n2)) if with_hessian else np.zeros((1, 1))
+    logsum = 0.0
+    for i in range(n0):
+        for j in range(n1):
+            base = l0[i] + l1[j]
+            row = 0.0
+            row_h = 0.0
+            for k in range(n2):
+                x = base + l2[k]
+                if x <= 0.0:
+                    return np.inf, g0, g1, g2, h01, h02, h12
+                r = 1.0 / x
+                logsum += np.log(x)
+                row += r
+                g2[k] += r
+                if with_hessian:
+                    r2 = r * r
+                    row_h += r2
+                    h02[i, k] += r2
+                    h12[j, k] += r2
+            g0[i] += row
+            g1[j] += row
+            if with_hessian:
+                h01[i, j] += row_h
+    return logsum, g0, g1, g2, h01, h02, h12
+
+
+@numba.njit(cache=True, nogil=True)
+def _weighted_mode0_variance(l0, l1, l2, weight):
+    """V_jk = sum_i weight_i / (l0_i + l1_j + l2_k)."""
+    n0, n1, n2 = l0.shape[0], l1.shape[0], l2.shape[0]
+    out = np.zeros((n1, n2))
+    for i in range(n0):
+        for j in range(n1):
+            base = l0[i] + l1[j]
+            for k in range(n2):
+                out[j, k] += weight[i] / (base + l2[k])
+    return out
+
+
+# --------------------------------------------------------------------------- fit
+
+
+def _dual(lams, s):
+    """2 F (see module docstring) and its gradient and Hessian, for the stacked multipliers."""
+    logsum, g0, g1, g2, h01, h02, h12 = _dual_pass(*lams, True)
+    value = -logsum + sum(float(l @ v) for l, v in zip(lams, s))
+    gradient = np.concatenate([s[0] - g0, s[1] - g1, s[2] - g2])
+    sizes = [len(l) for l in lams]
+    hessian = np.zeros((sum(sizes), sum(sizes)))
+    o1, o2 = sizes[0], sizes[0] + sizes[1]
+    hessian[:o1, :o1] = np.diag(h01.sum(axis=1))
+    hessian[o1:o2, o1:o2] = np.diag(h01.sum(axis=0))
+    hessian[o2:, o2:] = np.diag(h02.sum(axis=0))
+    hessian[:o1, o1:o2], hessian[:o1, o2:], hessian[o1:o2, o2:] = h01, h02, h12
+    hessian[o1:o2, :o1], hessian[o2:, :o1], hessian[o2:, o1:o2] = h01.T, h02.T, h12.T
+    return value, gradient, hessian, (g0, g1, g2)
+
+
+def _scaled_solve(hessian, gradient):
+    """Solve H x = g after symmetric diagonal (Jacobi) scaling: the multipliers of
+    directions with tiny and large eigenvalues differ by many orders of magnitude."""
+    scale = 1.0 / np.sqrt(np.diag(hessian))
+    return scale * np.linalg.solve(hessian * scale[:, None] * scale[None, :], gradient * scale)
+
+
+def _split(vector, sizes):
+    o1, o2 = sizes[0], sizes[0] + sizes[1]
+    return vector[:o1], vector[o1:o2], vector[o2:]
+
+
+#: below this constraint error, three Newton steps without halving it end the fit
+STALL_ERROR = 1e-6
+
+
+def fit_tme(tensor: np.ndarray, floor: float = 1e-10, tol: float = 1e-9, max_iter: int = 200) -> TMEModel:
+    """The TME distribution of a tensor (n_0, n_1, n_2) (see the module docstring).
+
+    The two gauge directions (adding t to one mode's multipliers and subtracting it
+    from another's changes nothing) are fixed by holding one multiplier of modes 1 and
+    2. Stops when every mode's eigenvalues are matched to ``tol`` (relative 2-norm),
+    when below ``STALL_ERROR`` three steps do not halve the error (float64 round-off),
+    or after ``max_iter`` steps.
+    """
+    tensor = np.asarray(tensor, dtype=np.float64)
+    if tensor.ndim != 3 or min(tensor.shape) < 2:
+        raise PopulationInputError(f"TME needs a 3-way tensor with at least 2 entries per mode; got shape {tensor.shape}.")
+    means = marginal_means(tensor)
+    residual = tensor - (means[0][:, None, None] + means[1][None, :, None] + means[2][None, None, :])
+    vectors, values = [], []
+    for sigma in marginal_covariances(residual):
+        eigenvalues, eigenvectors = np.linalg.eigh(sigma)
+        keep = eigenvalues > floor * max(eigenvalues[-1], 0.0)
+        if not keep.any():
+            raise PopulationInputError("TME: a marginal covariance is zero; the states do not vary.")
+        order = np.argsort(eigenvalues[keep])[::-1]
+        values.append(eigenvalues[keep][order])
+        vectors.append(eigenvectors[:, keep][:, order])
+    sizes = [len(v) for v in values]
+    total = np.prod(sizes)
+    # the isotropic solution scaled per direction: exact when every eigenvalue of a mode is equal
+    lams = [total / size / (3.0 * v) for size, v in zip(sizes, values)]
+    # the gauge (adding t to mode 0 and subtracting it from mode 1 or 2) is fixed by
+    # holding the first multiplier of modes 1 and 2 where they start
+    free = np.ones(sum(sizes), dtype=bool)
+    free[[sizes[0], sizes[0] + sizes[1]]] = False
+    with single_threaded_blas():
+        lams, iteration, error, history = _newton(lams, values, sizes, free, tol, max_iter)
+    return TMEModel(
+        shape=tensor.shape,
+        marginal_means=means,
+        eigenvectors=tuple(vectors),
+        eigenvalues=tuple(values),
+        multipliers=tuple(lams),
+        iterations=iteration,
+        constraint_error=float(error),
+        history=history,
+    )
+
+
+def _newton(lams, values, sizes, free, tol, max_iter):
+    """Damped Newton on the dual from ``lams``: (multipliers, steps, constraint error, history)."""
+    history = []
+    error = np.inf
+    iteration = 0
+    for iteration in range(1, max_iter + 1):
+        value, gradient, hessian, fitted = _dual(lams, values)
+        error = max(np.linalg.norm(f - v) / np.linalg.norm(v) for f, v in zip(fitted, values))
+        history.append(error)
+        stalled = len(history) > 3 and error < STALL_ERROR and error > 0.5 * min(history[-4:-1])
+        if error < tol or stalled:  # converged, or float64 round-off reached
+            iteration -= 1
+            break
+        step = np.zeros_like(gradient)
+        step[free] = -_scaled_solve(hessian[np.ix_(free, free)], gradient[free])
+        decrement = float(-gradient @ step)
+        t = 1.0
+        stacked = np.concatenate(lams)
+        while True:
+            candidate = _split(stacked + t * step, sizes)
+            logsum = _dual_pass(*candidate, False)[0]
+            if np.isfinite(logsum) and -logsum + sum(float(l @ v) for l, v in zip(candidate, values)) <= value - 0.25 * t * decrement:
+                break
+            t *= 0.5
+            if t < 1e-12:  # no descent left at float64 precision
+                break
+        if t < 1e-12:
+            break
+        lams = [np.ascontiguousarray(part) for part in candidate]
+    return lams, iteration, error, history
+
+
+def expected_marginal_covariances(model: TMEModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The marginal covariances the fitted distribution has in expectation, (n_m, n_m) each."""
+    _, g0, g1, g2, *_ = _dual_pass(*model.multipliers, False)
+    return tuple((U * g) @ U.T for U, g in zip(model.eigenvectors, (g0, g1, g2)))
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def sample_tme(model: TMEModel, n_surrogates: int, seed: int = 0, stream: int = 0) -> np.ndarray:
+    """``n_surrogates`` seeded surrogate tensors, (n_surrogates, n_0, n_1, n_2) float64;
+    ``stream`` separates the draws of several tensors fitted under one seed."""
+    rng = np.random.default_rng([seed, 0, stream])
+    l0, l1, l2 = model.multipliers
+    scale = 1.0 / np.sqrt(l0[:, None, None] + l1[None, :, None] + l2[None, None, :])
+    U0, U1, U2 = model.eigenvectors
+    mean = model.mean
+    out = np.empty((n_surrogates, *model.shape))
+    for index in range(n_surrogates):
+        z = rng.standard_normal(scale.shape) * scale
+        out[index] = mean + np.einsum("ia,jb,kc,abc->ijk", U0, U1, U2, z, optimize=True)
+    return out
+
+
+def sample_tme_mode0_mean(model: TMEModel, n_surrogates: int, seed: int = 0) -> np.ndarray:
+    """The mean over mode 0 (samples) of ``n_surrogates`` surrogates, (n_surrogates, n_1, n_2).
+
+    Exact in distribution without drawing whole tensors: the mode-0 mean of a surrogate
+    is mean(M) + U_1 (sqrt(V) * Z) U_2^T with V_jk = sum_i w_i^2 / (lambda_0,i +
+    lambda_1,j + lambda_2,k), w = U_0^T 1 / n_0 and Z (r_1, r_2) standard normal.
+    """
+    rng = np.random.default_rng([seed, 1])
+    U0, U1, U2 = model.eigenvectors
+    weight = U0.mean(axis=0) ** 2
+    variance = _weighted_mode0_variance(*model.multipliers, np.ascontiguousarray(weight))
+    a, b, c = model.marginal_means
+    mean = a.mean() + b[:, None] + c[None, :]
+    out = np.empty((n_surrogates, model.shape[1], model.shape[2]))
+    for index in range(n_surrogates):
+        z = rng.standard_normal(variance.shape) * np.sqrt(variance)
+        out[index] = mean + U1 @ z @ U2.T
+    return out
