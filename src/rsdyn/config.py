@@ -23,6 +23,8 @@ SECTIONS = (
     "pca",
     "cae",
     "teleport",
+    "jpca",
+    "tme",
     "figures",
 )
 
@@ -133,6 +135,7 @@ def resolve_runs(config: dict, schema: dict | None = None) -> dict[str, dict]:
             check_layers(
                 settings["teleport"]["layers"], n_layers, f"runs[{index}] ({run['name']})", settings["model"]["name"]
             )
+            check_jpca_windows(settings["jpca"]["windows"], 2 * n_layers, f"runs[{index}] ({run['name']})")
         runs[run["name"]] = canonical(settings)
     return runs
 
@@ -203,4 +206,15 @@ def check_layers(layers: list[int], n_layers: int, key: str, model_name: str) ->
     try:
         check_teleport_layers(layers, n_layers, model_name)
     except TeleportError as err:
+        raise ConfigError(f"Invalid config: {key}: {err}") from None
+
+
+def check_jpca_windows(windows: list | None, n_sublayers: int, key: str) -> None:
+    """Every jPCA depth window must lie within the model's 2L sublayers and span at least 3."""
+    from rsdyn.errors import PopulationInputError
+    from rsdyn.jpca import resolve_windows
+
+    try:
+        resolve_windows(windows, n_sublayers)
+    except PopulationInputError as err:
         raise ConfigError(f"Invalid config: {key}: {err}") from None

@@ -15,7 +15,7 @@ For a data tensor T of shape (n_0, n_1, n_2) (here samples x sublayers x units o
   sum_{other indices} 1 / (lambda_0,i + lambda_1,j + lambda_2,k) = s_m,i (the
   eigenvalues s_m of Sigma_m).
 
-rsdyn finds the multipliers by damped Newton on the convex dual
+rsdyn finds the multipliers by Newton's method with Armijo backtracking on the convex dual
 F = -1/2 sum log(lambda_0,i + lambda_1,j + lambda_2,k) + 1/2 sum_m lambda_m . s_m
 (the maximum-entropy problem's Lagrangian dual; its gradient is the constraint error),
 with fused kernels over the n_0 n_1 n_2 sums. Eigen-directions with eigenvalue below
@@ -67,26 +67,30 @@ class TMEModel:
 
 
 def marginal_means(tensor: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The three marginal-mean vectors whose broadcast sum is the TME mean tensor."""
-    remainder = np.asarray(tensor, dtype=np.float64)
-    means = []
-    for axes in ((1, 2), (0, 2), (0, 1)):
-        mean = remainder.mean(axis=axes)
-        shape = [1, 1, 1]
-        shape[({0, 1, 2} - set(axes)).pop()] = -1
-        remainder = remainder - mean.reshape(shape)
-        means.append(mean)
-    return tuple(means)
+    """The three marginal-mean vectors whose broadcast sum is the TME mean tensor.
+
+    The authors subtract the mean over modes (1, 2), then over (0, 2) of what remains,
+    then over (0, 1); the means of the remainders follow from the tensor's own means
+    without forming them: b = mean_(0,2)(T) - mean(a), c = mean_(0,1)(T) - mean(a) - mean(b).
+    """
+    tensor = np.asarray(tensor, dtype=np.float64)
+    a = tensor.mean(axis=(1, 2))
+    b = tensor.mean(axis=(0, 2)) - a.mean()
+    c = tensor.mean(axis=(0, 1)) - a.mean() - b.mean()
+    return a, b, c
 
 
 def marginal_covariances(residual: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sigma_m = R_(m) R_(m)^T of a residual tensor (n_0, n_1, n_2), one per mode."""
-    residual = np.asarray(residual, dtype=np.float64)
-    out = []
-    for mode in range(3):
-        unfolded = np.moveaxis(residual, mode, 0).reshape(residual.shape[mode], -1)
-        out.append(unfolded @ unfolded.T)
-    return tuple(out)
+    """Sigma_m = R_(m) R_(m)^T of a residual tensor (n_0, n_1, n_2), one per mode
+    (R_(m): the mode-m unfolding, n_m x the product of the other two sizes)."""
+    residual = np.ascontiguousarray(residual, dtype=np.float64)
+    n0, n1, n2 = residual.shape
+    flat0 = residual.reshape(n0, n1 * n2)
+    flat2 = residual.reshape(n0 * n1, n2)
+    sigma1 = np.zeros((n1, n1))
+    for block in residual:  # sum over mode 0 of (n1 x n2) @ (n2 x n1)
+        sigma1 += block @ block.T
+    return flat0 @ flat0.T, sigma1, flat2.T @ flat2
 
 
 # --------------------------------------------------------------------------- kernels
@@ -94,14 +98,13 @@ def marginal_covariances(residual: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
 
 @numba.njit(cache=True, nogil=True)
 def _dual_pass(l0, l1, l2, with_hessian):
-    """Sums over the Kronecker sum x_ijk = l0_i + l1_j + l2_k: sum log x, the three
-    marginal sums of 1/x and, with_hessian, the marginal and pairwise sums of 1/x^2."""
+    """Sums over the Kronecker sum x_ijk = l0_i + l1_j + l2_k: the three marginal sums of
+    1/x and, with_hessian, the pairwise sums of 1/x^2; NaN sums if some x <= 0."""
     n0, n1, n2 = l0.shape[0], l1.shape[0], l2.shape[0]
     g0, g1, g2 = np.zeros(n0), np.zeros(n1), np.zeros(n2)
     h01 = np.zeros((n0, n1)) if with_hessian else np.zeros((1, 1))
     h02 = np.zeros((n0, n2)) if with_hessian else np.zeros((1, 1))
     h12 = np.zeros((n1, n2)) if with_hessian else np.zeros((1, 1))
-    logsum = 0.0
     for i in range(n0):
         for j in range(n1):
             base = l0[i] + l1[j]
@@ -110,9 +113,9 @@ def _dual_pass(l0, l1, l2, with_hessian):
             for k in range(n2):
                 x = base + l2[k]
                 if x <= 0.0:
-                    return np.inf, g0, g1, g2, h01, h02, h12
+                    g0[:] = np.nan
+                    return g0, g1, g2, h01, h02, h12
                 r = 1.0 / x
-                logsum += np.log(x)
                 row += r
                 g2[k] += r
                 if with_hessian:
@@ -124,7 +127,22 @@ def _dual_pass(l0, l1, l2, with_hessian):
             g1[j] += row
             if with_hessian:
                 h01[i, j] += row_h
-    return logsum, g0, g1, g2, h01, h02, h12
+    return g0, g1, g2, h01, h02, h12
+
+
+@numba.njit(cache=True, nogil=True)
+def _log_sum(l0, l1, l2):
+    """sum_ijk log(l0_i + l1_j + l2_k), or inf when some sum is <= 0 (outside the domain)."""
+    total = 0.0
+    for i in range(l0.shape[0]):
+        for j in range(l1.shape[0]):
+            base = l0[i] + l1[j]
+            for k in range(l2.shape[0]):
+                x = base + l2[k]
+                if x <= 0.0:
+                    return np.inf
+                total += np.log(x)
+    return total
 
 
 @numba.njit(cache=True, nogil=True)
@@ -144,9 +162,11 @@ def _weighted_mode0_variance(l0, l1, l2, weight):
 
 
 def _dual(lams, s):
-    """2 F (see module docstring) and its gradient and Hessian, for the stacked multipliers."""
-    logsum, g0, g1, g2, h01, h02, h12 = _dual_pass(*lams, True)
-    value = -logsum + sum(float(l @ v) for l, v in zip(lams, s))
+    """Gradient and Hessian of 2 F (see the module docstring) in the stacked multipliers,
+    and the fitted marginal eigenvalues (sums of 1/x)."""
+    g0, g1, g2, h01, h02, h12 = _dual_pass(*lams, True)
+    if not np.isfinite(g0).all():
+        raise PopulationInputError("TME fit left the domain (a multiplier sum <= 0); this is a bug, please report it.")
     gradient = np.concatenate([s[0] - g0, s[1] - g1, s[2] - g2])
     sizes = [len(l) for l in lams]
     hessian = np.zeros((sum(sizes), sum(sizes)))
@@ -156,7 +176,7 @@ def _dual(lams, s):
     hessian[o2:, o2:] = np.diag(h02.sum(axis=0))
     hessian[:o1, o1:o2], hessian[:o1, o2:], hessian[o1:o2, o2:] = h01, h02, h12
     hessian[o1:o2, :o1], hessian[o2:, :o1], hessian[o2:, o1:o2] = h01.T, h02.T, h12.T
-    return value, gradient, hessian, (g0, g1, g2)
+    return gradient, hessian, (g0, g1, g2)
 
 
 def _scaled_solve(hessian, gradient):
@@ -225,8 +245,11 @@ def _newton(lams, values, sizes, free, tol, max_iter):
     history = []
     error = np.inf
     iteration = 0
+    target = np.concatenate(values)
+    t = 0.5
+    value = None  # 2F at the current multipliers
     for iteration in range(1, max_iter + 1):
-        value, gradient, hessian, fitted = _dual(lams, values)
+        gradient, hessian, fitted = _dual(lams, values)
         error = max(np.linalg.norm(f - v) / np.linalg.norm(v) for f, v in zip(fitted, values))
         history.append(error)
         stalled = len(history) > 3 and error < STALL_ERROR and error > 0.5 * min(history[-4:-1])
@@ -235,26 +258,30 @@ def _newton(lams, values, sizes, free, tol, max_iter):
             break
         step = np.zeros_like(gradient)
         step[free] = -_scaled_solve(hessian[np.ix_(free, free)], gradient[free])
-        decrement = float(-gradient @ step)
-        t = 1.0
+        decrement = float(-gradient @ step)  # squared Newton decrement
+        # Armijo backtracking on 2F = -sum log x + lambda . s, from twice the last accepted
+        # step (the accepted steps grow from tiny to 1 as the iterate nears the optimum)
         stacked = np.concatenate(lams)
+        if value is None:
+            value = -_log_sum(*lams) + float(stacked @ target)
+        t = min(1.0, 2.0 * t)
         while True:
-            candidate = _split(stacked + t * step, sizes)
-            logsum = _dual_pass(*candidate, False)[0]
-            if np.isfinite(logsum) and -logsum + sum(float(l @ v) for l, v in zip(candidate, values)) <= value - 0.25 * t * decrement:
+            candidate = stacked + t * step
+            log_sum = _log_sum(*_split(candidate, sizes))
+            trial = -log_sum + float(candidate @ target)
+            if np.isfinite(log_sum) and trial <= value - 0.25 * t * decrement:
+                value = trial
                 break
             t *= 0.5
-            if t < 1e-12:  # no descent left at float64 precision
-                break
-        if t < 1e-12:
-            break
-        lams = [np.ascontiguousarray(part) for part in candidate]
+            if t < 1e-14:  # no descent left at float64 precision
+                return lams, iteration, error, history
+        lams = [np.ascontiguousarray(part) for part in _split(candidate, sizes)]
     return lams, iteration, error, history
 
 
 def expected_marginal_covariances(model: TMEModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The marginal covariances the fitted distribution has in expectation, (n_m, n_m) each."""
-    _, g0, g1, g2, *_ = _dual_pass(*model.multipliers, False)
+    g0, g1, g2, *_ = _dual_pass(*model.multipliers, False)
     return tuple((U * g) @ U.T for U, g in zip(model.eigenvectors, (g0, g1, g2)))
 
 

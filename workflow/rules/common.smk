@@ -63,5 +63,5 @@ def all_outputs():
     outputs = []
     for run in RUNS:
         outputs += [f"{RESULTS}/{run}/figures/fig{n}.{ext}" for n in (1, 2, 3, 4) for ext in ("pdf", "png")]
-        outputs += [f"{RESULTS}/{run}/summary.json"]
+        outputs += [f"{RESULTS}/{run}/summary.json", f"{RESULTS}/{run}/population.zarr"]
     return outputs
