@@ -20,7 +20,7 @@ from rsdyn.rotations import rotation_number
 from rsdyn.store import read_group, write_group
 
 JPCA = {"k": 4, "windows": None}
-TME = {"n_surrogates": 12, "seed": 3}
+TME = {"n_surrogates": 12, "unit_surrogates": 30, "seed": 3}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_population_store_holds_jpca_windows_and_tme(stores):
     assert float(window["jpca_ratio"]) == pytest.approx(jpca(states[:, 3:7], k=4)["jpca_ratio"], rel=1e-9)
     tme = group["tme_rotations"]
     np.testing.assert_allclose(tme["observed"], rotation_number(states.mean(axis=0).T), atol=1e-12)
-    assert tme["samples"].shape == (12, 12)
+    assert tme["samples"].shape == (30, 12)
     np.testing.assert_array_equal(tme["fdr"], false_discovery_control(tme["pvalue"]) <= 0.05)
     assert float(tme["tme_constraint_error"]) < 1e-6
 

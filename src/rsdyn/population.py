@@ -7,7 +7,8 @@ For each condition (original and token-shuffled text):
   on tensor-maximum-entropy surrogates of its k-PC scores (N, S, k) (``rsdyn.tme``), and
   ``tme_percentile``, the percentile of the observed ratio among them;
 - ``tme_rotations``: R of every unit's sample-mean trajectory (``rsdyn.rotations``)
-  recomputed on TME surrogates of the full (N, S, D) states: per unit the null's
+  recomputed on ``tme.unit_surrogates`` TME surrogates of the full (N, S, D) states
+  (only their sample means are drawn, exactly; see ``rsdyn.tme``): per unit the null's
   mean, std, q025, q975, percentile, two-sided p-value and Benjamini-Hochberg
   discovery (``fdr``), ``samples`` (n_surrogates, D), and ``abs_mean_samples``, the
   mean over units of |R| of each surrogate.
@@ -37,7 +38,7 @@ CONDITIONS = ("original", "shuffled")
 LOG = logging.getLogger("rsdyn.population")
 
 DEFAULT_JPCA = {"k": 6, "windows": None}
-DEFAULT_TME = {"n_surrogates": 100, "seed": 0, "floor": 1e-10, "tol": 1e-9, "max_iter": 200}
+DEFAULT_TME = {"n_surrogates": 100, "unit_surrogates": 1000, "seed": 0, "floor": 1e-10, "tol": 1e-9, "max_iter": 200}
 
 #: arrays of a jPCA result written to the store (the PCA mean and components of the
 #: whole-depth fit too)
@@ -96,7 +97,7 @@ def tme_rotations(states: np.ndarray, tme_settings: Mapping[str, Any], fdr_q: fl
     """Per-unit R of the sample-mean trajectories against TME surrogates of the states."""
     observed = rotation_number(np.ascontiguousarray(states.mean(axis=0).T))
     model = fit_tme(states, tme_settings["floor"], tme_settings["tol"], tme_settings["max_iter"])
-    means = sample_tme_mode0_mean(model, tme_settings["n_surrogates"], seed=tme_settings["seed"])  # (n, S, D)
+    means = sample_tme_mode0_mean(model, tme_settings["unit_surrogates"], seed=tme_settings["seed"])  # (n, S, D)
     null = rotation_number(np.ascontiguousarray(means.transpose(0, 2, 1)))  # (n, D)
     out = {"observed": observed, **null_summary(observed, null)}
     out["fdr"] = bh_significant(out["pvalue"], fdr_q)
@@ -145,8 +146,9 @@ def check_population_settings(jpca_settings: Mapping[str, Any], tme_settings: Ma
         )
     if n_samples < 2:
         raise PopulationInputError(f"the population stage needs at least 2 samples; the capture has {n_samples}.")
-    if int({**DEFAULT_TME, **tme_settings}["n_surrogates"]) < 1:
-        raise PopulationInputError("tme.n_surrogates must be at least 1.")
+    for key in ("n_surrogates", "unit_surrogates"):
+        if int({**DEFAULT_TME, **tme_settings}[key]) < 1:
+            raise PopulationInputError(f"tme.{key} must be at least 1.")
 
 
 def run_population(
