@@ -191,6 +191,9 @@ def _split(vector, sizes):
     return vector[:o1], vector[o1:o2], vector[o2:]
 
 
+#: sample-mean draws generated together by ``sample_tme_mode0_mean``
+_MEAN_CHUNK = 100
+
 #: below this constraint error, three Newton steps without halving it end the fit
 STALL_ERROR = 1e-6
 
@@ -316,8 +319,11 @@ def sample_tme_mode0_mean(model: TMEModel, n_surrogates: int, seed: int = 0) -> 
     variance = _weighted_mode0_variance(*model.multipliers, np.ascontiguousarray(weight))
     a, b, c = model.marginal_means
     mean = a.mean() + b[:, None] + c[None, :]
+    scale = np.sqrt(variance)
     out = np.empty((n_surrogates, model.shape[1], model.shape[2]))
-    for index in range(n_surrogates):
-        z = rng.standard_normal(variance.shape) * np.sqrt(variance)
-        out[index] = mean + U1 @ z @ U2.T
+    for start in range(0, n_surrogates, _MEAN_CHUNK):  # one large product per chunk of draws
+        stop = min(n_surrogates, start + _MEAN_CHUNK)
+        z = rng.standard_normal((stop - start, *variance.shape)) * scale
+        right = (z.reshape(-1, z.shape[2]) @ U2.T).reshape(stop - start, z.shape[1], -1)  # (n, r1, n2)
+        out[start:stop] = mean + np.matmul(U1, right)
     return out
