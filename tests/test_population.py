@@ -51,6 +51,10 @@ def test_population_store_holds_jpca_windows_and_tme(stores):
     window = group["window_1"]
     np.testing.assert_array_equal(window["sublayers"], [3, 7])
     assert float(window["jpca_ratio"]) == pytest.approx(jpca(states[:, 3:7], k=4)["jpca_ratio"], rel=1e-9)
+    deviations = states - states.mean(axis=0, keepdims=True)
+    assert float(group["jpca_deviations"]["jpca_ratio"]) == pytest.approx(jpca(deviations, k=4)["jpca_ratio"], rel=1e-9)
+    window_deviations = states[:, 3:7] - states[:, 3:7].mean(axis=0, keepdims=True)
+    assert float(group["window_1_deviations"]["jpca_ratio"]) == pytest.approx(jpca(window_deviations, k=4)["jpca_ratio"], rel=1e-9)
     tme = group["tme_rotations"]
     np.testing.assert_allclose(tme["observed"], rotation_number(states.mean(axis=0).T), atol=1e-12)
     assert tme["samples"].shape == (30, 12)
@@ -108,7 +112,8 @@ def test_rotation_rows(stores):
         assert excess["verdict"] in ("reproduced", "opposite", "inconclusive")
         assert rows[f"rotations_fdr_fraction_{null}"]["value"] == pytest.approx(np.mean(fdr))
     assert abs(rows["rotations_point_shuffle_mean"]["value"]) < 1e-12  # reversed pairs
-    for name in ("jpca_ratio", "jpca_ratio_window0", "jpca_ratio_shuffled", "jpca_ratio_window2_shuffled"):
+    for name in ("jpca_ratio", "jpca_ratio_window0", "jpca_ratio_shuffled", "jpca_ratio_window2_shuffled",
+                 "jpca_ratio_deviations", "jpca_ratio_deviations_window1_shuffled"):
         entry = rows[name]
         assert entry["expected"].startswith(">") and "tme_percentile" in entry, name
         assert entry["verdict"] in ("reproduced", "opposite", "inconclusive")
@@ -128,6 +133,8 @@ def test_bootstrap_of_the_jpca_ratio_resamples_sequences(stores):
     rows = np.random.default_rng([1, len(scores)]).integers(0, len(scores), size=(5, len(scores)))[0]
     first = scores[rows] - scores[rows].reshape(-1, scores.shape[2]).mean(axis=0)
     assert samples[0] == pytest.approx(jpca_of_scores(first)["jpca_ratio"], rel=1e-9)
+    each = rs.bootstrap_jpca_ratio(scores, n_resamples=5, seed=1, each_sublayer=True)
+    assert each[0] == pytest.approx(jpca_of_scores(scores[rows] - scores[rows].mean(axis=0))["jpca_ratio"], rel=1e-9)
 
 
 def test_readme_section_renders_every_null_and_window(stores):
@@ -136,7 +143,8 @@ def test_readme_section_renders_every_null_and_window(stores):
                                      "rows": rs.summary_rotations(unit_stats, population, n_resamples=10)}))
     text = rs.readme_section(summary)
     assert text.startswith("### Are the rotations real?")
-    for label in ("point shuffle", "increment shuffle", "layer shuffle", "phase surrogate", "TME surrogate", "all sublayers", "sublayers 3-6"):
+    for label in ("point shuffle", "increment shuffle", "layer shuffle", "phase surrogate", "TME surrogate", "all sublayers",
+                  "| pooled | sublayers 3-6 |", "| deviations | sublayers 3-6 |"):
         assert label in text, label
     tables = [block.splitlines() for block in text.split("\n\n") if block.startswith("|")]
     assert len(tables) == 2

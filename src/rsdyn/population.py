@@ -6,6 +6,11 @@ For each condition (original and token-shuffled text):
   (``window_{i}``); each with ``tme_jpca_ratio`` (n_surrogates,), the ratio recomputed
   on tensor-maximum-entropy surrogates of its k-PC scores (N, S, k) (``rsdyn.tme``), and
   ``tme_percentile``, the percentile of the observed ratio among them;
+- ``jpca_deviations``, ``window_{i}_deviations``: the same for the deviations of each
+  sequence from the mean over sequences at each sublayer (Churchland et al. subtract
+  this cross-condition mean before jPCA). When most sequences end with the same token,
+  the pooled states are dominated by the one trajectory they share; the deviations ask
+  whether the sequence-specific part rotates;
 - ``tme_rotations``: R of every unit's sample-mean trajectory (``rsdyn.rotations``)
   recomputed on ``tme.unit_surrogates`` TME surrogates of the full (N, S, D) states
   (only their sample means are drawn, exactly; see ``rsdyn.tme``): per unit the null's
@@ -46,6 +51,17 @@ _JPCA_ARRAYS = (
     "m_best", "m_skew", "r2_best", "r2_skew", "jpca_ratio", "r2_best_literal", "r2_skew_literal", "jpca_ratio_literal",
     "frequencies", "turns_per_sublayer", "planes", "projection",
 )
+
+
+#: random streams of the TME surrogates of the deviation variant (the states' use 0, 1, ...)
+DEVIATION_STREAM = 100
+
+
+def deviations(states: np.ndarray) -> np.ndarray:
+    """The states minus their mean over samples at each sublayer, (N, S, D): what is left
+    when the trajectory every sequence shares is removed (the cross-condition mean
+    subtraction of Churchland et al. 2012)."""
+    return states - states.mean(axis=0, keepdims=True)
 
 
 def percentile_of(observed: float, null: np.ndarray) -> float:
@@ -120,10 +136,17 @@ def condition_population(
     began = time.perf_counter()
     scores, pca = pc_scores(states, k)
     out: dict[str, Any] = {"jpca": {**pca, **jpca_with_tme(scores, tme_settings, stream=0)}}
-    LOG.info("jPCA of all sublayers and its TME null: %.1f s", time.perf_counter() - began)
+    deviation_scores, deviation_pca = pc_scores(deviations(states), k)
+    out["jpca_deviations"] = {**deviation_pca, **jpca_with_tme(deviation_scores, tme_settings, stream=DEVIATION_STREAM)}
+    LOG.info("jPCA of all sublayers (states and deviations) and its TME null: %.1f s", time.perf_counter() - began)
     for index, (start, stop) in enumerate(windows):
-        window_scores, _ = pc_scores(states[:, start:stop], k)
-        out[f"window_{index}"] = {"sublayers": np.array([start, stop]), **jpca_with_tme(window_scores, tme_settings, stream=index + 1)}
+        window = states[:, start:stop]
+        sublayers = np.array([start, stop])
+        out[f"window_{index}"] = {"sublayers": sublayers, **jpca_with_tme(pc_scores(window, k)[0], tme_settings, stream=index + 1)}
+        out[f"window_{index}_deviations"] = {
+            "sublayers": sublayers,
+            **jpca_with_tme(pc_scores(deviations(window), k)[0], tme_settings, stream=DEVIATION_STREAM + index + 1),
+        }
     LOG.info("jPCA of %d depth windows: %.1f s in all", len(windows), time.perf_counter() - began)
     out["tme_rotations"] = tme_rotations(states, tme_settings, fdr_q)
     LOG.info(

@@ -102,15 +102,17 @@ def unit_rotation_rows(unit_stats: Mapping, population: Mapping | None = None, n
 # --------------------------------------------------------------------------- jPCA
 
 
-def bootstrap_jpca_ratio(scores: np.ndarray, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> np.ndarray:
+def bootstrap_jpca_ratio(scores: np.ndarray, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, each_sublayer: bool = False) -> np.ndarray:
     """jPCA ratio of sequences resampled with replacement from scores (N, S, k), the PCs
-    held fixed (each resample re-centred): (n_resamples,)."""
+    held fixed, each resample re-centred (by its pooled mean, or with ``each_sublayer`` by
+    its mean over sequences at each sublayer, for the deviations): (n_resamples,)."""
     scores = np.asarray(scores, dtype=np.float64)
     k = scores.shape[2]
 
     def ratio(rows_: np.ndarray) -> float:
         sample = scores[rows_]
-        return float(jpca_of_scores(sample - sample.reshape(-1, k).mean(axis=0))["jpca_ratio"])
+        centre = sample.mean(axis=0, keepdims=True) if each_sublayer else sample.reshape(-1, k).mean(axis=0)
+        return float(jpca_of_scores(sample - centre)["jpca_ratio"])
 
     with single_threaded_blas():
         return bootstrap(ratio, scores.shape[0], n_resamples, seed)
@@ -136,31 +138,36 @@ def jpca_rows(population: Mapping, n_resamples: int = DEFAULT_RESAMPLES, seed: i
     sequences = resampled_label("sequences, PCs fixed", n_resamples, seed)
     for condition, suffix in (("original", ""), ("shuffled", "_shuffled")):
         groups = population[condition]
-        names = ["jpca"] + sorted((name for name in groups if name.startswith("window_")), key=lambda n: int(n.split("_")[1]))
-        for name in names:
-            group = groups[name]
-            where = "all sublayers" if name == "jpca" else f"sublayers {int(group['sublayers'][0])}-{int(group['sublayers'][1]) - 1}"
-            key = "jpca_ratio" + ("" if name == "jpca" else f"_window{name.split('_')[1]}") + suffix
-            null = np.asarray(group["tme_jpca_ratio"], dtype=np.float64)
-            q05, q95 = (float(value) for value in np.nanpercentile(null, [5, 95]))
-            entry = comparison_row(
-                float(group["jpca_ratio"]), "rotations beyond chance (the paper's claim for single units)",
-                f"jPCA on the top-k pooled PCs of {where} ({'token-shuffled' if suffix else 'original'} text): "
-                "R^2 of the best skew-symmetric linear dynamics / R^2 of the best linear dynamics (Xdot = X M, "
-                "drift as intercept); verdict: reproduced when the whole interval lies above the 95th percentile "
-                "of the same ratio on TME surrogates, opposite when below their 5th percentile",
-                bootstrap_jpca_ratio(group["scores"], n_resamples, seed), ">", sequences, null=q95)
-            entry.update(
-                verdict=tme_verdict(entry["interval"], q05, q95),
-                expected=f"> {q95:.3g} (TME 95th percentile)",
-                tme_percentile=float(group["tme_percentile"]),
-                tme_null_q05=q05,
-                tme_null_median=float(np.nanmedian(null)),
-                tme_null_q95=q95,
-                ratio_literal=float(group["jpca_ratio_literal"]),
-                tme_percentile_literal=float(group["tme_percentile_literal"]),
-            )
-            rows[key] = entry
+        windows = sorted((name for name in groups if name.startswith("window_") and not name.endswith("_deviations")),
+                         key=lambda n: int(n.split("_")[1]))
+        for variant, states in (("", "pooled states"), ("_deviations", "deviations from the mean over sequences at each sublayer")):
+            for name in ["jpca"] + windows:
+                if name + variant not in groups:
+                    continue
+                group = groups[name + variant]
+                where = "all sublayers" if name == "jpca" else f"sublayers {int(group['sublayers'][0])}-{int(group['sublayers'][1]) - 1}"
+                key = "jpca_ratio" + variant + ("" if name == "jpca" else f"_window{name.split('_')[1]}") + suffix
+                null = np.asarray(group["tme_jpca_ratio"], dtype=np.float64)
+                q05, q95 = (float(value) for value in np.nanpercentile(null, [5, 95]))
+                entry = comparison_row(
+                    float(group["jpca_ratio"]), "rotations beyond chance (the paper's claim for single units)",
+                    f"jPCA on the top-k PCs of the {states}, {where} ({'token-shuffled' if suffix else 'original'} text): "
+                    "R^2 of the best skew-symmetric linear dynamics / R^2 of the best linear dynamics (Xdot = X M, "
+                    "drift as intercept); verdict: reproduced when the whole interval lies above the 95th percentile "
+                    "of the same ratio on TME surrogates, opposite when below their 5th percentile",
+                    bootstrap_jpca_ratio(group["scores"], n_resamples, seed, each_sublayer=bool(variant)), ">", sequences, null=q95)
+                entry.update(
+                    depth=where,
+                    verdict=tme_verdict(entry["interval"], q05, q95),
+                    expected=f"> {q95:.3g} (TME 95th percentile)",
+                    tme_percentile=float(group["tme_percentile"]),
+                    tme_null_q05=q05,
+                    tme_null_median=float(np.nanmedian(null)),
+                    tme_null_q95=q95,
+                    ratio_literal=float(group["jpca_ratio_literal"]),
+                    tme_percentile_literal=float(group["tme_percentile_literal"]),
+                )
+                rows[key] = entry
         whole = groups["jpca"]
         rows[f"jpca_r2_best{suffix}"] = row(float(whole["r2_best"]), None, "R^2 of the best linear dynamics Xdot = X M on the top-k PCs (all sublayers)")
         rows[f"jpca_r2_skew{suffix}"] = row(float(whole["r2_skew"]), None, "R^2 of the best skew-symmetric (rotational) dynamics on the top-k PCs")
@@ -184,6 +191,8 @@ def summary_rotations(unit_stats: Mapping, population: Mapping | None, n_resampl
 def _number(value: Any, digits: int = 3) -> str:
     if value is None:
         return "n/a"
+    if isinstance(value, float) and abs(value) < 1e-12:
+        return "0"
     if isinstance(value, float):
         return f"{value:.{digits}g}".replace("-", "−")
     return str(value)
@@ -229,25 +238,29 @@ def readme_section(summary: Mapping[str, Any]) -> str:
         "Population rotations (jPCA, Churchland et al. 2012, on the top-k pooled PCs) against tensor-maximum-entropy "
         "surrogates (Elsayed & Cunningham 2017), which keep the covariance across sequences, sublayers and units:",
         "",
-        "| depth | jpca_ratio original [95 % CI] | TME percentile | verdict | token-shuffled | TME percentile | verdict |",
-        "|---|---|---|---|---|---|---|",
+        "| states | depth | jpca_ratio original [95 % CI] | TME percentile | verdict | token-shuffled [95 % CI] | TME percentile | verdict |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    windows = ["jpca_ratio"] + sorted(
-        (name for name in rows if name.startswith("jpca_ratio_window") and not name.endswith("_shuffled")),
-        key=lambda name: int(name.removeprefix("jpca_ratio_window")))
-    for name in windows:
-        original, shuffled = rows[name], rows.get(f"{name}_shuffled", {})
-        depth = "all sublayers" if name == "jpca_ratio" else original["definition"].split(" of ", 1)[1].split(" (", 1)[0]
-        lines.append(
-            f"| {depth} | {_number(original['value'])} {_interval(original)} | {_number(original['tme_percentile'])} | "
-            f"{original['verdict']} | {_number(shuffled.get('value'))} {_interval(shuffled) if shuffled else ''} | "
-            f"{_number(shuffled.get('tme_percentile'))} | {shuffled.get('verdict', 'n/a')} |"
-        )
+    windows = sorted({int(name.removeprefix("jpca_ratio_window")) for name in rows
+                      if name.startswith("jpca_ratio_window") and name.removeprefix("jpca_ratio_window").isdigit()})
+    for variant, states in (("", "pooled"), ("_deviations", "deviations")):
+        for name in [f"jpca_ratio{variant}"] + [f"jpca_ratio{variant}_window{index}" for index in windows]:
+            if name not in rows:
+                continue
+            original, shuffled = rows[name], rows.get(f"{name}_shuffled", {})
+            lines.append(
+                f"| {states} | {original['depth']} | {_number(original['value'])} {_interval(original)} | {_number(original['tme_percentile'])} | "
+                f"{original['verdict']} | {_number(shuffled.get('value'))} {_interval(shuffled) if shuffled else ''} | "
+                f"{_number(shuffled.get('tme_percentile'))} | {shuffled.get('verdict', 'n/a')} |"
+            )
     lines += [
         "",
         "jpca_ratio = R² of the best skew-symmetric (purely rotational) linear dynamics / R² of the best linear "
-        "dynamics of the PC scores over depth; \"reproduced\" means its whole bootstrap interval lies above the "
-        "95th percentile of the TME surrogates' ratios. Rows: `rotations_*`, `jpca_*` in summary.json.",
+        "dynamics of the PC scores over depth; \"reproduced\" means its whole bootstrap interval (sequences "
+        "resampled) lies above the 95th percentile of the TME surrogates' ratios, \"opposite\" below their 5th. "
+        "\"pooled\": the states as the issue defines jPCA; \"deviations\": each sequence minus the mean over "
+        "sequences at each sublayer (Churchland et al.'s preprocessing), i.e. without the trajectory all sequences "
+        "share. Rows: `rotations_*`, `jpca_*` in summary.json.",
         "",
     ]
     return "\n".join(lines)

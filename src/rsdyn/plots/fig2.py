@@ -9,7 +9,8 @@ without a colour bar. B: R of every unit against each null, pooled over units
 population store, tensor-maximum-entropy surrogates), with the fraction of units that
 differ from their own null at FDR 0.05. C: R of every unit, sorted, with each unit's
 central 95 % null bands; C': the FDR fractions per null. D: the first jPC plane's
-trajectories (original and token-shuffled text) and jpca_ratio against its TME null.
+trajectories (original and token-shuffled text) and jpca_ratio against its TME null,
+for the states (solid) and for their deviations from the mean sequence (dashed).
 """
 
 from __future__ import annotations
@@ -175,7 +176,12 @@ def _jpca_panels(fig, population, n_trajectories: int = 40) -> None:
         ax.hist(null, bins=20, color=color, alpha=0.35, density=True, label=f"TME null ({condition})")
         ax.axvline(float(group["jpca_ratio"]), color=color, lw=2,
                    label=f"{condition}: {float(group['jpca_ratio']):.2f} (TME percentile {float(group['tme_percentile']):.0f})")
-    windows = sorted((name for name in population["original"] if name.startswith("window_")), key=lambda n: int(n.split("_")[1]))
+        if "jpca_deviations" in population[condition]:
+            deviations = population[condition]["jpca_deviations"]
+            ax.axvline(float(deviations["jpca_ratio"]), color=color, lw=1.5, ls="--",
+                       label=f"{condition}, deviations from the mean sequence: {float(deviations['jpca_ratio']):.2f} "
+                             f"(percentile {float(deviations['tme_percentile']):.0f})")
+    windows = [name for name in population["original"] if name.startswith("window_") and not name.endswith("_deviations")]
     for name in windows:
         group = population["original"][name]
         ax.axvline(float(group["jpca_ratio"]), color="tab:blue", lw=0.8, ls=":")
