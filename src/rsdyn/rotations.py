@@ -106,23 +106,38 @@ def _gradient(a, g):
 
 
 @numba.njit(cache=True, nogil=True)
+def _upper(dx, dy):
+    """Whether atan2(dy, dx) lies in (0, pi] (else in (-pi, 0])."""
+    return dy > 0.0 or (dy == 0.0 and dx < 0.0)
+
+
+@numba.njit(cache=True, nogil=True)
 def _turns(x, y):
-    """Tangent turns of the curve (x_l, y_l): wrapped angle changes / 2 pi."""
+    """Tangent turns of the curve (x_l, y_l): wrapped angle changes / 2 pi.
+
+    The sum of the wrapped changes telescopes to theta_last - theta_first - 2 pi W,
+    where W counts the changes that wrapped: theta_{l+1} - theta_l >= pi (from (-pi, 0]
+    to (0, pi] with cross product <= 0) minus those < -pi (from (0, pi] to (-pi, 0] with
+    cross product > 0). Two atan2 per curve instead of one per step; the same numbers as
+    ``tangent_turns`` up to round-off (and up to exactly antiparallel steps, which both
+    resolve to -pi but whose cross product may round differently).
+    """
     n = x.shape[0]
     if n < 3:
         return 0.0
-    total = 0.0
-    previous = np.arctan2(y[1] - y[0], x[1] - x[0])
+    ax, ay = x[1] - x[0], y[1] - y[0]
+    first = np.arctan2(ay, ax)
+    wraps = 0
     for l in range(1, n - 1):
-        theta = np.arctan2(y[l + 1] - y[l], x[l + 1] - x[l])
-        change = theta - previous
-        if change >= np.pi:
-            change -= 2.0 * np.pi
-        elif change < -np.pi:
-            change += 2.0 * np.pi
-        total += change
-        previous = theta
-    return total / (2.0 * np.pi)
+        bx, by = x[l + 1] - x[l], y[l + 1] - y[l]
+        cross = ax * by - ay * bx
+        a_upper, b_upper = _upper(ax, ay), _upper(bx, by)
+        if b_upper and not a_upper and cross <= 0.0:
+            wraps += 1
+        elif a_upper and not b_upper and cross > 0.0:
+            wraps -= 1
+        ax, ay = bx, by
+    return (np.arctan2(ay, ax) - first - 2.0 * np.pi * wraps) / (2.0 * np.pi)
 
 
 @numba.njit(cache=True, nogil=True)
