@@ -127,3 +127,24 @@ def test_windows():
 def test_k_out_of_range_is_refused():
     with pytest.raises(PopulationInputError, match="jpca.k = 9"):
         jpca.jpca(np.random.default_rng(0).standard_normal((5, 4, 8)), k=9)
+
+
+def test_config_checks_jpca_windows_and_k():
+    from pathlib import Path
+
+    import yaml
+
+    from rsdyn.config import ConfigError, resolve_runs
+
+    def config(**sections):
+        base = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/smoke.yaml").read_text())
+        base.update(sections)
+        return base
+
+    assert resolve_runs(config())["smoke"]["jpca"] == {"k": 6, "windows": None}
+    with pytest.raises(ConfigError, match=r"jpca.windows has \[50, 61\].*<= 60"):
+        resolve_runs(config(jpca={"windows": [[0, 10], [50, 61]]}))
+    with pytest.raises(ConfigError, match="jpca.k = 600 exceeds"):
+        resolve_runs(config(jpca={"k": 600}))
+    with pytest.raises(ConfigError, match="tme.n_surrogates"):
+        resolve_runs(config(tme={"n_surrogates": 0}))

