@@ -95,7 +95,14 @@ def population_parts(states: np.ndarray, n_surrogates: int) -> dict:
     return out
 
 
-def tme_fit_growth(d_values: list[int], n_samples: int = 661, n_sublayers: int = 60) -> list[dict]:
+def checkpoint(report: dict) -> None:
+    """Write what is measured so far (a long series stopped early keeps its rows)."""
+    previous = json.loads(OUT.read_text()) if OUT.exists() else {}
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps({**previous, **report}, indent=2))
+
+
+def tme_fit_growth(d_values: list[int], n_samples: int = 661, n_sublayers: int = 60, report: dict | None = None) -> list[dict]:
     rows = []
     for d_model in d_values:
         states = synthetic_activations(n_samples, n_sublayers // 2, d_model, seed=1).astype(np.float64)
@@ -105,8 +112,11 @@ def tme_fit_growth(d_values: list[int], n_samples: int = 661, n_sublayers: int =
         began = time.perf_counter()
         tme.sample_tme_mode0_mean(model, 100, seed=0)
         rows.append({"d_model": d_model, "fit_seconds": fit, "newton_steps": model.iterations,
-                     "sample_100_means_seconds": time.perf_counter() - began, "constraint_error": model.constraint_error})
+                     "sample_100_means_seconds": time.perf_counter() - began, "constraint_error": model.constraint_error,
+                     "load_average": os.getloadavg()})
         del states, model
+        if report is not None:
+            checkpoint({**report, "tme_fit_growth": {"rows": rows}})
     return rows
 
 
@@ -128,6 +138,8 @@ def main() -> None:
     states, source = load_states(args.store)
     report = json.loads(OUT.read_text()) if OUT.exists() else {}  # keep the parts not run now
     report.update(source=source, load_average_start=os.getloadavg(), n_shuffles=n_shuffles)
+    if "population" in parts:
+        report.pop("tme_fit_growth", None)
 
     if "nulls" in parts:
         report.update(nulls_part(states, n_shuffles, args))
@@ -162,8 +174,9 @@ def population_part(states: np.ndarray, args) -> dict:
     report = {}
     with threadpool_limits(2):
         report["population_one_condition"] = population_parts(states, 20 if args.quick else 100)
+        checkpoint(report)
         d_values = [d for d in ([144, 288] if args.quick else [576, 1152, 2304, 4096]) if d <= args.max_tme_d]
-        rows = tme_fit_growth(d_values)
+        rows = tme_fit_growth(d_values, report=report)
         report["tme_fit_growth"] = {"rows": rows, "exponent_in_D": exponent(rows, "fit_seconds") if len(rows) > 1 else None}
         report["population_load_average"] = os.getloadavg()
     return report
