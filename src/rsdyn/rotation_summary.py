@@ -203,6 +203,28 @@ def _interval(entry: Mapping) -> str:
     return f"[{_number(low)}, {_number(high)}]"
 
 
+def _names(items: list[str]) -> str:
+    return ", ".join(items[:-1]) + (" and " if len(items) > 1 else "") + items[-1] if items else "none"
+
+
+def _conclusion(rows: Mapping[str, Mapping], nulls: list[str]) -> str:
+    """One paragraph that reads the verdicts of the rows."""
+    short = {null: NULL_LABELS[null].split(" (")[0] for null in nulls}
+    beaten = [short[null] for null in nulls if rows[f"rotations_excess_turns_{null}"]["verdict"] == "reproduced"]
+    majority = [short[null] for null in nulls if rows[f"rotations_fdr_fraction_more_turns_{null}"]["verdict"] == "reproduced"]
+    text = (f"In short: on average the units turn more than the {_names(beaten)} null(s); "
+            f"a majority of units does so individually (FDR 0.05) only against the {_names(majority)} null(s). ")
+    for variant, label in (("", "pooled states"), ("_deviations", "deviations from the mean sequence")):
+        names = [name for name in rows if name.startswith(f"jpca_ratio{variant}") and not name.endswith("_shuffled")
+                 and (variant or "_deviations" not in name)]
+        if not names:
+            continue
+        above = [rows[name]["depth"] for name in names if rows[name]["verdict"] == "reproduced"]
+        text += (f"jPCA of the {label} (original text) is more rotational than its TME surrogates in "
+                 f"{len(above)} of {len(names)} depth ranges ({_names(above)}). ")
+    return text.strip()
+
+
 def readme_section(summary: Mapping[str, Any]) -> str:
     """The "Are the rotations real?" README section (Markdown) from a summary.json."""
     rows = summary["rows"]
@@ -253,6 +275,7 @@ def readme_section(summary: Mapping[str, Any]) -> str:
                 f"{original['verdict']} | {_number(shuffled.get('value'))} {_interval(shuffled) if shuffled else ''} | "
                 f"{_number(shuffled.get('tme_percentile'))} | {shuffled.get('verdict', 'n/a')} |"
             )
+    lines += ["", _conclusion(rows, nulls)]
     lines += [
         "",
         "jpca_ratio = R² of the best skew-symmetric (purely rotational) linear dynamics / R² of the best linear "
