@@ -77,3 +77,8 @@ def test_second_run_adds_only_its_own_jobs(smoke_run):
     jobs = dry_run_after(smoke_run, add_run)
     assert jobs and all(wildcards.get("run") == "smoke-b" for rule, wildcards in jobs if rule not in ("all", "model"))
     assert "model" not in rules_of(jobs)
+
+
+def test_tme_surrogates_rerun_only_the_population_stage_and_what_follows(smoke_run):
+    jobs = dry_run_after(smoke_run, lambda c: c.setdefault("tme", {}).update(n_surrogates=11))
+    assert rules_of(jobs) == {"population", "fig2", "summary"}

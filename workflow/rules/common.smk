@@ -49,6 +49,7 @@ LINEAGE = {
     "pca": ("model", "corpus", "capture", "pca"),
     "cae": ("model", "corpus", "capture", "cae"),
     "teleport": ("model", "corpus", "capture", "pca", "teleport"),
+    "population": ("model", "corpus", "capture", "unit_stats", "jpca", "tme"),
 }
 
 
@@ -108,5 +109,5 @@ def all_outputs():
     for run in RUNS:
         outputs += [f"{RESULTS}/{run}/{store}" for store in STORES]
         outputs += [f"{RESULTS}/{run}/figures/fig{n}.{ext}" for n in (1, 2, 3, 4) for ext in ("pdf", "png")]
-        outputs += [f"{RESULTS}/{run}/summary.json"]
+        outputs += [f"{RESULTS}/{run}/summary.json", f"{RESULTS}/{run}/population.zarr"]
     return outputs

@@ -85,6 +85,7 @@ rule fig1:
 rule fig2:
     input:
         unit_stats=run_file("unit_stats.zarr"),
+        population=run_file("population.zarr"),
     output:
         pdf=f"{RESULTS}/{{run}}/figures/fig2.pdf",
         png=report(
@@ -96,7 +97,7 @@ rule fig2:
     params:
         settings=setting("figures"),
         surrogate=setting("unit_stats", "surrogate"),
-        lineage=lineage("unit_stats"),
+        lineage=lineage("unit_stats", "population"),
     log:
         f"{RESULTS}/{{run}}/logs/fig2.log",
     conda:
