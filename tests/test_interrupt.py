@@ -81,9 +81,14 @@ def start_capture(work: Path) -> tuple[subprocess.Popen, int, list[str]]:
         raise
 
 
+#: a hang guard, not a speed check: a loaded 2-core machine needed more than 300 s to
+#: finish the 96-sequence capture after snakemake's graceful SIGTERM
+FINISH_TIMEOUT_S = 1500
+
+
 def finish(driver: subprocess.Popen) -> str:
     try:
-        output, _ = driver.communicate(timeout=300)
+        output, _ = driver.communicate(timeout=FINISH_TIMEOUT_S)
     finally:
         if driver.poll() is None:
             driver.kill()
