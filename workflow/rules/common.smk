@@ -49,7 +49,7 @@ LINEAGE = {
     "pca": ("model", "corpus", "capture", "pca"),
     "cae": ("model", "corpus", "capture", "cae"),
     "teleport": ("model", "corpus", "capture", "pca", "teleport"),
-    "population": ("model", "corpus", "capture", "unit_stats", "jpca", "tme"),
+    "population": ("model", "corpus", "capture", "jpca", "tme"),
 }
 
 
