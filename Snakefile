@@ -21,7 +21,9 @@ include: "workflow/rules/capture.smk"
 include: "workflow/rules/unit_stats.smk"
 include: "workflow/rules/reduce.smk"
 include: "workflow/rules/teleport.smk"
+include: "workflow/rules/jacobian.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/compare.smk"
 
 
 rule all:

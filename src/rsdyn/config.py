@@ -23,6 +23,7 @@ SECTIONS = (
     "pca",
     "cae",
     "teleport",
+    "jacobian",
     "figures",
 )
 
@@ -133,6 +134,7 @@ def resolve_runs(config: dict, schema: dict | None = None) -> dict[str, dict]:
             check_layers(
                 settings["teleport"]["layers"], n_layers, f"runs[{index}] ({run['name']})", settings["model"]["name"]
             )
+        _check_jacobian(settings, f"runs[{index}] ({run['name']})")
         runs[run["name"]] = canonical(settings)
     return runs
 
@@ -203,4 +205,14 @@ def check_layers(layers: list[int], n_layers: int, key: str, model_name: str) ->
     try:
         check_teleport_layers(layers, n_layers, model_name)
     except TeleportError as err:
+        raise ConfigError(f"Invalid config: {key}: {err}") from None
+
+
+def _check_jacobian(settings: dict, key: str) -> None:
+    """The jacobian section against the corpus size (rsdyn.jacobian.check_config)."""
+    from rsdyn.jacobian import JacobianError, check_config
+
+    try:
+        check_config(settings["jacobian"], settings["corpus"]["n_samples"])
+    except JacobianError as err:
         raise ConfigError(f"Invalid config: {key}: {err}") from None

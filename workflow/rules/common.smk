@@ -62,6 +62,8 @@ def all_outputs():
     """Every final output of every run (extended by the stage rule files)."""
     outputs = []
     for run in RUNS:
-        outputs += [f"{RESULTS}/{run}/figures/fig{n}.{ext}" for n in (1, 2, 3, 4) for ext in ("pdf", "png")]
+        outputs += [f"{RESULTS}/{run}/figures/fig{n}.{ext}" for n in (1, 2, 3, 4, 5) for ext in ("pdf", "png")]
         outputs += [f"{RESULTS}/{run}/summary.json"]
+    if len(RUNS) > 1:
+        outputs += [f"{RESULTS}/compare/{name}" for name in ("summary.tsv", "fig_compare.pdf", "fig_compare.png")]
     return outputs
