@@ -291,3 +291,74 @@ def test_stack_samples_spread_of_one_sample_is_zero():
     sample = {**{key: np.arange(3.0) for key in SCALARS}, **{key: np.ones((3, 2)) for key in VECTORS}}
     group = stack_samples([sample])
     assert np.all(group["henrici_std"] == 0)
+
+
+# --------------------------------------------------------------------------- summary and figure
+
+
+def _synthetic_group(rng, n_samples: int, n_transitions: int, dim: int, gradient: float, final_rank: float) -> dict:
+    """Per-sample arrays shaped like a jacobian.zarr group; the three spectral quantities
+    fall linearly with depth by ``gradient`` (plus noise)."""
+    from rsdyn.jacobian import SCALARS
+
+    depth = np.linspace(1, 0, n_transitions)
+    group = {key: rng.random((n_samples, n_transitions)) for key in SCALARS}
+    for key in ("rotation_index", "henrici", "antisymmetric_share"):
+        for prefix in ("", "update_"):
+            group[prefix + key] = 0.3 + gradient * depth + 0.01 * rng.standard_normal((n_samples, n_transitions))
+    group["effective_rank_entropy"] = np.full((n_samples, n_transitions), dim * 0.9)
+    group["cumulative_effective_rank_entropy"] = np.linspace(dim * 0.9, final_rank, n_transitions) + 0.1 * rng.standard_normal((n_samples, n_transitions))
+    group["singular_values"] = np.ones((n_samples, n_transitions, dim))
+    group["lyapunov"] = np.zeros((n_samples, n_transitions, dim))
+    return group
+
+
+def test_summary_rows_follow_the_synthetic_directions():
+    from rsdyn.jacobian import summary_jacobian
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "trained": _synthetic_group(rng, 12, 20, 16, gradient=0.4, final_rank=3.0),
+        "initial": _synthetic_group(rng, 12, 20, 16, gradient=0.0, final_rank=14.0),
+    }
+    rows = summary_jacobian(arrays, {"d_model": 16}, n_resamples=100, seed=1)
+    for prefix in ("jacobian_", "jacobian_update_"):
+        for key in ("rotation_index", "henrici", "antisymmetric_share"):
+            assert rows[f"{prefix}{key}_early_minus_late"]["verdict"] == "reproduced"
+            assert rows[f"{prefix}{key}_depth_spearman"]["verdict"] == "reproduced"
+            assert rows[f"{prefix}{key}_gradient_learned"]["verdict"] == "reproduced"
+            initial = rows[f"{prefix}{key}_early_minus_late_initial"]
+            # no gradient at init: |value| within a few s.e. (0.01 noise, 12 x 6 transitions per third: ~0.0015)
+            assert "verdict" not in initial and abs(initial["value"]) < 0.01 and len(initial["interval"]) == 2
+    assert rows["jacobian_bottleneck_ratio"]["verdict"] == "reproduced"
+    assert rows["jacobian_bottleneck_learned"]["verdict"] == "reproduced"
+    np.testing.assert_allclose(rows["jacobian_cumulative_rank_fraction"]["value"], 3.0 / 16, rtol=0.05)
+    assert "resampled" in rows["jacobian_bottleneck_learned"] and "12" in rows["jacobian_bottleneck_learned"]["resampled"]
+
+    reversed_arrays = {name: {**group} for name, group in arrays.items()}
+    for key in ("rotation_index",):
+        reversed_arrays["trained"][key] = arrays["trained"][key][:, ::-1]
+    flipped = summary_jacobian(reversed_arrays, {"d_model": 16}, n_resamples=100, seed=1)
+    assert flipped["jacobian_rotation_index_early_minus_late"]["verdict"] == "opposite"
+
+
+def test_summary_without_baseline_has_no_learned_rows():
+    from rsdyn.jacobian import summary_jacobian
+
+    rng = np.random.default_rng(0)
+    rows = summary_jacobian({"trained": _synthetic_group(rng, 4, 6, 8, 0.2, 2.0)}, n_resamples=20)
+    assert not any(name.endswith(("_learned", "_initial")) for name in rows)
+
+
+def test_fig5_is_written(tmp_path):
+    from rsdyn.jacobian import transition_names
+    from rsdyn.plots.fig5 import cloud_transitions, save_fig5
+    from rsdyn.store import write_group
+
+    model = tiny_llama(n_layers=3, hidden=16)
+    group = weights_spectra(model, [PROMPT, PROMPT[:5]])
+    attrs = {"weights": ["trained", "initial"], "transitions": transition_names(3), "d_model": 16}
+    write_group(tmp_path / "jacobian.zarr", {"trained": group, "initial": group, "sample_indices": np.arange(2)}, attrs=attrs)
+    save_fig5(tmp_path / "jacobian.zarr", tmp_path / "fig5.pdf", tmp_path / "fig5.png", dpi=40)
+    assert (tmp_path / "fig5.pdf").stat().st_size > 0 and (tmp_path / "fig5.png").stat().st_size > 0
+    assert cloud_transitions(60) == [6, 30, 58]
