@@ -35,14 +35,8 @@ import torch  # noqa: E402
 
 from common import CORPUS, DEFAULT_MODEL_DIR, REPO  # noqa: E402
 
-from rsdyn.jacobian import (  # noqa: E402
-    SublayerMaps,
-    attention_chunk_size,
-    eager_attention,
-    jacobian_of,
-    sample_spectra,
-    sublayer_jacobians,
-)
+from rsdyn.jacobian import attention_chunk_size, jacobian_of, sample_spectra, sublayer_jacobians  # noqa: E402
+from rsdyn.sublayer_maps import SublayerMaps, eager_attention  # noqa: E402
 
 
 def synchronise(device) -> None:

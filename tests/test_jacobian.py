@@ -10,8 +10,6 @@ from conftest import tiny_gemma3, tiny_llama
 from rsdyn.capture import ResidualRecorder
 from rsdyn.jacobian import (
     JacobianError,
-    KeepFloat64,
-    SublayerMaps,
     initial_model,
     jacobian_of,
     sample_spectra,
@@ -22,6 +20,7 @@ from rsdyn.jacobian import (
     weights_spectra,
 )
 from rsdyn.spectra import cumulative_spectra, matrix_spectra
+from rsdyn.sublayer_maps import KeepFloat64, SublayerMaps
 from rsdyn.teleport import _layer_input_hook
 
 PROMPT = np.array([1, 5, 9, 22, 7, 31, 4, 8, 17, 3])  # longer than the Gemma sliding window (4)

@@ -10,18 +10,12 @@ layer, the final residual: the last decoder layer's output before the final norm
 J_s = dh_{s+1}/dh_s is the exact D x D Jacobian of the last token's state with respect to
 its own state at s, every other position held at its value in the unperturbed forward.
 
-Each sublayer map runs the model's own code: the prompt without its last token runs once
-and its key/value cache is reused (:func:`rsdyn.teleport.prefix_cache`); the map's input is
-written into the input of decoder layer l (:func:`rsdyn.teleport._layer_input_hook`), the
-other layers are the identity (:func:`rsdyn.teleport._layers_skipped`) and the output is
-read at the data contract's hook sites: the pre-MLP site's input for the attention update
-(layer l's MLP is switched off, it does not reach that site), layer l's output with its
-attention switched off for the MLP update (then the pre-MLP residual equals the layer's
-input). ``torch.func.jacrev`` (or ``jacfwd``) differentiates the map; eager attention is
-used while differentiating (scaled_dot_product_attention has no forward-mode rule and a
-slow vmap fallback). The chain h_{s+1} = map_s(h_s) starts at the embedding and is checked
-against a plain recorded forward, a guard against a model whose layers break the
-conventions the maps rely on.
+Each sublayer map runs the model's own code on teleport's prefix cache, layer skipping and
+input substitution (:mod:`rsdyn.sublayer_maps`); ``torch.func.jacrev`` (or ``jvp`` under
+``vmap``) differentiates it, with eager attention (scaled_dot_product_attention has no
+forward-mode rule and a slow vmap fallback). The chain h_{s+1} = map_s(h_s) starts at the
+embedding and is checked against a plain recorded forward, a guard against a model whose
+layers break the conventions the maps rely on.
 
 Per transition and sample the spectral quantities of :mod:`rsdyn.spectra` are computed for
 J and for the update itself, J - I, and the cumulative product J_s ... J_0 gives the
@@ -32,7 +26,6 @@ for freshly initialised weights of the same config (``baselines: [initial]``).
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -44,9 +37,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rsdyn.adapters import adapter_for, base_model, decoder_layers, hook_sites, model_family
+from rsdyn.adapters import decoder_layers, model_family
 from rsdyn.spectra import cumulative_spectra, matrix_spectra
-from rsdyn.teleport import VERIFY_TOLERANCE, _layer_input_hook, _layers_skipped, control_states, prefix_cache
+from rsdyn.sublayer_maps import SublayerMaps, eager_attention, precision_mode
+from rsdyn.teleport import VERIFY_TOLERANCE, control_states
 
 log = logging.getLogger(__name__)
 
@@ -114,146 +108,6 @@ def select_samples(n_rows: int, n_samples: int, seed: int) -> np.ndarray:
             f"jacobian.n_samples = {n_samples} exceeds the {n_rows} sequences of the corpus; use at most {n_rows}."
         )
     return np.sort(np.random.default_rng([seed, n_rows]).choice(n_rows, size=n_samples, replace=False)).astype(np.int64)
-
-
-# --------------------------------------------------------------------------- sublayer maps
-
-
-def _zeros_like_input(hidden_states, *args, **kwargs):  # noqa: ARG001 - MLP signature
-    return torch.zeros_like(hidden_states)
-
-
-def _no_attention(hidden_states, *args, **kwargs):  # noqa: ARG001 - attention signature
-    return torch.zeros_like(hidden_states), None
-
-
-@contextlib.contextmanager
-def _forward_replaced(module: torch.nn.Module, name: str, forward) -> Iterator[None]:
-    """Replace ``module.<name>.forward`` (a submodule of a decoder layer); restore in ``finally``."""
-    child = getattr(module, name, None)
-    if child is None:
-        raise JacobianError(f"{type(module).__name__} has no .{name}; the Jacobian maps need a decoder layer with one.")
-    previous = child.__dict__.get("forward")
-    child.forward = forward
-    try:
-        yield
-    finally:
-        if previous is None:
-            child.__dict__.pop("forward", None)
-        else:
-            child.forward = previous
-
-
-@contextlib.contextmanager
-def _captured(module: torch.nn.Module, store: dict, output: bool) -> Iterator[None]:
-    """Store ``module``'s first input (``output=False``) or its output in ``store["value"]``."""
-
-    def pre_hook(mod, args, kwargs):  # noqa: ARG001 - hook signature
-        store["value"] = args[0] if args else kwargs["hidden_states"]
-
-    def post_hook(mod, args, result):  # noqa: ARG001 - hook signature
-        store["value"] = result[0] if isinstance(result, tuple) else result
-
-    handle = module.register_forward_hook(post_hook) if output else module.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-@contextlib.contextmanager
-def eager_attention(model) -> Iterator[None]:
-    """Run ``model`` with eager attention (differentiable by torch.func in both modes)."""
-    previous = getattr(model.config, "_attn_implementation", None)
-    if previous in (None, "eager"):
-        yield
-        return
-    model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(previous)
-
-
-class KeepFloat64(torch.overrides.TorchFunctionMode):
-    """Inside it a float64 tensor is never cast down to float32: ``.float()``,
-    ``.to(torch.float32)`` and ``softmax(..., dtype=torch.float32)`` of a float64 tensor keep
-    float64. Transformers' norms, rotary embeddings and eager softmax upcast half-precision
-    inputs to float32 that way, which in a float64 model would round to float32 mid-layer."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = dict(kwargs or {})
-        first = args[0] if args else None
-        if isinstance(first, torch.Tensor) and first.dtype == torch.float64:
-            if func is torch.Tensor.float:
-                return first
-            if func is torch.Tensor.to:
-                if kwargs.get("dtype") == torch.float32:
-                    kwargs.pop("dtype")
-                args = tuple(torch.float64 if item is torch.float32 else item for item in args)
-            if func in _SOFTMAX and kwargs.get("dtype") == torch.float32:
-                kwargs["dtype"] = torch.float64
-        return func(*args, **kwargs)
-
-
-_SOFTMAX = (torch.nn.functional.softmax, torch.softmax, torch.Tensor.softmax)
-
-
-def precision_mode(model) -> contextlib.AbstractContextManager:
-    """:class:`KeepFloat64` for a float64 model, else nothing."""
-    return KeepFloat64() if next(model.parameters()).dtype == torch.float64 else contextlib.nullcontext()
-
-
-class SublayerMaps:
-    """The sublayer maps h_s -> h_{s+1} (s = 0 .. 2L-1) of the last token of one prompt.
-
-    ``maps(s, x)`` runs transition s on the state ``x`` (D,) in the model's dtype and
-    returns h_{s+1} (D,); :meth:`initial_state` is h_0, the last token's input of layer 0.
-    """
-
-    def __init__(self, model, prompt_ids, family: str = "auto"):
-        adapter_for(model_family(model, family))
-        self.decoder = base_model(model)
-        self.layers = decoder_layers(model)
-        self.sites = hook_sites(model, family)
-        parameter = next(model.parameters())
-        ids = torch.as_tensor(np.asarray(prompt_ids), dtype=torch.long, device=parameter.device).reshape(-1)
-        if ids.numel() == 0:
-            raise JacobianError("A prompt with no tokens has no last token to differentiate.")
-        self.last_id = ids[-1:].reshape(1, 1)
-        self.position = torch.full((1, 1), ids.numel() - 1, dtype=torch.long, device=parameter.device)
-        self.cache = prefix_cache(model, ids.cpu().numpy(), family)
-        self.n_transitions = 2 * len(self.layers)
-
-    def _run(self, layer: int, cache) -> None:
-        self.decoder(input_ids=self.last_id, position_ids=self.position, cache=cache, use_cache=cache is not None)
-
-    def initial_state(self) -> torch.Tensor:
-        """h_0: the last token's residual stream entering layer 0 (its embedding), (D,)."""
-        captured: dict[str, torch.Tensor] = {}
-        with torch.no_grad(), _layers_skipped(self.layers), _captured(self.layers[0], captured, output=False):
-            self._run(0, None)
-        return captured["value"].reshape(-1).detach().clone()
-
-    def __call__(self, transition: int, state: torch.Tensor) -> torch.Tensor:
-        if not 0 <= transition < self.n_transitions:
-            raise JacobianError(f"transition {transition} does not exist; a model of {self.n_transitions // 2} layers has 0..{self.n_transitions - 1}.")
-        layer, is_mlp = divmod(transition, 2)
-        block = self.layers[layer]
-        captured: dict[str, torch.Tensor] = {}
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(_layers_skipped([other for index, other in enumerate(self.layers) if index != layer]))
-            stack.enter_context(_layer_input_hook(block, lambda hidden: state.reshape(1, 1, -1).to(hidden.dtype)))
-            if is_mlp:
-                stack.enter_context(_forward_replaced(block, "self_attn", _no_attention))
-                stack.enter_context(_captured(block, captured, output=True))
-                cache = None
-            else:
-                stack.enter_context(_forward_replaced(block, "mlp", _zeros_like_input))
-                stack.enter_context(_captured(self.sites[layer][1], captured, output=False))
-                cache = copy.deepcopy(self.cache) if self.cache is not None else None
-            self._run(layer, cache)
-        return captured["value"].reshape(-1)
 
 
 def jacobian_of(function: Callable[[torch.Tensor], torch.Tensor], state: torch.Tensor, mode: str = "rev", chunk_size: int | None = None):
@@ -521,7 +375,6 @@ GRADIENT_QUANTITIES = {
     "antisymmetric_share": "antisymmetric early, near-symmetric late",
 }
 READINGS = {"": "J", "update_": "the update J - I"}
-FOLLOW_UP = "follow-up (Fernando & Guitchounts 2026)"
 
 
 def _thirds(n_transitions: int) -> tuple[slice, slice]:
