@@ -3,8 +3,8 @@ Jacobians through depth, trained vs freshly initialised weights.
 
 Rows 1-2: rotation index, Henrici departure, antisymmetric share and effective rank of J
 (row 1) and of the update J - I (row 2) against the transition s -> s+1, mean +- s.e.m.
-over sequences; filled circles: within-layer (attention) transitions, open squares:
-cross-layer (MLP) transitions; trained in colour, initial in grey. Row 3: effective rank of
+over sequences; filled circles and solid lines: within-layer (attention) transitions, open
+squares and dotted lines: cross-layer (MLP) transitions; trained in colour, initial in grey. Row 3: effective rank of
 the cumulative product J_s ... J_0, the top finite-depth Lyapunov exponents, the spectral
 radius and the Frobenius norm of the update. Row 4: eigenvalues of J in the complex plane
 for an early, a middle and a late transition (every sequence pooled; unit circle dotted,
@@ -52,12 +52,12 @@ def draw_depth_panel(ax: Axes, groups: Mapping[str, Mapping[str, np.ndarray]], k
         style = WEIGHT_STYLES.get(weights, {"color": "C1", "label": weights})
         mean, sem = _mean_sem(group[key])
         steps = np.arange(len(mean))
-        ax.plot(steps, mean, color=style["color"], lw=0.8, alpha=0.6)
-        ax.fill_between(steps, mean - sem, mean + sem, color=style["color"], alpha=0.15, lw=0)
         for parity, kind in enumerate(("within", "cross")):
             marker, fill = TYPE_MARKERS[kind]
+            x, y, e = steps[parity::2], mean[parity::2], sem[parity::2]
+            ax.fill_between(x, y - e, y + e, color=style["color"], alpha=0.15, lw=0)
             ax.plot(
-                steps[parity::2], mean[parity::2], linestyle="none", marker=marker, fillstyle=fill, ms=3.5,
+                x, y, ls="-" if kind == "within" else ":", lw=0.9, marker=marker, fillstyle=fill, ms=3.5,
                 color=style["color"], label=f"{style['label']}, {kind}",
             )
     ax.set_title(title, fontsize=9)
