@@ -143,21 +143,25 @@ def main() -> None:
     }
     result["transitions"] = time_transitions(model, ids, args.layer, args.loop_rows, args.repeats)
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     jacobians, _ = sublayer_jacobians(model, ids)
     synchronise(device)
-    jacobian_s = time.perf_counter() - start
-    start = time.perf_counter()
+    jacobian_s, jacobian_cpu = time.perf_counter() - start, time.process_time() - cpu
+    start, cpu = time.perf_counter(), time.process_time()
     sample_spectra(jacobians, workers=args.threads)
-    spectra_s = time.perf_counter() - start
-    per_sample = jacobian_s + spectra_s
+    spectra_s, spectra_cpu = time.perf_counter() - start, time.process_time() - cpu
+    per_sample, per_sample_cpu = jacobian_s + spectra_s, jacobian_cpu + spectra_cpu
     result["one_sample"] = {
         "transitions": int(jacobians.shape[0]), "jacobians_s": jacobian_s, "spectra_s": spectra_s,
+        "jacobians_cpu_s": jacobian_cpu, "spectra_cpu_s": spectra_cpu,
         "rule_estimate_s": per_sample * args.samples * 2,
-        "rule_estimate_note": f"{args.samples} sequences x (trained + initial weights), this sequence's length",
+        "rule_estimate_cpu_s": per_sample_cpu * args.samples * 2,
+        "rule_estimate_note": f"{args.samples} sequences x (trained + initial weights), this sequence's length; "
+        "CPU seconds / threads is the wall time on idle cores if the threads stay busy",
     }
-    print(f"one sample: Jacobians {jacobian_s:.1f} s, spectra {spectra_s:.1f} s; rule estimate "
-          f"{per_sample * args.samples * 2 / 60:.1f} min", flush=True)
+    print(f"one sample: Jacobians {jacobian_s:.1f} s ({jacobian_cpu:.1f} CPU s), spectra {spectra_s:.1f} s "
+          f"({spectra_cpu:.1f} CPU s); rule estimate {per_sample * args.samples * 2 / 60:.1f} min wall, "
+          f"{per_sample_cpu * args.samples * 2 / 60:.1f} CPU min", flush=True)
 
     if args.llama8b:
         layer_model = llama8b_layer(device)
