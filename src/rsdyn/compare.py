@@ -202,8 +202,11 @@ def _jacobian_curves(jacobian_path: str | Path) -> dict[str, tuple[np.ndarray, n
         n = np.asarray(group["rotation_index_mean"]).shape[0]
         x = transition_depth(n, n)
         d_model = float(attrs.get("d_model", np.asarray(group["singular_values"]).shape[-1]))
-        for key in ("rotation_index", "update_rotation_index", "update_henrici", "update_antisymmetric_share", "henrici"):
-            out[f"{key}:{weights}"] = (x, np.asarray(group[f"{key}_mean"], dtype=np.float64))
+        if weights == "trained":  # within- and cross-layer transitions alternate: one curve each
+            for key in ("rotation_index", "update_rotation_index", "update_henrici", "update_antisymmetric_share", "henrici"):
+                values = np.asarray(group[f"{key}_mean"], dtype=np.float64)
+                for parity, kind in enumerate(("within", "cross")):
+                    out[f"{key}:{weights}, {kind}"] = (x[parity::2], values[parity::2])
         out[f"cumulative_rank_fraction:{weights}"] = (
             (np.arange(n) + 1) / n, np.asarray(group["cumulative_effective_rank_entropy_mean"], dtype=np.float64) / d_model,
         )
