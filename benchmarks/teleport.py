@@ -67,7 +67,7 @@ def main() -> None:
 
     corpus = build_corpus({**CORPUS, "n_samples": args.pca_samples}, tokenizer)
     states = capture_last_token(model, corpus.rows("original"), pad_token=tokenizer.pad_token_id or 0)
-    pca = pca_of_states(states, n_components=20)
+    pca = pca_of_states(states, n_components=20, n_resamples=0)
     mean, components = pca["mean"], pca["components"]
     points = grid_for(settings, pca["projection"])
 

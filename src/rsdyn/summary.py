@@ -21,6 +21,7 @@ def collect_rows(
     pca_path: str | Path,
     cae_embedding_path: str | Path,
     teleport_path: str | Path,
+    population_path: str | Path | None = None,
     jacobian_path: str | Path | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Every headline row of a run, in the order of the paper's figures (then Fig. 5's,
@@ -30,10 +31,12 @@ def collect_rows(
     from rsdyn.cae import summary_fig3
     from rsdyn.layer_stats import summary_fig12
     from rsdyn.pca import summary_fig4_pca
+    from rsdyn.rotation_summary import summary_rotations
     from rsdyn.teleport import read_teleport, summary_teleport
 
     rows: dict[str, dict[str, Any]] = {}
     rows.update(summary_fig12(read_group(unit_stats_path), pd.read_csv(layer_stats_path)))
+    rows.update(summary_rotations(read_group(unit_stats_path), read_group(population_path) if population_path else None))
     rows.update(summary_fig3(read_group(cae_embedding_path)))
     threshold = float(open_group(pca_path).attrs.get("variance_threshold", 0.9))
     rows.update(summary_fig4_pca(read_group(pca_path), threshold=threshold))

@@ -18,9 +18,22 @@ embeddings and masks (sliding windows included), so nothing of the model is
 reimplemented. :func:`naive_teleport` is the slow reference: one full forward of the
 prompt per point with the last position of layer ``l``'s input overwritten.
 
-Units: PC coordinates are in the residual stream's units (scores on unit-norm axes).
-``mse_to_control`` of a point = mean over sublayers s = 2l..2L-1 of the squared Euclidean
-distance in PC1-PC2 between its trajectory and the control's, ||traj_s - control_s||^2.
+Grid range (``teleport.range``): ``null`` = one range for every layer, the span of all
+projected states widened by ``margin`` (the paper's single [r_min, r_max]); ``[r_min,
+r_max]`` = that range; ``per_layer`` (the default) = each layer's own scale: PC k of the
+grid of layer l spans the control's state at 2l +- ``range_sd`` standard deviations of
+the projected corpus states at sublayer 2l.
+
+Sample control (``teleport.sample_control`` > 0): the states at sublayer 2l of that many
+corpus sequences (a seeded choice, the same at every layer, from the capture's PCA
+condition) are written in instead of grid points, the paper's own suggestion ("swapping
+of activations from one input data sample to another"): full-dimensional, on-distribution
+perturbations, where a grid point lies in the PC1-PC2 plane through the pooled mean.
+
+Units: PC coordinates are in the residual stream's units (scores on unit-norm axes). The
+recovery metrics (distance ratio, spread ratio, alignment, MSE over a fixed horizon) are
+defined in :mod:`rsdyn.teleport_metrics` and computed when the layers are gathered, so
+that ``arrow_sublayers`` (the horizon) reruns no forward.
 """
 
 from __future__ import annotations
@@ -39,65 +52,22 @@ from tqdm.auto import tqdm
 
 from rsdyn.adapters import adapter_for, base_model, decoder_layers, model_family
 from rsdyn.capture import ResidualRecorder
+from rsdyn.teleport_grid import (  # noqa: F401 - re-exported
+    PER_LAYER,
+    TeleportError,
+    axis_ranges,
+    check_range,
+    data_range,
+    grid_for,
+    grid_points,
+    grid_range_for,
+    layer_data_range,
+    sample_indices,
+)
+from rsdyn.teleport_metrics import MSE_DEFINITION, data_spread, layer_metrics, mse_to_control, summary_teleport  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-MSE_DEFINITION = (
-    "mean over sublayers 2l..2L-1 of the squared Euclidean distance in PC1-PC2 between the "
-    "teleported last-token trajectory and the control prompt's (PC units squared)"
-)
-
-
-class TeleportError(ValueError):
-    """The teleport settings or inputs cannot be used; the message says what is allowed."""
-
-
-# --------------------------------------------------------------------------- grid
-
-
-def data_range(projection: np.ndarray, margin: float) -> tuple[float, float]:
-    """``(r_min, r_max)`` covering both PCs of ``projection`` (..., 2), widened by
-    ``margin`` x span on each side (PC units)."""
-    if margin < 0:
-        raise TeleportError(f"teleport.margin = {margin}; it must be >= 0.")
-    values = np.asarray(projection, dtype=np.float64)
-    if values.size == 0 or values.shape[-1] != 2:
-        raise TeleportError(f"The PCA projection must be a non-empty (..., 2) array; got shape {values.shape}.")
-    if not np.isfinite(values).all():
-        raise TeleportError("The PCA projection contains NaN or infinite values; the grid range cannot be derived.")
-    low, high = float(values.min()), float(values.max())
-    span = high - low
-    if span <= 0:
-        raise TeleportError(
-            f"The projected data span an empty range ({low} to {high}); set teleport.range to [r_min, r_max] with r_min < r_max."
-        )
-    return low - margin * span, high + margin * span
-
-
-def check_range(value_range: Sequence[float]) -> tuple[float, float]:
-    """``value_range`` as two finite floats with ``r_min < r_max``; clear error otherwise."""
-    if value_range is None or len(value_range) != 2:
-        raise TeleportError(f"teleport.range = {value_range!r}; it must be [r_min, r_max] (two numbers) or null.")
-    low, high = (float(v) for v in value_range)
-    if not (np.isfinite(low) and np.isfinite(high)) or not low < high:
-        raise TeleportError(
-            f"teleport.range = [{low}, {high}] is empty; it must be [r_min, r_max] with finite r_min < r_max."
-        )
-    return low, high
-
-
-def grid_points(value_range: Sequence[float], n: int) -> np.ndarray:
-    """Uniform n x n grid over ``value_range`` on both PC1 and PC2: float64 (n*n, 2).
-
-    Row ``i * n + j`` is ``(pc1[j], pc2[i])``, ``pc = linspace(r_min, r_max, n)`` (PC1
-    varies fastest).
-    """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
-        raise TeleportError(f"teleport.grid_n = {n!r}; it must be an integer >= 2.")
-    low, high = check_range(value_range)
-    axis = np.linspace(low, high, int(n))
-    pc1, pc2 = np.meshgrid(axis, axis)
-    return np.stack([pc1.ravel(), pc2.ravel()], axis=1)
 
 
 def to_residual(points: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
@@ -109,15 +79,6 @@ def project_pc12(states: np.ndarray, mean: np.ndarray, components: np.ndarray) -
     """PC1-PC2 scores (h - mu) V[:2]^T of states (..., D): float64 (..., 2)."""
     centred = np.asarray(states, np.float64) - np.asarray(mean, np.float64)
     return centred @ np.asarray(components[:2], np.float64).T
-
-
-def mse_to_control(trajectories: np.ndarray, control: np.ndarray, layer: int) -> np.ndarray:
-    """Per point: mean over sublayers 2l..2L-1 of ||trajectory_s - control_s||^2 (PC units^2).
-
-    ``trajectories`` (P, 2L-2l, 2) start at sublayer 2l; ``control`` (2L, 2) covers all.
-    """
-    diff = np.asarray(trajectories, np.float64) - np.asarray(control, np.float64)[2 * layer :]
-    return (diff**2).sum(axis=-1).mean(axis=-1)
 
 
 # --------------------------------------------------------------------------- validation
@@ -148,10 +109,11 @@ def check_layers(layers: Sequence[int], n_layers: int, model_name: str = "the mo
 def validate_teleport(settings: Mapping[str, Any], n_layers: int, tokenizer, model_name: str = "the model") -> np.ndarray:
     """Check the ``teleport`` settings against the model before any compute.
 
-    Checks the layers (0..n_layers-1), ``grid_n`` (>= 2), ``range`` (null or
-    [r_min, r_max] with r_min < r_max), ``margin`` (>= 0), ``arrow_sublayers`` (>= 1)
-    and that the prompt has at least one token after BOS. Returns the prompt's token ids
-    (BOS first, as the corpus) as int64 (T,).
+    Checks the layers (0..n_layers-1), ``grid_n`` (>= 2), ``range`` (null, ``per_layer``
+    or [r_min, r_max] with r_min < r_max), ``range_sd`` (> 0), ``margin`` (>= 0),
+    ``arrow_sublayers`` (>= 1), ``sample_control`` (>= 0), ``seed`` (an integer) and that
+    the prompt has at least one token after BOS. Returns the prompt's token ids (BOS
+    first, as the corpus) as int64 (T,).
     """
     from rsdyn.corpus import tokenize
 
@@ -159,8 +121,17 @@ def validate_teleport(settings: Mapping[str, Any], n_layers: int, tokenizer, mod
     n = settings.get("grid_n", 10)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
         raise TeleportError(f"teleport.grid_n = {n!r}; it must be an integer >= 2.")
-    if settings.get("range") is not None:
-        check_range(settings["range"])
+    value_range = settings.get("range", PER_LAYER)
+    if value_range == PER_LAYER:
+        range_sd = settings.get("range_sd", 3.0)
+        if isinstance(range_sd, bool) or not isinstance(range_sd, (int, float)) or not range_sd > 0:
+            raise TeleportError(f"teleport.range_sd = {range_sd!r}; it must be a number > 0.")
+    elif value_range is not None:
+        check_range(value_range)
+    for key in ("sample_control", "seed"):
+        value = settings.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise TeleportError(f"teleport.{key} = {value!r}; it must be an integer >= 0.")
     margin = settings.get("margin", 0.1)
     if not isinstance(margin, (int, float)) or not margin >= 0:
         raise TeleportError(f"teleport.margin = {margin!r}; it must be a number >= 0.")
@@ -278,7 +249,7 @@ def prefix_cache(model, prompt_ids, family: str = "auto"):
     decoder, _, _, _, ids = _prepare(model, prompt_ids, 0, family)
     if ids.shape[1] < 2:
         return None
-    return decoder(input_ids=ids[:, :-1], use_cache=True).past_key_values
+    return decoder(input_ids=ids[:, :-1], use_cache=True).cache
 
 
 @torch.inference_mode()
@@ -318,7 +289,7 @@ def teleported_states(
         decoder(
             input_ids=ids[:, -1:].expand(n_points, 1),
             position_ids=torch.full((n_points, 1), length - 1, dtype=torch.long, device=device),
-            past_key_values=past,
+            cache=past,
             use_cache=past is not None,
         )
         return recorder.states[:, 2 * layer :].clone()
@@ -348,15 +319,19 @@ def naive_states(model, prompt_ids, layer: int, residual_points: np.ndarray, fam
     return torch.stack(out)
 
 
-def _result(points, states, control_states, layer, mean, components) -> dict[str, np.ndarray]:
-    trajectories = project_pc12(states.cpu().numpy(), mean, components)
+def _result(points, states, control_states, mean, components) -> dict[str, np.ndarray]:
+    """The raw arrays of a layer: grid points, their trajectories and the control, in PC1-PC2;
+    rows of ``states`` past the grid points are the sample control's."""
+    projected = project_pc12(states.cpu().numpy(), mean, components).astype(np.float32)
     control = project_pc12(control_states.cpu().numpy(), mean, components)
-    return {
+    out = {
         "grid_points": points.astype(np.float32),
-        "trajectories": trajectories.astype(np.float32),
+        "trajectories": projected[: len(points)],
         "control": control.astype(np.float32),
-        "mse_to_control": mse_to_control(trajectories, control, layer).astype(np.float32),
     }
+    if len(projected) > len(points):
+        out["sample_trajectories"] = projected[len(points) :]
+    return out
 
 
 def teleport_layer(
@@ -368,23 +343,31 @@ def teleport_layer(
     components: np.ndarray,
     family: str = "auto",
     verify: bool = True,
+    sample_states: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Teleport every PC1-PC2 point of ``points`` (P, 2) into ``layer`` in one batch.
+    """Teleport every PC1-PC2 point of ``points`` (P, 2) into ``layer`` in one batch, with
+    the full-dimensional ``sample_states`` (S, D) of the sample control in the same batch.
 
-    Returns the ``teleport.zarr`` group arrays: ``grid_points`` (P, 2), ``trajectories``
-    (P, 2L-2l, 2) (PC1-PC2 of the last token at sublayers 2l..2L-1), ``control`` (2L, 2)
-    (the unmodified prompt) and ``mse_to_control`` (P,) (see the module docstring), float32.
-    With ``verify`` the first point is also run the slow way (one extra forward) and
-    compared (:func:`verify_against_full_forward`).
+    Returns the raw ``teleport.zarr`` group arrays, float32: ``grid_points`` (P, 2),
+    ``trajectories`` (P, 2L-2l, 2) (PC1-PC2 of the last token at sublayers 2l..2L-1),
+    ``control`` (2L, 2) (the unmodified prompt) and, with samples, ``sample_trajectories``
+    (S, 2L-2l, 2). With ``verify`` the first point is also run the slow way (one extra
+    forward) and compared (:func:`verify_against_full_forward`).
     """
     points = _check_points(points)
-    check_basis(mean, components, model.config.get_text_config().hidden_size)
+    d_model = model.config.get_text_config().hidden_size
+    check_basis(mean, components, d_model)
     control = control_states(model, prompt_ids, family)
     residual = to_residual(points, mean, components)
+    if sample_states is not None and len(sample_states):
+        sample_states = np.asarray(sample_states, dtype=np.float64)
+        if sample_states.ndim != 2 or sample_states.shape[1] != d_model or not np.isfinite(sample_states).all():
+            raise TeleportError(f"Sample-control states must be finite (S, {d_model}); got shape {sample_states.shape}.")
+        residual = np.concatenate([residual, sample_states])
     states = teleported_states(model, prompt_ids, layer, residual, family)
     if verify:
         verify_against_full_forward(model, prompt_ids, layer, residual[:1], states[:1], family)
-    return _result(points, states, control, layer, mean, components)
+    return _result(points, states, control, mean, components)
 
 
 #: largest allowed |batched - full forward| relative to the largest activation, per compute dtype
@@ -418,76 +401,39 @@ def naive_teleport(
     check_basis(mean, components, model.config.get_text_config().hidden_size)
     control = control_states(model, prompt_ids, family)
     states = naive_states(model, prompt_ids, layer, to_residual(points, mean, components), family)
-    return _result(points, states, control, layer, mean, components)
-
-
-# --------------------------------------------------------------------------- summary
-
-
-def summary_teleport(groups: Mapping[int, Mapping[str, np.ndarray]]) -> dict[str, dict[str, Any]]:
-    """``summary.json`` rows for teleportation from ``{layer: group arrays}``.
-
-    Each row is ``{value, paper, definition}``: the mean MSE to the control per layer,
-    the squared distance to the control at the last sublayer per layer, the layers
-    ordered from best to worst recovery (lowest mean MSE first), and whether the best
-    layer is an intermediate one (neither the lowest nor the highest teleport layer).
-    """
-    layers = sorted(int(layer) for layer in groups)
-    if not layers:
-        raise TeleportError("No teleport layers to summarise.")
-    mean_mse = {layer: float(np.mean(groups[layer]["mse_to_control"])) for layer in layers}
-    final = {}
-    for layer in layers:
-        trajectories = np.asarray(groups[layer]["trajectories"], np.float64)
-        control = np.asarray(groups[layer]["control"], np.float64)
-        final[layer] = float(np.mean(((trajectories[:, -1] - control[-1]) ** 2).sum(axis=-1)))
-    ranking = sorted(layers, key=lambda layer: mean_mse[layer])
-    best = ranking[0]
-    return {
-        "teleport_mse_per_layer": {
-            "value": {str(layer): mean_mse[layer] for layer in layers},
-            "paper": "lowest at mid layers (7, 15, 23), high at layers 0 and 31",
-            "definition": "per teleport layer l, the mean over grid points of the " + MSE_DEFINITION,
-        },
-        "teleport_final_distance_per_layer": {
-            "value": {str(layer): final[layer] for layer in layers},
-            "paper": "trajectories teleported at layers 0 and 31 end far from the control",
-            "definition": "per teleport layer, mean over grid points of the squared PC1-PC2 distance "
-            "to the control at the last sublayer (2L-1)",
-        },
-        "teleport_best_layers": {
-            "value": ranking,
-            "paper": [7, 15, 23],
-            "definition": "teleport layers ordered by mean MSE to the control, best recovery (lowest) first",
-        },
-        "teleport_best_is_intermediate": {
-            "value": bool(len(layers) > 2 and layers[0] < best < layers[-1]),
-            "paper": True,
-            "definition": "whether the lowest-MSE teleport layer lies strictly between the first and last teleport layers",
-        },
-    }
+    return _result(points, states, control, mean, components)
 
 
 # --------------------------------------------------------------------------- stage
 
 
-def grid_for(settings: Mapping[str, Any], projection: np.ndarray) -> np.ndarray:
-    """The (n*n, 2) grid of the settings: over ``range``, or over the projected data's span
-    widened by ``margin`` when ``range`` is null."""
-    value_range = settings.get("range")
-    if value_range is None:
-        value_range = data_range(projection, settings.get("margin", 0.1))
-    return grid_points(value_range, settings.get("grid_n", 10))
+def read_sample_states(activations_path: str | Path, condition: str, layer: int, indices: np.ndarray) -> np.ndarray:
+    """The states at sublayer 2l of the capture's sequences ``indices``: float32 (S, D)."""
+    from rsdyn.store import open_group
+
+    group = open_group(activations_path)
+    if condition not in group:
+        raise TeleportError(f"The capture at {activations_path} has no {condition!r} array for the sample control.")
+    return np.asarray(group[condition][:, 2 * layer, :])[np.asarray(indices, dtype=np.int64)]
 
 
 def run_teleport_layer(
-    model_dir: str | Path, pca_path: str | Path, settings: Mapping[str, Any], layer: int, family: str = "auto"
+    model_dir: str | Path,
+    pca_path: str | Path,
+    settings: Mapping[str, Any],
+    layer: int,
+    family: str = "auto",
+    activations_path: str | Path | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The ``layer_{l}`` group of ``teleport.zarr`` and its attributes for one layer.
+    """The raw arrays of one layer (grid, its trajectories, the control, the grid's range
+    ``grid_range`` (2, 2), the corpus states' spread per sublayer ``data_spread`` (2L,)
+    and, with ``sample_control`` > 0, ``sample_indices`` and ``sample_trajectories``) and
+    their attributes.
 
     Everything is checked (layer against the model's count, grid, range, prompt, PCA
-    width) before the weights are loaded. ``settings``: the run's ``teleport`` section
-    (``device``, ``dtype`` optional: auto).
+    width, sample count) before the weights are loaded. ``settings``: the run's
+    ``teleport`` section (``device``, ``dtype`` optional: auto). The sample control reads
+    the capture at ``activations_path`` (its PCA condition).
     """
     from transformers import AutoTokenizer
 
@@ -501,34 +447,58 @@ def run_teleport_layer(
     prompt_ids = validate_teleport({**settings, "layers": [layer]}, n_layers, AutoTokenizer.from_pretrained(model_dir), name)
     pca = open_group(pca_path)
     mean, components = pca["mean"][...], pca["components"][:2]
-    points = grid_for(settings, pca["projection"][...])
+    projection = pca["projection"][...]
+    grid_range_for(settings, projection, layer)  # fails here, before the weights load, if the range cannot be built
+    n_control = int(settings.get("sample_control", 0))
+    indices = sample_indices(projection.shape[0], n_control, int(settings.get("seed", 0)))
+    samples = None
+    if n_control:
+        if activations_path is None:
+            raise TeleportError("teleport.sample_control > 0 needs the capture (activations.zarr) as an input.")
+        samples = read_sample_states(activations_path, pca.attrs.get("condition", "original"), layer, indices)
     config = json.loads((Path(model_dir) / "config.json").read_text())
     check_basis(mean, components, config.get("text_config", config).get("hidden_size", config.get("hidden_size")))
     device = resolve_device(settings.get("device", "auto"), "teleport.device")
     dtype = resolve_dtype(settings.get("dtype", "auto"), device)
     model, _, provenance = load_model(model_dir, device, dtype)
-    log.info("teleporting %d points into layer %d of %s (%s, %s)", len(points), layer, name, device, dtype)
-    arrays = teleport_layer(model, prompt_ids, layer, points, mean, components, family)
+    control = project_pc12(control_states(model, prompt_ids, family).cpu().numpy()[2 * layer], mean, components)
+    value_range = grid_range_for(settings, projection, layer, centre=control)
+    points = grid_points(value_range, settings.get("grid_n", 10))
+    log.info("teleporting %d points and %d samples into layer %d of %s (%s, %s)", len(points), n_control, layer, name, device, dtype)
+    arrays = teleport_layer(model, prompt_ids, layer, points, mean, components, family, sample_states=samples)
+    arrays["grid_range"] = value_range.astype(np.float32)
+    arrays["data_spread"] = data_spread(projection).astype(np.float32)
+    if n_control:
+        arrays["sample_indices"] = indices.astype(np.int32)
     attrs = {
         "layer": int(layer),
         "n_layers": n_layers,
         "prompt": settings["prompt"],
         "prompt_ids": [int(i) for i in prompt_ids],
         "grid_n": int(settings.get("grid_n", 10)),
-        "range": [float(points.min()), float(points.max())],
+        "range": settings.get("range", PER_LAYER),
+        "range_sd": settings.get("range_sd", 3.0),
+        "sample_control": n_control,
+        "seed": int(settings.get("seed", 0)),
         "device": device,
         "dtype": str(dtype).removeprefix("torch."),
         "model": provenance,
-        "mse_definition": MSE_DEFINITION,
     }
     return arrays, attrs
 
 
-def gather_layers(paths: Mapping[int, str | Path]) -> dict[str, dict[str, np.ndarray]]:
-    """``{f"layer_{l}": arrays}`` from the per-layer stores, in layer order."""
+def gather_layers(paths: Mapping[int, str | Path], arrow_sublayers: int = 12) -> dict[str, dict[str, np.ndarray]]:
+    """``{f"layer_{l}": arrays}`` from the per-layer stores, in layer order, each with the
+    recovery metrics over the horizon of ``arrow_sublayers``
+    (:func:`rsdyn.teleport_metrics.layer_metrics`)."""
     from rsdyn.store import read_group
 
-    return {f"layer_{int(layer)}": read_group(paths[layer]) for layer in sorted(paths, key=int)}
+    out = {}
+    for layer in sorted(paths, key=int):
+        arrays = read_group(paths[layer])
+        arrays.update(layer_metrics(arrays, int(layer), arrow_sublayers))
+        out[f"layer_{int(layer)}"] = arrays
+    return out
 
 
 def gather_attrs(paths: Mapping[int, str | Path]) -> dict[str, Any]:
@@ -539,6 +509,7 @@ def gather_attrs(paths: Mapping[int, str | Path]) -> dict[str, Any]:
     shared = {key: value for key, value in per_layer[0].items() if all(attrs.get(key) == value for attrs in per_layer)}
     shared.pop("layer", None)
     shared["layers"] = sorted(int(layer) for layer in paths)
+    shared["mse_definition"] = MSE_DEFINITION
     return shared
 
 

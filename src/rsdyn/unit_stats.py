@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from rsdyn.correlations import corr_consecutive, corr_pairs_hist
 from rsdyn.errors import UnitStatsInputError
+from rsdyn.jobs import progress
 from rsdyn.mi import mi_gaussian, mi_kde, mi_ksg, torch_threads
-from rsdyn.rotations import rotations
+from rsdyn.rotations import fdr_arrays, rotations
 from rsdyn.store import open_group
 
 __all__ = ["CONDITIONS", "MIN_SAMPLES", "UnitStatsInputError", "compute_shard", "gather", "shard_attrs", "split_units"]
@@ -44,6 +44,8 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "n_shuffles": 1000,
     "surrogate": "phase",
     "per_sample": False,
+    "per_sample_shuffles": 100,
+    "fdr_q": 0.05,
     "seed": 0,
 }
 
@@ -106,9 +108,11 @@ def check_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
             raise UnitStatsInputError(
                 f"unit_stats.{key} = {settings[key]!r}; allowed values are {', '.join(map(repr, values))}."
             )
-    for key, minimum in (("corr_bins", 2), ("ksg_k", 1), ("n_shuffles", 1)):
+    for key, minimum in (("corr_bins", 2), ("ksg_k", 1), ("n_shuffles", 1), ("per_sample_shuffles", 1)):
         if int(settings[key]) < minimum:
             raise UnitStatsInputError(f"unit_stats.{key} = {settings[key]!r}; it must be at least {minimum}.")
+    if not 0 < settings["fdr_q"] < 1:
+        raise UnitStatsInputError(f"unit_stats.fdr_q = {settings['fdr_q']!r}; it must lie strictly between 0 and 1.")
     if not settings["mi_eps"] > 0:
         raise UnitStatsInputError(f"unit_stats.mi_eps = {settings['mi_eps']!r}; it must be positive.")
     resolve_device(settings["device"])
@@ -159,6 +163,7 @@ def unit_block_stats(acts: np.ndarray, settings: Mapping[str, Any], timings: dic
             settings["surrogate"],
             settings["seed"],
             settings["per_sample"],
+            settings["per_sample_shuffles"],
         )
     )
     return out
@@ -218,7 +223,7 @@ def compute_shard(
         for condition, acts in data.items():
             blocks = []
             starts = range(0, n_units, UNIT_BLOCK)
-            for first in tqdm(starts, desc=f"unit_stats {condition} units {unit_start}-{unit_stop - 1}", unit="block"):
+            for first in progress(starts, desc=f"unit_stats {condition} units {unit_start}-{unit_stop - 1}", unit="block"):
                 blocks.append(unit_block_stats(acts[:, :, first : first + UNIT_BLOCK], settings, timings))
             result[condition] = _concat_units(blocks)
     return result
@@ -240,7 +245,8 @@ def gather(shard_paths: Sequence[str | Path]) -> tuple[dict[str, Any], dict[str,
     """Join shard stores into the arrays and attributes of ``unit_stats.zarr``.
 
     Checks that the shards cover every unit exactly once; arrays are concatenated
-    along their unit axis in unit order.
+    along their unit axis in unit order. The Benjamini-Hochberg discoveries of each
+    rotation null (``rotations_<null>_fdr``) are decided here, over all units.
     """
     from rsdyn.store import read_group
 
@@ -262,8 +268,10 @@ def gather(shard_paths: Sequence[str | Path]) -> tuple[dict[str, Any], dict[str,
     if expected != d_model:
         raise UnitStatsInputError(f"shards cover units 0-{expected - 1} but the model has {d_model} units.")
     arrays: dict[str, Any] = {"units": np.concatenate([shard[3]["units"] for shard in shards])}
+    fdr_q = float(shards[0][2].get("settings", {}).get("fdr_q", DEFAULT_SETTINGS["fdr_q"]))
     for condition in CONDITIONS:
         arrays[condition] = _concat_units([shard[3][condition] for shard in shards])
+        arrays[condition].update(fdr_arrays(arrays[condition], fdr_q))
     attrs = {key: value for key, value in shards[0][2].items() if key not in ("unit_start", "unit_stop")}
     return arrays, attrs
 

@@ -4,7 +4,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from rsdyn.config import ConfigError, load_schema, resolve_runs
+from snakemake.utils import update_config
+
+from rsdyn.config import ConfigError, load_schema, resolve_runs, typed_overrides
+
+# `--config section="{key: value}"` changes one nested value: Snakemake reads the nested
+# values as strings, so they get their YAML types back before validation.
+update_config(config, typed_overrides(workflow.config_settings.config))
 
 try:
     RUNS = resolve_runs(config, load_schema(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"))
@@ -29,6 +35,40 @@ wildcard_constraints:
     model="[A-Za-z0-9._-]+",
     shard=r"\d+",
     layer=r"\d+",
+
+
+#: the settings sections that each stage's outputs are computed from (its own and those
+#: upstream of it). A rule's ``lineage`` param holds them all, so that a rule, and
+#: everything downstream of it, reruns when any setting its inputs were computed with
+#: changes, even when the upstream job that should have rewritten them failed.
+LINEAGE = {
+    "corpus": ("model", "corpus"),
+    "capture": ("model", "corpus", "capture"),
+    "unit_stats": ("model", "corpus", "capture", "unit_stats"),
+    "layer_stats": ("model", "corpus", "capture", "layer_stats"),
+    "pca": ("model", "corpus", "capture", "pca"),
+    "cae": ("model", "corpus", "capture", "cae"),
+    "teleport": ("model", "corpus", "capture", "pca", "teleport"),
+    "population": ("model", "corpus", "capture", "unit_stats", "jpca", "tme"),
+    "jacobian": ("model", "corpus", "capture", "jacobian"),
+}
+
+
+def lineage(*stages, leave_out=()):
+    """Input function for params: every settings section the outputs of ``stages`` were
+    computed from (LINEAGE), without the section keys named in ``leave_out``
+    (``"section.key"``: settings that change no number, as figure arrows)."""
+
+    def sections(wildcards):
+        settings = RUNS[wildcards.run]
+        names = sorted({name for stage in stages for name in LINEAGE[stage]})
+        out = {name: dict(settings[name]) for name in names}
+        for dotted in leave_out:
+            section, key = dotted.split(".", 1)
+            out.get(section, {}).pop(key, None)
+        return out
+
+    return sections
 
 
 def setting(section, key=None):
@@ -58,12 +98,22 @@ def corpus_inputs(wildcards):
     return inputs
 
 
+#: the stores of the data contract: targets of `rule all` too, so that a store deleted
+#: after the fact (a forced rerun killed half way) is rebuilt by the next plain run,
+#: with everything downstream of it, instead of the run counting as complete without it
+STORES = (
+    "corpus.npz", "activations.zarr", "unit_stats.zarr", "layer_stats.csv", "pca.zarr", "cae", "teleport.zarr",
+    "jacobian.zarr",
+)
+
+
 def all_outputs():
     """Every final output of every run (extended by the stage rule files)."""
     outputs = []
     for run in RUNS:
+        outputs += [f"{RESULTS}/{run}/{store}" for store in STORES]
         outputs += [f"{RESULTS}/{run}/figures/fig{n}.{ext}" for n in (1, 2, 3, 4, 5) for ext in ("pdf", "png")]
-        outputs += [f"{RESULTS}/{run}/summary.json"]
+        outputs += [f"{RESULTS}/{run}/summary.json", f"{RESULTS}/{run}/population.zarr"]
     if len(RUNS) > 1:
         outputs += [f"{RESULTS}/compare/{name}" for name in ("summary.tsv", "fig_compare.pdf", "fig_compare.png")]
     return outputs

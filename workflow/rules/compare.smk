@@ -37,6 +37,7 @@ if len(RUNS) > 1:
         params:
             runs=list(RUNS),
             dpi=RUNS[next(iter(RUNS))]["figures"]["dpi"],
+            settings=RUNS,  # every run's settings: the inputs were computed from all of them
         log:
             f"{RESULTS}/{COMPARE_DIR}/logs/compare.log",
         conda:

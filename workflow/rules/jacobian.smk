@@ -13,6 +13,7 @@ rule jacobian:
     params:
         settings=setting("jacobian"),
         family=lambda wildcards: RUNS[wildcards.run]["model"]["family"],
+        lineage=lineage("capture"),
     threads: 2
     resources:
         gpu=1,
@@ -39,6 +40,7 @@ rule fig5:
         ),
     params:
         dpi=setting("figures", "dpi"),
+        lineage=lineage("jacobian"),
     log:
         f"{RESULTS}/{{run}}/logs/fig5.log",
     conda:

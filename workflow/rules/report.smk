@@ -10,6 +10,7 @@ rule summary:
         pca=run_file("pca.zarr"),
         cae=run_file("cae"),
         teleport=run_file("teleport.zarr"),
+        population=run_file("population.zarr"),
         jacobian=run_file("jacobian.zarr"),
     output:
         json=f"{RESULTS}/{{run}}/summary.json",

@@ -1,5 +1,7 @@
-# Teleportation (Fig. 4D): PC1-PC2 grid points written into the residual stream of one
-# layer at a time (one GPU job per layer), gathered into teleport.zarr, and Fig. 4.
+# Teleportation (Fig. 4D): PC1-PC2 grid points (and, as a control, other corpus samples'
+# states) written into the residual stream of one layer at a time (one GPU job per layer),
+# gathered into teleport.zarr with the recovery metrics over the horizon arrow_sublayers
+# (so a new horizon reruns no forward), and Fig. 4.
 
 # Teleport layers are checked against the model's layer count with the config
 # (rsdyn.config), before any job.
@@ -10,12 +12,14 @@ rule teleport_layer:
     input:
         model=model_dir,
         pca=run_file("pca.zarr"),
+        activations=run_file("activations.zarr"),
     output:
         directory(f"{RESULTS}/{{run}}/teleport/layer_{{layer}}.zarr"),
     params:
         settings=lambda wildcards: job_settings(RUNS[wildcards.run]["teleport"]),
         layer=lambda wildcards: int(wildcards.layer),
         family=lambda wildcards: RUNS[wildcards.run]["model"]["family"],
+        lineage=lineage("pca"),
     threads: 2
     resources:
         gpu=1,
@@ -39,6 +43,8 @@ rule teleport_gather:
         directory(f"{RESULTS}/{{run}}/teleport.zarr"),
     params:
         layers=setting("teleport", "layers"),
+        arrow_sublayers=setting("teleport", "arrow_sublayers"),
+        lineage=lineage("teleport"),
     log:
         f"{RESULTS}/{{run}}/logs/teleport_gather.log",
     conda:
@@ -62,6 +68,7 @@ rule fig4:
     params:
         arrow_sublayers=setting("teleport", "arrow_sublayers"),
         dpi=setting("figures", "dpi"),
+        lineage=lineage("teleport"),
     log:
         f"{RESULTS}/{{run}}/logs/fig4.log",
     conda:

@@ -33,6 +33,7 @@ rule unit_stats_gather:
         directory(f"{RESULTS}/{{run}}/unit_stats.zarr"),
     params:
         shards=setting("unit_stats", "shards"),
+        lineage=lineage("unit_stats"),
     log:
         f"{RESULTS}/{{run}}/logs/unit_stats_gather.log",
     conda:
@@ -72,6 +73,7 @@ rule fig1:
         ),
     params:
         settings=setting("figures"),
+        lineage=lineage("unit_stats", "layer_stats"),
     log:
         f"{RESULTS}/{{run}}/logs/fig1.log",
     conda:
@@ -83,6 +85,7 @@ rule fig1:
 rule fig2:
     input:
         unit_stats=run_file("unit_stats.zarr"),
+        population=run_file("population.zarr"),
     output:
         pdf=f"{RESULTS}/{{run}}/figures/fig2.pdf",
         png=report(
@@ -94,6 +97,7 @@ rule fig2:
     params:
         settings=setting("figures"),
         surrogate=setting("unit_stats", "surrogate"),
+        lineage=lineage("unit_stats", "population"),
     log:
         f"{RESULTS}/{{run}}/logs/fig2.log",
     conda:

@@ -15,6 +15,7 @@ rows = collect_rows(
     snakemake.input.pca,
     Path(snakemake.input.cae) / "embedding.zarr",
     snakemake.input.teleport,
+    snakemake.input.population,
     snakemake.input.jacobian,
 )
 summary = build_summary(snakemake.params.run, snakemake.input.activations, rows)

@@ -4,9 +4,13 @@ from rsdyn.jobs import setup_job
 
 log = setup_job(snakemake.log[0], "teleport_gather")  # noqa: F821
 
+import numpy as np  # noqa: E402
+
 from rsdyn.store import write_group  # noqa: E402
 from rsdyn.teleport import gather_attrs, gather_layers  # noqa: E402
 
 paths = dict(zip(snakemake.params.layers, snakemake.input))  # noqa: F821
-write_group(snakemake.output[0], gather_layers(paths), attrs=gather_attrs(paths))  # noqa: F821
-log.info("gathered layers %s", sorted(paths))
+arrays = gather_layers(paths, snakemake.params.arrow_sublayers)  # noqa: F821
+write_group(snakemake.output[0], arrays, attrs=gather_attrs(paths))  # noqa: F821
+for name, group in arrays.items():
+    log.info("%s: horizon %d, median distance ratio %.3g", name, group["horizon"], float(np.nanmedian(group["distance_ratio"])))

@@ -16,6 +16,7 @@ arrays, attrs = run_teleport_layer(
     snakemake.params.settings,  # noqa: F821
     snakemake.params.layer,  # noqa: F821
     snakemake.params.family,  # noqa: F821
+    snakemake.input.activations,  # noqa: F821
 )
 write_group(snakemake.output[0], arrays, attrs=attrs)  # noqa: F821
-log.info("layer %d: mean MSE to control %.4g", snakemake.params.layer, arrays["mse_to_control"].mean())  # noqa: F821
+log.info("layer %d: %d grid trajectories written", snakemake.params.layer, len(arrays["trajectories"]))  # noqa: F821
