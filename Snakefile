@@ -22,7 +22,9 @@ include: "workflow/rules/unit_stats.smk"
 include: "workflow/rules/population.smk"
 include: "workflow/rules/reduce.smk"
 include: "workflow/rules/teleport.smk"
+include: "workflow/rules/jacobian.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/compare.smk"
 
 
 rule all:

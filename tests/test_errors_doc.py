@@ -103,6 +103,7 @@ def config_cases() -> list[tuple[str, str]]:
         ("`teleport.range: [1, 0]`", config_error(lambda c: c["teleport"].update(range=[1, 0]))),
         ("`teleport.grid_n: 1`", config_error(lambda c: c["teleport"].update(grid_n=1))),
         ("`figures.n_example_units: 10000`", config_error(lambda c: c.setdefault("figures", {}).update(n_example_units=10000))),
+        ("`jacobian.n_samples: 32` with `corpus.n_samples: 16`", config_error(lambda c: c.setdefault("jacobian", {}).update(n_samples=32))),
     ]
 
 

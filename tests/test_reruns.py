@@ -67,7 +67,7 @@ def test_n_samples_reruns_everything_from_the_corpus_on(smoke_run):
     rules = rules_of(jobs)
     assert "model" not in rules
     assert {"corpus", "capture", "unit_stats_shard", "unit_stats_gather", "layer_stats", "pca", "cae",
-            "teleport_layer", "teleport_gather", "fig1", "fig2", "fig3", "fig4", "summary"} <= rules
+            "teleport_layer", "teleport_gather", "jacobian", "fig1", "fig2", "fig3", "fig4", "fig5", "summary"} <= rules
 
 
 def test_second_run_adds_only_its_own_jobs(smoke_run):
@@ -75,10 +75,16 @@ def test_second_run_adds_only_its_own_jobs(smoke_run):
         config["runs"].append({"name": "smoke-b", "model": dict(config["runs"][0]["model"]), "corpus": {"seed": 1}})
 
     jobs = dry_run_after(smoke_run, add_run)
-    assert jobs and all(wildcards.get("run") == "smoke-b" for rule, wildcards in jobs if rule not in ("all", "model"))
+    assert jobs and all(wildcards.get("run") == "smoke-b" for rule, wildcards in jobs if rule not in ("all", "model", "compare"))
     assert "model" not in rules_of(jobs)
+    assert "compare" in rules_of(jobs)  # two runs: the cross-run comparison joins them
 
 
 def test_tme_surrogates_rerun_only_the_population_stage_and_what_follows(smoke_run):
     jobs = dry_run_after(smoke_run, lambda c: c.setdefault("tme", {}).update(n_surrogates=11))
     assert rules_of(jobs) == {"population", "fig2", "summary"}
+
+
+def test_jacobian_samples_rerun_only_the_jacobian_stage_and_what_follows(smoke_run):
+    jobs = dry_run_after(smoke_run, lambda c: c["jacobian"].update(n_samples=1))
+    assert rules_of(jobs) == {"jacobian", "fig5", "summary"}

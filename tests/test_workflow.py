@@ -50,10 +50,23 @@ def test_bad_config_stops_before_any_job(tmp_path, edit, message):
     assert not (work / "results").exists()
 
 
-def test_report_holds_the_four_figures_and_the_summary(smoke_run):
+def test_report_holds_the_five_figures_and_the_summary(smoke_run):
     run_snakemake(smoke_run, "--configfile", "config/smoke.yaml", "--report", "results/report.zip")
     import zipfile
 
     names = zipfile.ZipFile(smoke_run / "results/report.zip").namelist()
-    for expected in ("fig1.png", "fig2.png", "fig3.png", "fig4.png", "summary.tsv", "run_config.yaml"):
+    for expected in ("fig1.png", "fig2.png", "fig3.png", "fig4.png", "fig5.png", "summary.tsv", "run_config.yaml"):
         assert any(name.endswith(expected) for name in names), expected
+
+
+def test_smoke_run_writes_the_jacobian_store(smoke_run):
+    from rsdyn.jacobian import read_jacobian
+
+    arrays, attrs = read_jacobian(smoke_run / "results/smoke/jacobian.zarr")
+    assert attrs["weights"] == ["trained", "initial"] and attrs["n_layers"] == 30 and attrs["d_model"] == 576
+    assert arrays["sample_indices"].shape == (2,)
+    for weights in ("trained", "initial"):
+        assert arrays[weights]["eigenvalues"].shape == (2, 60, 576)
+        assert np.isfinite(arrays[weights]["rotation_index"]).all()
+    assert (smoke_run / "results/smoke/figures/fig5.png").stat().st_size > 0
+    assert "jacobian_bottleneck_learned" in (smoke_run / "results/smoke/summary.tsv").read_text()

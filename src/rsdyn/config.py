@@ -25,6 +25,7 @@ SECTIONS = (
     "teleport",
     "jpca",
     "tme",
+    "jacobian",
     "figures",
 )
 
@@ -153,6 +154,7 @@ def resolve_runs(config: dict, schema: dict | None = None) -> dict[str, dict]:
             settings[section] = merged
         _check_model(settings["model"], f"runs[{index}].model", resources_dir)
         check_run(settings, f"runs[{index}] ({run['name']})", resources_dir)
+        _check_jacobian(settings, f"runs[{index}] ({run['name']})")
         runs[run["name"]] = canonical(settings)
     return runs
 
@@ -349,3 +351,13 @@ def check_jpca(settings: dict, n_sublayers: int, key: str) -> None:
             f"Invalid config: {key}: jpca.k = {k} exceeds {min(limits)}, the model width or the number of "
             "states in the shortest jPCA window (corpus.n_samples x its sublayers, minus 1); lower jpca.k."
         )
+
+
+def _check_jacobian(settings: dict, key: str) -> None:
+    """The jacobian section against the corpus size (rsdyn.jacobian.check_config)."""
+    from rsdyn.jacobian import JacobianError, check_config
+
+    try:
+        check_config(settings["jacobian"], settings["corpus"]["n_samples"])
+    except JacobianError as err:
+        raise ConfigError(f"Invalid config: {key}: {err}") from None

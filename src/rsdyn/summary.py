@@ -22,8 +22,10 @@ def collect_rows(
     cae_embedding_path: str | Path,
     teleport_path: str | Path,
     population_path: str | Path | None = None,
+    jacobian_path: str | Path | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Every headline row of a run, in the order of the paper's figures."""
+    """Every headline row of a run, in the order of the paper's figures (then Fig. 5's,
+    when ``jacobian_path`` is given)."""
     import pandas as pd
 
     from rsdyn.cae import summary_fig3
@@ -39,6 +41,10 @@ def collect_rows(
     threshold = float(open_group(pca_path).attrs.get("variance_threshold", 0.9))
     rows.update(summary_fig4_pca(read_group(pca_path), threshold=threshold))
     rows.update(summary_teleport(read_teleport(teleport_path)))
+    if jacobian_path is not None:
+        from rsdyn.jacobian import read_jacobian, summary_jacobian
+
+        rows.update(summary_jacobian(*read_jacobian(jacobian_path)))
     return rows
 
 

@@ -50,6 +50,7 @@ LINEAGE = {
     "cae": ("model", "corpus", "capture", "cae"),
     "teleport": ("model", "corpus", "capture", "pca", "teleport"),
     "population": ("model", "corpus", "capture", "jpca", "tme"),
+    "jacobian": ("model", "corpus", "capture", "jacobian"),
 }
 
 
@@ -100,7 +101,10 @@ def corpus_inputs(wildcards):
 #: the stores of the data contract: targets of `rule all` too, so that a store deleted
 #: after the fact (a forced rerun killed half way) is rebuilt by the next plain run,
 #: with everything downstream of it, instead of the run counting as complete without it
-STORES = ("corpus.npz", "activations.zarr", "unit_stats.zarr", "layer_stats.csv", "pca.zarr", "cae", "teleport.zarr")
+STORES = (
+    "corpus.npz", "activations.zarr", "unit_stats.zarr", "layer_stats.csv", "pca.zarr", "cae", "teleport.zarr",
+    "jacobian.zarr",
+)
 
 
 def all_outputs():
@@ -108,6 +112,8 @@ def all_outputs():
     outputs = []
     for run in RUNS:
         outputs += [f"{RESULTS}/{run}/{store}" for store in STORES]
-        outputs += [f"{RESULTS}/{run}/figures/fig{n}.{ext}" for n in (1, 2, 3, 4) for ext in ("pdf", "png")]
+        outputs += [f"{RESULTS}/{run}/figures/fig{n}.{ext}" for n in (1, 2, 3, 4, 5) for ext in ("pdf", "png")]
         outputs += [f"{RESULTS}/{run}/summary.json", f"{RESULTS}/{run}/population.zarr"]
+    if len(RUNS) > 1:
+        outputs += [f"{RESULTS}/compare/{name}" for name in ("summary.tsv", "fig_compare.pdf", "fig_compare.png")]
     return outputs

@@ -11,6 +11,7 @@ rule summary:
         cae=run_file("cae"),
         teleport=run_file("teleport.zarr"),
         population=run_file("population.zarr"),
+        jacobian=run_file("jacobian.zarr"),
     output:
         json=f"{RESULTS}/{{run}}/summary.json",
         table=report(

@@ -16,6 +16,7 @@ rows = collect_rows(
     Path(snakemake.input.cae) / "embedding.zarr",
     snakemake.input.teleport,
     snakemake.input.population,
+    snakemake.input.jacobian,
 )
 summary = build_summary(snakemake.params.run, snakemake.input.activations, rows)
 write_summary(summary, snakemake.output.json)
