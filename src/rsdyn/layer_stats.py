@@ -1,8 +1,10 @@
 """Population statistics per sublayer and per transition (Fig. 1B, E, F).
 
 Per sublayer: mean |activation| over samples and units, mean and s.e.m. over samples
-of the L2 norm of the residual-stream vector, and the density (fraction of units whose
-mean activation over samples exceeds a threshold in absolute value).
+of the L2 norm of the residual-stream vector, the density (fraction of units whose
+mean activation over samples exceeds a threshold in absolute value), and the number of
+distinct states (distinct rows of the sublayer's (N, D) matrix: sublayer 0 is the
+embedding of the last token, so it has as many states as there are distinct last tokens).
 Per transition l -> l + 1: cosine similarity and velocity ||h_{l+1} - h_l||_2 of each
 sample's residual-stream vectors (mean and s.e.m. over samples), with the transition
 type: ``within`` (pre-attn -> pre-MLP of the same layer, the attention update) or
@@ -27,7 +29,7 @@ from rsdyn.unit_stats import CONDITIONS, MIN_SAMPLES
 
 COLUMNS = [
     "condition", "kind", "index", "name", "layer", "site", "transition_type",
-    "mean_abs_activation", "norm_mean", "norm_sem", "density",
+    "mean_abs_activation", "norm_mean", "norm_sem", "density", "distinct_states",
     "cosine_mean", "cosine_sem", "velocity_mean", "velocity_sem",
 ]
 
@@ -48,12 +50,33 @@ class LayerSums:
         self.squared_step = np.zeros((n_samples, n_sublayers - 1))
         self.mean_activation = np.zeros((n_sublayers, n_units))
 
+        # per sublayer, a label per sample: equal labels = equal states on the units seen so far
+        self.state_labels = np.zeros((n_sublayers, n_samples), dtype=np.int64)
+
     def add(self, block: np.ndarray, unit_start: int) -> None:
+        for sublayer in range(block.shape[1]):
+            self.state_labels[sublayer] = refine_labels(self.state_labels[sublayer], block[:, sublayer])
         self.abs_sum += np.abs(block).sum(axis=(0, 2))
         self.squared_norm += np.square(block).sum(axis=2)
         self.dot += (block[:, :-1] * block[:, 1:]).sum(axis=2)
         self.squared_step += np.square(block[:, 1:] - block[:, :-1]).sum(axis=2)
         self.mean_activation[:, unit_start : unit_start + block.shape[2]] = block.mean(axis=0)
+
+
+def refine_labels(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Labels 0..k-1 of the distinct rows of ``[labels, values]``: (N,), (N, U) -> (N,).
+
+    Feeding a sublayer's unit blocks one after the other leaves equal labels exactly on
+    the samples whose states are equal on every unit (exact float equality).
+    """
+    rows = np.column_stack([labels.astype(np.float64), values])
+    return np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
+
+
+def distinct_states(acts: np.ndarray) -> np.ndarray:
+    """Number of distinct state vectors (rows) of each sublayer: (N, S, D) -> (S,) int."""
+    labels = np.zeros(acts.shape[0], dtype=np.int64)
+    return np.array([len(np.unique(refine_labels(labels, acts[:, s]))) for s in range(acts.shape[1])])
 
 
 def _mean_sem(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -80,6 +103,7 @@ def rows_from_sums(sums: LayerSums, condition: str, names: list[str], density_th
             "mean_abs_activation": sums.abs_sum[sublayer] / (n_samples * sums.n_units),
             "norm_mean": norm_mean[sublayer], "norm_sem": norm_sem[sublayer],
             "density": density[sublayer],
+            "distinct_states": int(sums.state_labels[sublayer].max()) + 1,
         })
     for transition in range(n_sublayers - 1):
         rows.append({
