@@ -24,6 +24,7 @@ SECTIONS = (
     "cae",
     "teleport",
     "figures",
+    "summary",
 )
 
 DEFAULT_SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"

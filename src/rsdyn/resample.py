@@ -13,7 +13,8 @@ Per resample and condition, streamed one unit chunk of ``activations.zarr`` at a
 - ``norm``, ``cosine``, ``velocity`` (B, S) / (B, T): the mean over resampled sequences of
   each sequence's RS norm, cosine similarity and velocity ||h_{t+1} - h_t|| (Fig. 1B, E, F).
 
-Row 0 of every returned array is the full sample (all weights 1), the point estimate.
+Row 0 of every returned array is the full sample (all weights 1), the point estimate;
+``n_samples`` is N.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ def resample_condition(
     velocity = np.sqrt(squared_step)
     share = weights / weights.sum(axis=1, keepdims=True)
     return {
+        "n_samples": np.int64(n_samples),
         "r": r,
         "density": active / n_units,
         "norm": share @ norm,

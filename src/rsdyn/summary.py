@@ -1,8 +1,12 @@
-"""summary.json: the headline numbers of a run beside the paper's, and their table.
+"""summary.json: the headline numbers of a run beside the paper's, and their tables.
 
-Each stage module contributes rows ``{name: {value, paper, definition}}``
-(``layer_stats.summary_fig12``, ``cae.summary_fig3``, ``pca.summary_fig4_pca``,
-``teleport.summary_teleport``); this module gathers them and renders them.
+Each stage module contributes rows ``{name: {value, paper, definition}}``; a row that
+compares two things adds ``interval``, ``level``, ``expected``, ``resampled`` and
+``verdict`` (``rsdyn.verdicts``). ``summary_fig1.summary_fig1`` (Fig. 1, bootstrap over
+sequences from ``activations.zarr``), ``layer_stats.summary_fig12`` (rotations),
+``cae.summary_fig3``, ``pca.summary_fig4_pca`` and ``teleport.summary_teleport``; this
+module gathers them and renders them (JSON, TSV, Markdown). ``rsdyn.readme`` writes the
+Markdown tables into README.md.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from rsdyn.store import atomic_file, open_group, read_group
+from rsdyn.verdicts import DEFAULT_LEVEL, DEFAULT_RESAMPLES
+
+DEFAULT_SETTINGS = {"bootstrap": DEFAULT_RESAMPLES, "seed": 0}
 
 
 def collect_rows(
@@ -21,17 +28,33 @@ def collect_rows(
     pca_path: str | Path,
     cae_embedding_path: str | Path,
     teleport_path: str | Path,
+    activations_path: str | Path | None = None,
+    bootstrap: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    density_threshold: float = 0.1,
 ) -> dict[str, dict[str, Any]]:
-    """Every headline row of a run, in the order of the paper's figures."""
+    """Every headline row of a run, in the order of the paper's figures.
+
+    The Fig. 1 intervals resample the sequences of ``activations_path`` ``bootstrap``
+    times (seeded with ``seed``); ``density_threshold`` is ``layer_stats.density_threshold``.
+    """
     import pandas as pd
 
     from rsdyn.cae import summary_fig3
     from rsdyn.layer_stats import summary_fig12
     from rsdyn.pca import summary_fig4_pca
+    from rsdyn.resample import resample_store
+    from rsdyn.summary_fig1 import summary_fig1
     from rsdyn.teleport import read_teleport, summary_teleport
+    from rsdyn.verdicts import bootstrap_indices
 
+    unit_stats = read_group(unit_stats_path)
+    layer_table = pd.read_csv(layer_stats_path)
+    n_samples = int(open_group(activations_path)["original"].shape[0])
+    resampled = resample_store(activations_path, bootstrap_indices(n_samples, bootstrap, seed), density_threshold)
     rows: dict[str, dict[str, Any]] = {}
-    rows.update(summary_fig12(read_group(unit_stats_path), pd.read_csv(layer_stats_path)))
+    rows.update(summary_fig1(unit_stats, layer_table, resampled, bootstrap, seed))
+    rows.update(summary_fig12(unit_stats, layer_table))
     rows.update(summary_fig3(read_group(cae_embedding_path)))
     threshold = float(open_group(pca_path).attrs.get("variance_threshold", 0.9))
     rows.update(summary_fig4_pca(read_group(pca_path), threshold=threshold))
@@ -39,15 +62,19 @@ def collect_rows(
     return rows
 
 
-def build_summary(run: str, activations_path: str | Path, rows: Mapping[str, dict]) -> dict[str, Any]:
-    """The summary document: run, model and data provenance, and the rows."""
+def build_summary(
+    run: str, activations_path: str | Path, rows: Mapping[str, dict], settings: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The summary document: run, model and data provenance, the bootstrap settings, and the rows."""
     attrs = dict(open_group(activations_path).attrs)
+    settings = {**DEFAULT_SETTINGS, **(settings or {})}
     return {
         "run": run,
         "model": {key: attrs.get(key) for key in ("model_name", "model_id", "model_revision", "family", "n_layers", "d_model", "dtype")},
         "n_samples": attrs.get("n_samples"),
         "corpus": attrs.get("corpus_source"),
         "paper": "Fernando & Guitchounts 2025, arXiv 2502.12131 (Llama 3.1 8B, N = 1000)",
+        "bootstrap": {"resamples": int(settings["bootstrap"]), "seed": int(settings["seed"]), "level": DEFAULT_LEVEL},
         "rows": dict(rows),
     }
 
@@ -78,28 +105,56 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def markdown_table(summary: Mapping[str, Any], with_definitions: bool = False) -> str:
-    """The rows as a Markdown table: quantity | paper | ours (| definition)."""
-    header = "| quantity | paper (Llama 3.1 8B) | ours |" + (" definition |" if with_definitions else "")
-    rule = "|---|---|---|" + ("---|" if with_definitions else "")
+def format_interval(row: Mapping[str, Any]) -> str:
+    """``[low, high]`` of a comparing row (3 significant digits), else an empty string."""
+    interval = row.get("interval")
+    if not interval:
+        return ""
+    return "[" + ", ".join(format_value(v) for v in interval) + "]"
+
+
+def format_verdict(row: Mapping[str, Any]) -> str:
+    """The verdict with the direction it was judged against, e.g. ``reproduced (> 0)``."""
+    if not row.get("verdict"):
+        return ""
+    return f"{row['verdict']} ({row['expected']})" if row.get("expected") else str(row["verdict"])
+
+
+def markdown_table(summary: Mapping[str, Any], with_definitions: bool = False, names=None) -> str:
+    """The rows (all, or ``names``) as a Markdown table:
+    quantity | paper | ours | 95 % interval | verdict (| definition; resampled)."""
+    header = "| quantity | paper (Llama 3.1 8B) | ours | 95 % interval | verdict |" + (" definition |" if with_definitions else "")
+    rule = "|---|---|---|---|---|" + ("---|" if with_definitions else "")
     lines = [header, rule]
     for name, row in summary["rows"].items():
-        cells = [f"`{name}`", format_value(row.get("paper")), format_value(row.get("value"))]
+        if names is not None and name not in names:
+            continue
+        cells = [f"`{name}`", format_value(row.get("paper")), format_value(row.get("value")),
+                 format_interval(row), format_verdict(row)]
         if with_definitions:
-            cells.append(str(row.get("definition", "")).replace("|", "/"))
-        lines.append("| " + " | ".join(cells) + " |")
+            definition = str(row.get("definition", ""))
+            if row.get("resampled"):
+                definition += f" (interval: {row['resampled']})"
+            cells.append(definition)
+        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+TABLE_COLUMNS = ["quantity", "paper (Llama 3.1 8B)", "ours", "interval_low", "interval_high", "verdict", "expected", "resampled", "definition"]
+
+
 def write_table(summary: Mapping[str, Any], path: str | Path) -> None:
-    """The rows as a tab-separated table (quantity, paper, ours, definition), atomically."""
+    """The rows as a tab-separated table (``TABLE_COLUMNS``), atomically."""
     import csv
 
     with atomic_file(path) as temp, open(temp, "w", newline="") as handle:
-        writer = csv.writer(handle, delimiter="\t")
-        writer.writerow(["quantity", "paper (Llama 3.1 8B)", "ours", "definition"])
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(TABLE_COLUMNS)
         for name, row in summary["rows"].items():
-            writer.writerow([name, format_value(row.get("paper")), format_value(row.get("value")), row.get("definition", "")])
+            low, high = row.get("interval") or ("", "")
+            writer.writerow([name, format_value(row.get("paper")), format_value(row.get("value")),
+                             "" if low in ("", None) else format_value(low), "" if high in ("", None) else format_value(high),
+                             row.get("verdict", ""), row.get("expected", ""), row.get("resampled", ""), row.get("definition", "")])
 
 
 def main(argv: list[str] | None = None) -> None:
