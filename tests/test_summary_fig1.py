@@ -54,11 +54,17 @@ def test_values_match_loops_and_comparing_rows_carry_interval_and_verdict(synthe
     kde = np.array([np.mean(mi.mi_kde(acts, precision="float64")[t]) for t in range(7)])
     cross_curve = kde[1::2]  # layers 0, 1, 2 of the cross type: first third = layer 0 only -> rest = layer 1
     assert rows["mi_kde_cross_early_drop"]["value"] == pytest.approx(cross_curve[0] - cross_curve[1], rel=1e-9)
+    assert rows["mi_kde_first_step_drop"]["value"] == pytest.approx(kde[0] - kde[1], rel=1e-9)
+    # 3 layers with transitions 2l, 2l+1, 2l+2: first third = layer 0
+    step = (kde[0] - kde[1]) - (kde[1] - kde[2])
+    assert rows["mi_kde_early_step_into_cross_minus_within"]["value"] == pytest.approx(step, rel=1e-9)
     for name, row in rows.items():
         assert row["definition"], name
         if "interval" in row:
             assert row["resampled"].endswith("(40 resamples, seed 0)"), name
-            if not name.endswith("_shuffled"):
+            if name.endswith("_shuffled") or name.startswith("mi_kde_literal"):  # no paper claim / a reference
+                assert "verdict" not in row, name
+            else:
                 assert row["verdict"] in ("reproduced", "opposite", "inconclusive"), name
     assert rows["mi_kde_within_early_drop"]["resampled"].startswith("units")
     assert rows["mi_gaussian_within_early_drop"]["resampled"].startswith("sequences")
@@ -128,6 +134,10 @@ def test_unit_resamples_and_statistics_against_loops():
     assert s1.late_minus_early(curve) == pytest.approx(7.0 - 2.0)
     assert s1.rise_after_drop(curve) == pytest.approx(7.0 - 1.0)
     assert s1.spearman_last(curve) == pytest.approx(spearmanr(np.arange(6), curve)[0])
+    long = rng.standard_normal(13)  # 6 layers with transitions 2l, 2l+1, 2l+2; first third: l = 0, 1
+    into_cross = [long[2 * l] - long[2 * l + 1] for l in (0, 1)]
+    into_within = [long[2 * l + 1] - long[2 * l + 2] for l in (0, 1)]
+    assert s1.step_into_cross_minus_within(long) == pytest.approx(np.mean(into_cross) - np.mean(into_within))
 
 
 def test_store_and_in_memory_resamples_agree(tmp_path, synthetic):
