@@ -80,6 +80,14 @@ def _type_legend(ax, conditions: bool = True, **kwargs) -> None:
     ax.legend(handles=handles, **kwargs)
 
 
+def _plain_log(ax) -> None:
+    """A log y axis labelled with plain numbers at its major ticks only."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(mpl.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(mpl.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_formatter(mpl.ticker.NullFormatter())
+
+
 def _zoomed_limits(values: np.ndarray, skip: int = 1, pad: float = 0.08) -> tuple[float, float]:
     """y limits that span ``values`` from position ``skip`` on (the first transitions may lie far below)."""
     rest = values[..., skip:]
@@ -165,9 +173,9 @@ def _draw_fig1(unit_stats: Mapping, layer_table: pd.DataFrame, title: str) -> Fi
     off = [(kind, condition, values[0]) for condition, c in zip(CONDITION_STYLE, cosine_all)
            for kind, (_, values) in _by_type(c).items() if values[0] < low]
     if off:
-        text = "off scale at layer 0:\n" + "\n".join(f"{TYPE_LABEL[k].split()[0]}, {c}: {v:.2f}" for k, c, v in off)
-        ax.annotate(text, xy=(0, low), xytext=(0.35, 0.06), textcoords="axes fraction", fontsize=10,
-                    arrowprops={"arrowstyle": "->", "color": "0.4"}, color="0.25")
+        text = "below the axis at layer 0:\n" + "\n".join(f"{TYPE_LABEL[k].split()[0]}, {c}: {v:.2f}" for k, c, v in off)
+        ax.annotate(text, xy=(0, low), xytext=(0.22, 0.36), textcoords="axes fraction", fontsize=10,
+                    arrowprops={"arrowstyle": "->", "color": "0.5"}, color="0.25", va="bottom")
     ax.set(title="Cosine similarity (zoomed)", xlabel="layer", ylabel="cos(h_t, h_t+1), mean")
     _type_legend(ax, loc="lower right", ncols=2, fontsize=10)
     _label(ax, "E")
@@ -185,7 +193,7 @@ def _draw_fig1(unit_stats: Mapping, layer_table: pd.DataFrame, title: str) -> Fi
                 errors = _by_type(spread)[kind][1]
                 ax.fill_between(layers, np.maximum(values - errors, values * 0.05), values + errors,
                                 color=TYPE_COLOR[kind], alpha=0.18, lw=0)
-    ax.set_yscale("log")
+    _plain_log(ax)
     band = "± 1 s.d. over sequences" if "velocity_sd" in layer_table else "± s.e.m."
     ax.set(title="Velocity ||h_t+1 - h_t||", xlabel="layer", ylabel=f"velocity (band: {band})")
     _type_legend(ax, loc="upper left", fontsize=10)
@@ -199,12 +207,12 @@ def _draw_fig1(unit_stats: Mapping, layer_table: pd.DataFrame, title: str) -> Fi
             ax.plot(rows["index"], rows["distinct_states"], style, color="0.2", label=condition, marker="o" if len(rows) < 12 else None)
         ax.axhline(FEW_STATES, color="tab:red", lw=1, ls=":")
         ax.text(n_sublayers - 1, FEW_STATES * 1.1, f"{FEW_STATES}", color="tab:red", ha="right", va="bottom", fontsize=10)
-        ax.set_yscale("log")
+        _plain_log(ax)
         counts = sublayers["distinct_states"].to_numpy(dtype=float)
         ax.set_ylim(min(FEW_STATES / 2, np.nanmin(counts) / 1.5), max(FEW_STATES * 2, np.nanmax(counts) * 1.5))
         first = sublayers[(sublayers["condition"] == "original") & (sublayers["index"] == 0)]["distinct_states"]
         if len(first):
-            ax.annotate(f"sublayer 0: {int(first.iloc[0])}", xy=(0, int(first.iloc[0])), xytext=(0.3, 0.35),
+            ax.annotate(f"sublayer 0: {int(first.iloc[0])}", xy=(0, int(first.iloc[0])), xytext=(0.3, 0.2),
                         textcoords="axes fraction", arrowprops={"arrowstyle": "->", "color": "0.4"}, fontsize=11)
         ax.legend(loc="lower right")
     ax.set(title="Distinct states per sublayer", xlabel="layer", ylabel="distinct RS vectors")
@@ -244,7 +252,10 @@ def _draw_fig1(unit_stats: Mapping, layer_table: pd.DataFrame, title: str) -> Fi
     if "mi_kde_literal" in original:
         for kind, (layers, values) in _by_type(mean_over_units(original["mi_kde_literal"])).items():
             ax.plot(layers, values, "-", color=TYPE_COLOR[kind])
-        ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_yscale("symlog", linthresh=1.0)
+        ax.yaxis.set_major_locator(mpl.ticker.SymmetricalLogLocator(linthresh=1.0, base=100))
+        ax.yaxis.set_minor_locator(mpl.ticker.NullLocator())
+        ax.axhline(0.0, color="0.6", lw=0.8)
         _type_legend(ax, conditions=False, loc="upper right")
     ax.set(title="Paper's written sum Σ p log(p/pp) (original)", xlabel="layer",
            ylabel="Σ over samples (not normalised)")
