@@ -46,6 +46,11 @@ def test_no_change_means_nothing_to_do(smoke_run):
     assert rules_of(dry_run_after(smoke_run, lambda c: None)) == set()
 
 
+def test_summary_bootstrap_reruns_only_the_summaries(smoke_run):
+    jobs = dry_run_after(smoke_run, lambda c: c.setdefault("summary", {}).update(bootstrap=50))
+    assert rules_of(jobs) == {"fig1_summary", "summary"}
+
+
 def test_teleport_grid_reruns_only_teleport_and_what_follows(smoke_run):
     jobs = dry_run_after(smoke_run, lambda c: c["teleport"].update(grid_n=4))
     assert rules_of(jobs) == {"teleport_layer", "teleport_gather", "fig4", "summary"}
@@ -53,7 +58,7 @@ def test_teleport_grid_reruns_only_teleport_and_what_follows(smoke_run):
 
 def test_n_shuffles_reruns_only_unit_stats_shards_and_what_follows(smoke_run):
     jobs = dry_run_after(smoke_run, lambda c: c["unit_stats"].update(n_shuffles=21))
-    assert rules_of(jobs) == {"unit_stats_shard", "unit_stats_gather", "fig1", "fig2", "summary"}
+    assert rules_of(jobs) == {"unit_stats_shard", "unit_stats_gather", "fig1", "fig2", "fig1_summary", "summary"}
 
 
 def test_n_samples_reruns_everything_from_the_corpus_on(smoke_run):
@@ -61,7 +66,7 @@ def test_n_samples_reruns_everything_from_the_corpus_on(smoke_run):
     rules = rules_of(jobs)
     assert "model" not in rules
     assert {"corpus", "capture", "unit_stats_shard", "unit_stats_gather", "layer_stats", "pca", "cae",
-            "teleport_layer", "teleport_gather", "fig1", "fig2", "fig3", "fig4", "summary"} <= rules
+            "teleport_layer", "teleport_gather", "fig1", "fig2", "fig3", "fig4", "fig1_summary", "summary"} <= rules
 
 
 def test_second_run_adds_only_its_own_jobs(smoke_run):

@@ -3,7 +3,8 @@
 Each stage module contributes rows ``{name: {value, paper, definition}}``; a row that
 compares two things adds ``interval``, ``level``, ``expected``, ``resampled`` and
 ``verdict`` (``rsdyn.verdicts``). ``summary_fig1.summary_fig1`` (Fig. 1, bootstrap over
-sequences from ``activations.zarr``), ``layer_stats.summary_fig12`` (rotations),
+sequences from ``activations.zarr``, its own rule and ``summary_fig1.json``),
+``layer_stats.summary_fig12`` (rotations),
 ``cae.summary_fig3``, ``pca.summary_fig4_pca`` and ``teleport.summary_teleport``; this
 module gathers them and renders them (JSON, TSV, Markdown). ``rsdyn.readme`` writes the
 Markdown tables into README.md.
@@ -22,39 +23,47 @@ from rsdyn.verdicts import DEFAULT_LEVEL, DEFAULT_RESAMPLES
 DEFAULT_SETTINGS = {"bootstrap": DEFAULT_RESAMPLES, "seed": 0}
 
 
+def fig1_rows(
+    activations_path: str | Path,
+    unit_stats_path: str | Path,
+    layer_stats_path: str | Path,
+    bootstrap: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    density_threshold: float = 0.1,
+) -> dict[str, dict[str, Any]]:
+    """The Fig. 1 rows; their intervals resample the sequences of ``activations_path``
+    ``bootstrap`` times (seeded with ``seed``); ``density_threshold`` is
+    ``layer_stats.density_threshold``."""
+    import pandas as pd
+
+    from rsdyn.resample import resample_store
+    from rsdyn.summary_fig1 import summary_fig1
+    from rsdyn.verdicts import bootstrap_indices
+
+    n_samples = int(open_group(activations_path)["original"].shape[0])
+    resampled = resample_store(activations_path, bootstrap_indices(n_samples, bootstrap, seed), density_threshold)
+    return summary_fig1(read_group(unit_stats_path), pd.read_csv(layer_stats_path), resampled, bootstrap, seed)
+
+
 def collect_rows(
+    fig1_summary_path: str | Path,
     unit_stats_path: str | Path,
     layer_stats_path: str | Path,
     pca_path: str | Path,
     cae_embedding_path: str | Path,
     teleport_path: str | Path,
-    activations_path: str | Path | None = None,
-    bootstrap: int = DEFAULT_RESAMPLES,
-    seed: int = 0,
-    density_threshold: float = 0.1,
 ) -> dict[str, dict[str, Any]]:
-    """Every headline row of a run, in the order of the paper's figures.
-
-    The Fig. 1 intervals resample the sequences of ``activations_path`` ``bootstrap``
-    times (seeded with ``seed``); ``density_threshold`` is ``layer_stats.density_threshold``.
-    """
+    """Every headline row of a run, in the order of the paper's figures; the Fig. 1 rows
+    come from ``summary_fig1.json`` (:func:`fig1_rows`, written by the fig1_summary rule)."""
     import pandas as pd
 
     from rsdyn.cae import summary_fig3
     from rsdyn.layer_stats import summary_fig12
     from rsdyn.pca import summary_fig4_pca
-    from rsdyn.resample import resample_store
-    from rsdyn.summary_fig1 import summary_fig1
     from rsdyn.teleport import read_teleport, summary_teleport
-    from rsdyn.verdicts import bootstrap_indices
 
-    unit_stats = read_group(unit_stats_path)
-    layer_table = pd.read_csv(layer_stats_path)
-    n_samples = int(open_group(activations_path)["original"].shape[0])
-    resampled = resample_store(activations_path, bootstrap_indices(n_samples, bootstrap, seed), density_threshold)
-    rows: dict[str, dict[str, Any]] = {}
-    rows.update(summary_fig1(unit_stats, layer_table, resampled, bootstrap, seed))
-    rows.update(summary_fig12(unit_stats, layer_table))
+    rows: dict[str, dict[str, Any]] = dict(json.loads(Path(fig1_summary_path).read_text())["rows"])
+    rows.update(summary_fig12(read_group(unit_stats_path), pd.read_csv(layer_stats_path)))
     rows.update(summary_fig3(read_group(cae_embedding_path)))
     threshold = float(open_group(pca_path).attrs.get("variance_threshold", 0.9))
     rows.update(summary_fig4_pca(read_group(pca_path), threshold=threshold))

@@ -11,15 +11,12 @@ from rsdyn.summary import build_summary, collect_rows, write_summary, write_tabl
 log = setup_job(snakemake.log[0])
 settings = snakemake.params.settings
 rows = collect_rows(
+    snakemake.input.fig1,
     snakemake.input.unit_stats,
     snakemake.input.layer_stats,
     snakemake.input.pca,
     Path(snakemake.input.cae) / "embedding.zarr",
     snakemake.input.teleport,
-    activations_path=snakemake.input.activations,
-    bootstrap=settings["summary"]["bootstrap"],
-    seed=settings["summary"]["seed"],
-    density_threshold=settings["layer_stats"]["density_threshold"],
 )
 summary = build_summary(snakemake.params.run, snakemake.input.activations, rows, settings["summary"])
 write_summary(summary, snakemake.output.json)
