@@ -24,7 +24,7 @@ SUMMARY = {"run": "r", "n_samples": 5, "model": {"model_id": "m", "n_layers": 2,
 def test_values_render_compactly():
     assert format_value(0.91234) == "0.912"
     assert format_value({"0": 150000.0, "7": 2.0}) == "0: 1.5e+05, 7: 2"
-    assert format_value([23, 7]) == "[23, 7]" and format_value(True) == "True"
+    assert format_value([23, 7]) == "[23, 7]" and format_value(True) == "True" and format_value(None) == "—"
 
 
 def test_markdown_table_shows_interval_and_verdict_and_escapes_pipes():

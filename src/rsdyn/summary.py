@@ -102,8 +102,10 @@ def _plain(value: Any) -> Any:
 
 
 def format_value(value: Any) -> str:
-    """A compact human rendering of a row value (numbers to 3 significant digits)."""
-    if isinstance(value, bool) or value is None:
+    """A compact human rendering of a row value (numbers to 3 significant digits, None as a dash)."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
         return str(value)
     if isinstance(value, float):
         return f"{value:.3g}"

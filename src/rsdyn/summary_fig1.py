@@ -337,7 +337,8 @@ def mi_rows(stats: Mapping, r_samples: np.ndarray, distinct: np.ndarray, n_sampl
         compare("cross_minus_within_early_drop",
                 lambda m: early_drop(by_type(m, "cross")) - early_drop(by_type(m, "within")),
                 "steepest drops at cross-layer transitions",
-                f"{estimator}_cross_early_drop - {estimator}_within_early_drop (each type's own curve)")
+                f"{estimator}_cross_early_drop - {estimator}_within_early_drop (each type's own curve; read it beside "
+                "them: when both are negative, neither type drops)")
         compare("early_step_into_cross_minus_within", step_into_cross_minus_within,
                 "steepest drops at cross-layer transitions",
                 f"over the layers l of the first third, mean of the step down into the cross-layer transition, "
