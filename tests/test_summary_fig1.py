@@ -46,6 +46,7 @@ def test_values_match_loops_and_comparing_rows_carry_interval_and_verdict(synthe
     cross = np.mean([r[t, u] for t in range(1, r.shape[0], 2) for u in range(r.shape[1])])
     assert rows["corr_within_minus_cross"]["value"] == pytest.approx(within - cross, rel=1e-9)
     assert rows["corr_transition_1_median"]["value"] == pytest.approx(np.median(r[1]))
+    assert rows["corr_mean_after_transition_1"]["value"] == pytest.approx(np.mean(r[2:]), rel=1e-9)
     transitions = table[(table["kind"] == "transition") & (table["condition"] == "original")].sort_values("index")
     velocity = transitions["velocity_mean"].to_numpy()  # 7 transitions: thirds of 2
     assert rows["velocity_late_early_ratio"]["value"] == pytest.approx(velocity[-2:].mean() / velocity[:2].mean(), rel=1e-9)
@@ -62,7 +63,8 @@ def test_values_match_loops_and_comparing_rows_carry_interval_and_verdict(synthe
         assert row["definition"], name
         if "interval" in row:
             assert row["resampled"].endswith("(40 resamples, seed 0)"), name
-            if name.endswith("_shuffled") or name.startswith("mi_kde_literal"):  # no paper claim / a reference
+            if name.endswith("_shuffled") or name.startswith("mi_kde_literal") or "_mean_after_transition_1" in name:
+                # no paper claim: the shuffled control, the literal sum (a reference), levels beside the control
                 assert "verdict" not in row, name
             else:
                 assert row["verdict"] in ("reproduced", "opposite", "inconclusive"), name

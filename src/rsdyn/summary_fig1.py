@@ -213,6 +213,10 @@ def correlation_rows(r_point: np.ndarray, r_samples: np.ndarray, distinct: np.nd
             lambda r, t=t: np.mean(r[..., t, :] > 0.8, axis=-1), r_point, r_samples, None if suffix else "most units",
             f"fraction of units with r > 0.8 between sublayers {t} and {t + 1} ({which}){note}; verdict against "
             "a majority (> 0.5)", ">", 0.5, judge=not suffix)
+    rows[f"corr_mean_after_transition_1{suffix}"] = make.compare(
+        lambda r: nanmean_last(r[..., 2:, :], (-2, -1)), r_point, r_samples, None,
+        f"mean over units and transitions 2 .. end of r ({which}; beyond the last-token embedding and the layer-0 MLP)",
+        ">", 0.0, judge=False)
     if suffix:
         return rows
     unit_mean = nanmean_last(r_point)  # (T,)
@@ -320,6 +324,10 @@ def mi_rows(stats: Mapping, r_samples: np.ndarray, distinct: np.ndarray, n_sampl
             rows[f"{estimator}_transition_{t}{suffix}"] = row(
                 float(point[t]), "high, then a sharp drop" if estimator == "mi_kde" and t == 0 and not suffix else None,
                 f"mean over units of the MI ({label}; {unit}) between sublayers {t} and {t + 1} ({which}){notes[t]}")
+        rows[f"{estimator}_mean_after_transition_1{suffix}"] = make.compare(
+            lambda m: nanmean_last(m[..., 2:]), point, samples, None,
+            f"mean over units and transitions 2 .. end of the MI ({label}; {unit}; {which})", ">", 0.0,
+            units=units, judge=False)
         compare("first_step_drop", lambda m: m[..., 0] - m[..., 1], "sharp drop in the first transitions",
                 f"{estimator}_transition_0 - {estimator}_transition_1: the first step of the interleaved curve, into the "
                 f"first cross-layer transition ({which}; transition 0{notes[0]})")
