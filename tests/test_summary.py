@@ -18,6 +18,7 @@ SUMMARY = {"run": "r", "n_samples": 5, "model": {"model_id": "m", "n_layers": 2,
     "best_layers": {"value": [23, 7], "paper": [7, 15, 23], "definition": "ordered"},
     "per_layer": {"value": {"0": 1.5e5}, "paper": None, "definition": "mse"},
     "corr_first_shuffled": {"value": 0.5, "paper": None, "definition": "shuffled", "interval": [0.4, 0.6]},
+    "few": {"value": 0.9, "paper": "> 0.8", "definition": "d", "caveat": "rests on 20 distinct states"},
 }}
 
 
@@ -29,7 +30,8 @@ def test_values_render_compactly():
 
 def test_markdown_table_shows_interval_and_verdict_and_escapes_pipes():
     table = markdown_table(SUMMARY, with_definitions=True).splitlines()
-    assert len(table) == 2 + 5
+    assert len(table) == 2 + 6
+    assert table[-1] == "| `few` | > 0.8 | 0.9 |  | rests on 20 distinct states | d |"
     assert table[2] == "| `corr_first` | > 0.8 | 0.912 |  |  | median r / first |"
     assert table[3].startswith("| `ratio` | > 1 | 1.5 | [1.21, 1.78] | reproduced (> 1) | late / early (interval: sequences")
 

@@ -112,6 +112,8 @@ def test_a_transition_on_few_states_says_so(synthetic):
     assert "FEWER THAN" in rows["mi_kde_within_early_drop"]["definition"]
     assert "FEWER THAN" not in rows["corr_transition_1_median"]["definition"]
     assert "FEWER THAN" not in rows["corr_transition_0_median_shuffled"]["definition"]
+    assert rows["corr_transition_0_median"]["caveat"] == "rests on 7 distinct states"
+    assert "caveat" not in rows["corr_transition_1_median"]
 
 
 def test_first_defined_transition_skips_a_constant_first_sublayer(synthetic):

@@ -125,10 +125,14 @@ def format_interval(row: Mapping[str, Any]) -> str:
 
 
 def format_verdict(row: Mapping[str, Any]) -> str:
-    """The verdict with the direction it was judged against, e.g. ``reproduced (> 0)``."""
-    if not row.get("verdict"):
-        return ""
-    return f"{row['verdict']} ({row['expected']})" if row.get("expected") else str(row["verdict"])
+    """The verdict with the direction it was judged against, e.g. ``reproduced (> 0)``, and
+    the row's caveat if it has one (``reproduced (> 0.8); rests on 20 distinct states``)."""
+    parts = []
+    if row.get("verdict"):
+        parts.append(f"{row['verdict']} ({row['expected']})" if row.get("expected") else str(row["verdict"]))
+    if row.get("caveat"):
+        parts.append(str(row["caveat"]))
+    return "; ".join(parts)
 
 
 def markdown_table(summary: Mapping[str, Any], with_definitions: bool = False, names=None) -> str:
@@ -151,7 +155,8 @@ def markdown_table(summary: Mapping[str, Any], with_definitions: bool = False, n
     return "\n".join(lines) + "\n"
 
 
-TABLE_COLUMNS = ["quantity", "paper (Llama 3.1 8B)", "ours", "interval_low", "interval_high", "verdict", "expected", "resampled", "definition"]
+TABLE_COLUMNS = ["quantity", "paper (Llama 3.1 8B)", "ours", "interval_low", "interval_high", "verdict", "expected", "caveat",
+                 "resampled", "definition"]
 
 
 def write_table(summary: Mapping[str, Any], path: str | Path) -> None:
@@ -165,7 +170,8 @@ def write_table(summary: Mapping[str, Any], path: str | Path) -> None:
             low, high = row.get("interval") or ("", "")
             writer.writerow([name, format_value(row.get("paper")), format_value(row.get("value")),
                              "" if low in ("", None) else format_value(low), "" if high in ("", None) else format_value(high),
-                             row.get("verdict", ""), row.get("expected", ""), row.get("resampled", ""), row.get("definition", "")])
+                             row.get("verdict", ""), row.get("expected", ""), row.get("caveat", ""), row.get("resampled", ""),
+                             row.get("definition", "")])
 
 
 def main(argv: list[str] | None = None) -> None:

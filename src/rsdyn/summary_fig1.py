@@ -18,6 +18,7 @@ transition rests on as many distinct states as the fewer of its two sublayers ha
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable, Mapping
 
@@ -379,6 +380,16 @@ def summary_fig1(
         return _summary_fig1(unit_stats, layer_table, resampled, n_resamples, seed)
 
 
+def add_caveats(rows: dict[str, dict]) -> dict[str, dict]:
+    """Give every row whose definition flags fewer than ``FEW_STATES`` states a short
+    ``caveat`` ("rests on 20 distinct states"), shown beside the verdict in the tables."""
+    for row_ in rows.values():
+        found = re.search(r"rests on (\d+) distinct states[^;]*FEWER THAN", row_.get("definition", ""))
+        if found:
+            row_["caveat"] = f"rests on {found.group(1)} distinct states"
+    return rows
+
+
 def _summary_fig1(unit_stats, layer_table, resampled, n_resamples, seed) -> dict[str, dict]:
     make = RowMaker(n_resamples, seed)
     original = unit_stats["original"]
@@ -400,4 +411,4 @@ def _summary_fig1(unit_stats, layer_table, resampled, n_resamples, seed) -> dict
         if not suffix:
             rows.update(geometry_rows(resampled["original"], make))
         rows.update(mi_rows(stats, r_samples, distinct, n_samples, make, unit_weights, suffix, which))
-    return rows
+    return add_caveats(rows)
