@@ -32,7 +32,7 @@ def test_markdown_table_shows_interval_and_verdict_and_escapes_pipes():
     table = markdown_table(SUMMARY, with_definitions=True).splitlines()
     assert len(table) == 2 + 6
     assert table[-1] == "| `few` | > 0.8 | 0.9 |  | rests on 20 distinct states | d |"
-    assert table[2] == "| `corr_first` | > 0.8 | 0.912 |  |  | median r / first |"
+    assert table[2] == "| `corr_first` | > 0.8 | 0.912 |  |  | median r \\| first |"
     assert table[3].startswith("| `ratio` | > 1 | 1.5 | [1.21, 1.78] | reproduced (> 1) | late / early (interval: sequences")
 
 

@@ -151,7 +151,7 @@ def markdown_table(summary: Mapping[str, Any], with_definitions: bool = False, n
             if row.get("resampled"):
                 definition += f" (interval: {row['resampled']})"
             cells.append(definition)
-        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
