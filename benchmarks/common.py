@@ -8,7 +8,7 @@ from rsdyn.models import convert_model, load_model, resolve_device, resolve_dtyp
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO / "resources/models/smollm2-135m"
-CORPUS = {"local_candidates": [str(REPO.parent / "shared/data/wikitext-2-raw/wiki.test.raw")],
+CORPUS = {"local_candidates": {"test": [str(REPO.parent / "shared/data/wikitext-2-raw/wiki.test.raw")]},
           "hf_dataset": "Salesforce/wikitext", "hf_config": "wikitext-2-raw-v1", "split": "test",
           "min_chars": 100, "max_chars": 500, "strip_whitespace": True, "n_samples": None, "seed": 0}
 

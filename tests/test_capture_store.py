@@ -24,7 +24,7 @@ def inputs(tmp_path, char_tokenizer):
     save_tiny_tokenizer(model_dir)
     text = tmp_path / "wiki.raw"
     text.write_text("\n".join(f"{chr(97 + i)} " * (5 + 3 * i) for i in range(6)) + "\n")
-    settings = {"local_candidates": [str(text)], "hf_dataset": "", "hf_config": "", "split": "test",
+    settings = {"local_candidates": {"test": [str(text)]}, "hf_dataset": "", "hf_config": "", "split": "test",
                 "min_chars": 5, "max_chars": 100, "n_samples": None, "seed": 0}
     corpus = build_corpus(settings, char_tokenizer)
     save_corpus(corpus, tmp_path / "corpus.npz")

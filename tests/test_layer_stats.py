@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rsdyn import correlations, mi
 from rsdyn import layer_stats as ls
 from rsdyn import unit_stats as us
 from rsdyn.store import read_group
@@ -34,6 +33,8 @@ def test_layer_stats_match_per_sample_loops():
         assert transitions.loc[t, "cosine_sem"] == pytest.approx(np.std(cosines, ddof=1) / np.sqrt(n_samples), rel=1e-8)
         assert transitions.loc[t, "velocity_mean"] == pytest.approx(np.mean(steps), rel=1e-12)
         assert transitions.loc[t, "velocity_sem"] == pytest.approx(np.std(steps, ddof=1) / np.sqrt(n_samples), rel=1e-8)
+        assert transitions.loc[t, "velocity_sd"] == pytest.approx(np.std(steps, ddof=1), rel=1e-8)
+        assert transitions.loc[t, "cosine_sd"] == pytest.approx(np.std(cosines, ddof=1), rel=1e-8)
         assert transitions.loc[t, "transition_type"] == ("within" if t % 2 == 0 else "cross")
     assert list(sublayers["name"]) == ["L0.pre_attn", "L0.pre_mlp", "L1.pre_attn", "L1.pre_mlp", "L2.pre_attn", "L2.pre_mlp"]
     assert transitions.loc[1, "name"] == "L0.pre_mlp->L1.pre_attn"
@@ -61,36 +62,3 @@ def test_layer_stats_refuse_non_finite_values_naming_units(tmp_path):
 def test_layer_stats_refuse_too_few_samples():
     with pytest.raises(us.UnitStatsInputError, match="2 samples; layer_stats needs at least 3"):
         ls.layer_stats_from_arrays({"original": np.ones((2, 4, 3))}, 0.1)
-
-
-def test_summary_fig12_rows(tmp_path):
-    store = us.write_synthetic_store(tmp_path / "activations.zarr", 30, 4, 12, unit_chunk=4)
-    result = us.compute_shard(store, 0, 12, {"n_shuffles": 20})
-    table = ls.layer_stats(store, 0.1)
-    rows = ls.summary_fig12(result, table)
-    for name, row in rows.items():
-        assert set(row) == {"value", "paper", "definition"}, name
-        assert row["definition"], name
-    r = result["original"]["corr_consecutive"]
-    assert rows["corr_first_transition_median"]["value"] == pytest.approx(np.median(r[0]))
-    within = r[0::2].mean(axis=1)[:3] > r[1::2].mean(axis=1)[:3]
-    assert rows["corr_within_gt_cross_fraction"]["value"] == pytest.approx(within.mean())
-    transitions = table[(table["kind"] == "transition") & (table["condition"] == "original")]
-    velocity = transitions["velocity_mean"].to_numpy()
-    assert rows["velocity_late_early_ratio"]["value"] == pytest.approx(velocity[-2:].mean() / velocity[:2].mean())
-    mean_mi = result["original"]["mi_kde"].mean(axis=1)
-    assert rows["mi_kde_first"]["value"] == pytest.approx(mean_mi[0])
-    assert rows["mi_kde_argmin_transition"]["value"] == int(np.argmin(mean_mi))
-
-
-def test_first_defined_transition_skips_a_constant_first_sublayer():
-    acts = us.synthetic_activations(20, 3, 6, seed=2).astype(np.float64)
-    acts[:, 0, :] = 1.5  # every sample ends with the same token: sublayer 0 is constant
-    r = correlations.corr_consecutive(acts)
-    assert np.isnan(r[0]).all()
-    assert ls.first_defined_transition(r) == 1
-    stats = {"corr_consecutive": r, "mi_kde": mi.mi_kde(acts), "mi_ksg": mi.mi_ksg(acts), "mi_gaussian": mi.mi_gaussian(r)}
-    rows = ls._condition_rows(stats, "")
-    assert rows["first_defined_transition"]["value"] == 1
-    assert rows["corr_first_transition_median"]["value"] == pytest.approx(np.median(r[1]))
-    assert rows["mi_kde_first"]["value"] == pytest.approx(stats["mi_kde"][1].mean())

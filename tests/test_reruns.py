@@ -52,6 +52,11 @@ def test_teleport_horizon_reruns_no_forward(smoke_run):
     assert rules_of(jobs) == {"teleport_gather", "fig4", "summary"}
 
 
+def test_summary_bootstrap_reruns_only_the_summaries(smoke_run):
+    jobs = dry_run_after(smoke_run, lambda c: c.setdefault("summary", {}).update(bootstrap=50))
+    assert rules_of(jobs) == {"fig1_summary", "summary"}
+
+
 def test_teleport_grid_reruns_only_teleport_and_what_follows(smoke_run):
     jobs = dry_run_after(smoke_run, lambda c: c["teleport"].update(grid_n=4))
     assert rules_of(jobs) == {"teleport_layer", "teleport_gather", "fig4", "summary"}
@@ -59,7 +64,7 @@ def test_teleport_grid_reruns_only_teleport_and_what_follows(smoke_run):
 
 def test_n_shuffles_reruns_only_unit_stats_shards_and_what_follows(smoke_run):
     jobs = dry_run_after(smoke_run, lambda c: c["unit_stats"].update(n_shuffles=21))
-    assert rules_of(jobs) == {"unit_stats_shard", "unit_stats_gather", "fig1", "fig2", "summary"}
+    assert rules_of(jobs) == {"unit_stats_shard", "unit_stats_gather", "fig1", "fig2", "fig1_summary", "summary"}
 
 
 def test_n_samples_reruns_everything_from_the_corpus_on(smoke_run):
@@ -67,7 +72,7 @@ def test_n_samples_reruns_everything_from_the_corpus_on(smoke_run):
     rules = rules_of(jobs)
     assert "model" not in rules
     assert {"corpus", "capture", "unit_stats_shard", "unit_stats_gather", "layer_stats", "pca", "cae",
-            "teleport_layer", "teleport_gather", "jacobian", "fig1", "fig2", "fig3", "fig4", "fig5", "summary"} <= rules
+            "teleport_layer", "teleport_gather", "jacobian", "fig1", "fig2", "fig3", "fig4", "fig5", "fig1_summary", "summary"} <= rules
 
 
 def test_second_run_adds_only_its_own_jobs(smoke_run):

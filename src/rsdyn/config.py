@@ -27,6 +27,7 @@ SECTIONS = (
     "tme",
     "jacobian",
     "figures",
+    "summary",
 )
 
 DEFAULT_SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"

@@ -1,5 +1,7 @@
-"""Corpus stage: WikiText-2 raw, length filter, seeded subsample, BOS tokenisation and
-the shuffled condition (positions 1..n permuted, BOS kept first).
+"""Corpus stage: WikiText-2 raw (the configured split, from a local file listed for that
+split or from the hub), length filter, seeded subsample, BOS tokenisation and the
+shuffled condition (positions 1..n permuted, BOS kept first; optionally the last token
+kept too).
 
 The output (one ``.npz``) holds the texts and the token ids of both conditions, so that
 every later rule reads exactly the same tokens.
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,18 +58,51 @@ def read_lines(path: str | Path) -> list[str]:
     return [line.rstrip("\n") for line in io.StringIO(text, newline=None) if line.strip()]
 
 
-def load_wikitext(candidates: Sequence[str], hf_dataset: str, hf_config: str, split: str) -> tuple[list[str], str]:
-    """Lines of WikiText from the first existing local candidate, else from the hub.
+def split_candidates(local_candidates: Mapping[str, Sequence[str]], split: str) -> list[str]:
+    """The local files that may hold ``split`` (``corpus.local_candidates[split]``), in order.
 
-    Returns ``(lines, source description)``.
+    A file listed under one split is never read for another.
     """
-    for candidate in candidates:
-        if Path(candidate).is_file():
-            return read_lines(candidate), str(candidate)
-    log.info("no local corpus among %s; loading %s/%s:%s from the hub", list(candidates), hf_dataset, hf_config, split)
-    import datasets
+    if not isinstance(local_candidates, Mapping):
+        raise CorpusError(
+            "corpus.local_candidates must map each split (train, validation, test) to its list of "
+            f"local files; got a {type(local_candidates).__name__}."
+        )
+    return [str(candidate) for candidate in local_candidates.get(split, ())]
 
-    rows = datasets.load_dataset(hf_dataset, hf_config, split=split)["text"]
+
+def local_corpus_file(local_candidates: Mapping[str, Sequence[str]], split: str) -> str | None:
+    """The first existing local file of ``split``, or None (then the corpus comes from the hub)."""
+    for candidate in split_candidates(local_candidates, split):
+        if Path(candidate).is_file():
+            return candidate
+    return None
+
+
+def load_wikitext(
+    local_candidates: Mapping[str, Sequence[str]], hf_dataset: str, hf_config: str, split: str
+) -> tuple[list[str], str]:
+    """Lines of the WikiText ``split``: from its first existing local file, else from the hub.
+
+    Returns ``(lines, source description)``. Raises :class:`CorpusError` when no local
+    file of the split exists and the hub dataset cannot be loaded.
+    """
+    local = local_corpus_file(local_candidates, split)
+    if local is not None:
+        return read_lines(local), f"{local} ({split} split)"
+    candidates = split_candidates(local_candidates, split)
+    log.info("no local file for split %r among %s; loading %s/%s:%s from the hub", split, candidates, hf_dataset, hf_config, split)
+    try:
+        import datasets
+
+        rows = datasets.load_dataset(hf_dataset, hf_config, split=split)["text"]
+    except Exception as err:  # no datasets package, no network, unknown dataset or split
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no message'}"
+        raise CorpusError(
+            f"corpus.split = {split!r} is neither in a local file (corpus.local_candidates.{split}: "
+            f"{candidates or 'none listed'}, none exists) nor loadable from the hub as "
+            f"{hf_dataset}/{hf_config}:{split} ({reason})."
+        ) from err
     lines = [text.rstrip("\n") for text in rows if text.strip()]
     return lines, f"{hf_dataset}/{hf_config}:{split}"
 
@@ -105,10 +140,20 @@ def tokenize(texts: Sequence[str], tokenizer) -> list[np.ndarray]:
     return [np.asarray([first, *ids], dtype=np.int64) for ids in encoded]
 
 
-def shuffle_positions(sequences: Sequence[np.ndarray], seed: int) -> list[np.ndarray]:
-    """Each sequence with positions 1..n randomly permuted (seeded), position 0 (BOS) kept."""
+def shuffle_positions(sequences: Sequence[np.ndarray], seed: int, keep_last: bool = False) -> list[np.ndarray]:
+    """Each sequence with its tokens after BOS randomly permuted (seeded), BOS kept first.
+
+    ``keep_last=False`` (the paper's control) permutes positions 1..n of ``[t_0..t_n]``;
+    ``keep_last=True`` permutes positions 1..n-1 and keeps the last token ``t_n`` in place,
+    so that the shuffled sequence ends with the same token as the original.
+    """
     rng = np.random.default_rng(seed)
-    return [np.concatenate([seq[:1], seq[1:][rng.permutation(len(seq) - 1)]]) for seq in sequences]
+    shuffled = []
+    for seq in sequences:
+        stop = max(1, len(seq) - 1) if keep_last else len(seq)
+        middle = seq[1:stop][rng.permutation(max(0, stop - 1))]
+        shuffled.append(np.concatenate([seq[:1], middle, seq[stop:]]))
+    return shuffled
 
 
 def pad(sequences: Sequence[np.ndarray], fill: int = PAD_ID) -> np.ndarray:
@@ -142,7 +187,7 @@ def build_corpus(settings: dict, tokenizer) -> Corpus:
         texts = [text.strip() for text in texts]
     log.info("%d lines in %s, %d pass the length filter, %d kept", len(lines), source, len(kept), len(texts))
     original = tokenize(texts, tokenizer)
-    shuffled = shuffle_positions(original, settings["seed"])
+    shuffled = shuffle_positions(original, settings["seed"], settings.get("shuffle_keep_last", False))
     return Corpus(
         texts=texts,
         original_ids=pad(original),

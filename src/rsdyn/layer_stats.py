@@ -1,10 +1,12 @@
 """Population statistics per sublayer and per transition (Fig. 1B, E, F).
 
-Per sublayer: mean |activation| over samples and units, mean and s.e.m. over samples
-of the L2 norm of the residual-stream vector, and the density (fraction of units whose
-mean activation over samples exceeds a threshold in absolute value).
+Per sublayer: mean |activation| over samples and units, mean, s.e.m. and s.d. over
+samples of the L2 norm of the residual-stream vector, the density (fraction of units whose
+mean activation over samples exceeds a threshold in absolute value), and the number of
+distinct states (distinct rows of the sublayer's (N, D) matrix: sublayer 0 is the
+embedding of the last token, so it has as many states as there are distinct last tokens).
 Per transition l -> l + 1: cosine similarity and velocity ||h_{l+1} - h_l||_2 of each
-sample's residual-stream vectors (mean and s.e.m. over samples), with the transition
+sample's residual-stream vectors (mean, s.e.m. and s.d. over samples), with the transition
 type: ``within`` (pre-attn -> pre-MLP of the same layer, the attention update) or
 ``cross`` (pre-MLP -> next layer's pre-attn, the MLP update).
 
@@ -27,8 +29,8 @@ from rsdyn.unit_stats import CONDITIONS, MIN_SAMPLES
 
 COLUMNS = [
     "condition", "kind", "index", "name", "layer", "site", "transition_type",
-    "mean_abs_activation", "norm_mean", "norm_sem", "density",
-    "cosine_mean", "cosine_sem", "velocity_mean", "velocity_sem",
+    "mean_abs_activation", "norm_mean", "norm_sem", "norm_sd", "density", "distinct_states",
+    "cosine_mean", "cosine_sem", "cosine_sd", "velocity_mean", "velocity_sem", "velocity_sd",
 ]
 
 
@@ -48,7 +50,12 @@ class LayerSums:
         self.squared_step = np.zeros((n_samples, n_sublayers - 1))
         self.mean_activation = np.zeros((n_sublayers, n_units))
 
+        # per sublayer, a label per sample: equal labels = equal states on the units seen so far
+        self.state_labels = np.zeros((n_sublayers, n_samples), dtype=np.int64)
+
     def add(self, block: np.ndarray, unit_start: int) -> None:
+        for sublayer in range(block.shape[1]):
+            self.state_labels[sublayer] = refine_labels(self.state_labels[sublayer], block[:, sublayer])
         self.abs_sum += np.abs(block).sum(axis=(0, 2))
         self.squared_norm += np.square(block).sum(axis=2)
         self.dot += (block[:, :-1] * block[:, 1:]).sum(axis=2)
@@ -56,9 +63,26 @@ class LayerSums:
         self.mean_activation[:, unit_start : unit_start + block.shape[2]] = block.mean(axis=0)
 
 
-def _mean_sem(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard error of the mean over samples (axis 0)."""
-    return values.mean(axis=0), values.std(axis=0, ddof=1) / np.sqrt(values.shape[0])
+def refine_labels(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Labels 0..k-1 of the distinct rows of ``[labels, values]``: (N,), (N, U) -> (N,).
+
+    Feeding a sublayer's unit blocks one after the other leaves equal labels exactly on
+    the samples whose states are equal on every unit (exact float equality).
+    """
+    rows = np.column_stack([labels.astype(np.float64), values])
+    return np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
+
+
+def distinct_states(acts: np.ndarray) -> np.ndarray:
+    """Number of distinct state vectors (rows) of each sublayer: (N, S, D) -> (S,) int."""
+    labels = np.zeros(acts.shape[0], dtype=np.int64)
+    return np.array([len(np.unique(refine_labels(labels, acts[:, s]))) for s in range(acts.shape[1])])
+
+
+def _mean_sem_sd(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, standard error of the mean and standard deviation (ddof 1) over samples (axis 0)."""
+    sd = values.std(axis=0, ddof=1)
+    return values.mean(axis=0), sd / np.sqrt(values.shape[0]), sd
 
 
 def rows_from_sums(sums: LayerSums, condition: str, names: list[str], density_threshold: float) -> list[dict]:
@@ -68,9 +92,9 @@ def rows_from_sums(sums: LayerSums, condition: str, names: list[str], density_th
     with np.errstate(invalid="ignore", divide="ignore"):
         cosine = sums.dot / (norm[:, :-1] * norm[:, 1:])
     velocity = np.sqrt(sums.squared_step)
-    norm_mean, norm_sem = _mean_sem(norm)
-    cosine_mean, cosine_sem = _mean_sem(cosine)
-    velocity_mean, velocity_sem = _mean_sem(velocity)
+    norm_mean, norm_sem, norm_sd = _mean_sem_sd(norm)
+    cosine_mean, cosine_sem, cosine_sd = _mean_sem_sd(cosine)
+    velocity_mean, velocity_sem, velocity_sd = _mean_sem_sd(velocity)
     density = (np.abs(sums.mean_activation) > density_threshold).mean(axis=1)
     rows = []
     for sublayer in range(n_sublayers):
@@ -78,16 +102,18 @@ def rows_from_sums(sums: LayerSums, condition: str, names: list[str], density_th
             "condition": condition, "kind": "sublayer", "index": sublayer, "name": names[sublayer],
             "layer": sublayer // 2, "site": names[sublayer].split(".")[-1],
             "mean_abs_activation": sums.abs_sum[sublayer] / (n_samples * sums.n_units),
-            "norm_mean": norm_mean[sublayer], "norm_sem": norm_sem[sublayer],
+            "norm_mean": norm_mean[sublayer], "norm_sem": norm_sem[sublayer], "norm_sd": norm_sd[sublayer],
             "density": density[sublayer],
+            "distinct_states": int(sums.state_labels[sublayer].max()) + 1,
         })
     for transition in range(n_sublayers - 1):
         rows.append({
             "condition": condition, "kind": "transition", "index": transition,
             "name": f"{names[transition]}->{names[transition + 1]}", "layer": transition // 2,
             "transition_type": transition_type(transition),
-            "cosine_mean": cosine_mean[transition], "cosine_sem": cosine_sem[transition],
+            "cosine_mean": cosine_mean[transition], "cosine_sem": cosine_sem[transition], "cosine_sd": cosine_sd[transition],
             "velocity_mean": velocity_mean[transition], "velocity_sem": velocity_sem[transition],
+            "velocity_sd": velocity_sd[transition],
         })
     return rows
 
@@ -152,149 +178,3 @@ def layer_stats(store_path: str | Path, density_threshold: float) -> pd.DataFram
             sums.add(block, start)
         rows += rows_from_sums(sums, condition, names, density_threshold)
     return pd.DataFrame(rows, columns=COLUMNS)
-
-
-# --------------------------------------------------------------------------- summary
-
-
-def _row(value, paper, definition: str) -> dict:
-    value = None if value is None or (isinstance(value, float) and not np.isfinite(value)) else value
-    return {"value": value, "paper": paper, "definition": definition}
-
-
-def _by_type(values: np.ndarray, kind: str) -> np.ndarray:
-    start = 0 if kind == "within" else 1
-    return values[start::2]
-
-
-def _paired_within_cross(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per layer l: (value of 2l -> 2l+1, value of 2l+1 -> 2l+2), for layers with both."""
-    within, cross = values[0::2], values[1::2]
-    n = min(len(within), len(cross))
-    return within[:n], cross[:n]
-
-
-def _within_cross_rows(
-    name: str,
-    within_mean: float,
-    cross_mean: float,
-    within_per_layer: np.ndarray,
-    cross_per_layer: np.ndarray,
-    depth_spearman: float,
-    depth_paper: str,
-    definitions: tuple[str, str, str, str],
-) -> dict[str, dict]:
-    """The four rows ``{name}_within_mean``, ``_cross_mean``, ``_within_gt_cross_fraction`` and
-    ``_depth_spearman`` of one quantity (r or cosine) with their definitions."""
-    within_def, cross_def, fraction_def, spearman_def = definitions
-    return {
-        f"{name}_within_mean": _row(within_mean, "within > cross", within_def),
-        f"{name}_cross_mean": _row(cross_mean, "within > cross", cross_def),
-        f"{name}_within_gt_cross_fraction": _row(float(np.mean(within_per_layer > cross_per_layer)), 1.0, fraction_def),
-        f"{name}_depth_spearman": _row(depth_spearman, depth_paper, spearman_def),
-    }
-
-
-def _thirds(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    third = max(1, len(values) // 3)
-    return values[:third], values[-third:]
-
-
-def _per_row_of_finite(values: np.ndarray, statistic) -> np.ndarray:
-    """``statistic`` of each row's finite entries: (T, U) -> (T,), NaN for a row with none."""
-    return np.array([statistic(row[np.isfinite(row)]) if np.isfinite(row).any() else np.nan for row in values])
-
-
-def first_defined_transition(values: np.ndarray) -> int:
-    """Index of the first transition (row) at which at least half of the units are finite.
-
-    A transition is undefined for a unit whose source sublayer is constant across
-    samples, e.g. sublayer 0 when every sample ends with the same token.
-    """
-    defined = np.isfinite(values).mean(axis=1) >= 0.5
-    return int(np.argmax(defined)) if defined.any() else 0
-
-
-def _condition_rows(stats: Mapping, suffix: str) -> dict[str, dict]:
-    """Rows computed the same way for either condition (``suffix`` '' or '_shuffled')."""
-    which = "token-shuffled" if suffix else "original"
-    r = stats["corr_consecutive"]
-    first = first_defined_transition(r)
-    median_r = _per_row_of_finite(r, np.median)
-    rows = {
-        f"first_defined_transition{suffix}": _row(
-            first, 0, f"first transition where r is defined for at least half of the units ({which} text); "
-            "0 unless sublayer 0 is constant across samples (every sample ends with the same token)"),
-        f"corr_first_transition_median{suffix}": _row(
-            float(median_r[first]), "> 0.8",
-            f"median over units of Pearson r (across samples) at the first defined transition ({which} text)"),
-        f"corr_first_transition_fraction_above_0.8{suffix}": _row(
-            float(np.mean(r[first] > 0.8)), "most units", f"fraction of units with r > 0.8 at that transition ({which} text)"),
-        f"corr_last_transition_median{suffix}": _row(
-            float(median_r[-1]), "higher than early", f"median over units of r between the last two sublayers ({which} text)"),
-    }
-    for estimator, label in (("mi_kde", "Gaussian KDE, the paper's estimator"), ("mi_ksg", "KSG"), ("mi_gaussian", "-0.5 ln(1 - r^2)")):
-        values = stats[estimator]
-        mean_mi = _per_row_of_finite(values, np.mean)
-        after = np.where(np.arange(len(mean_mi)) >= first, np.nan_to_num(mean_mi, nan=np.inf), np.inf)
-        rows[f"{estimator}_first{suffix}"] = _row(
-            float(mean_mi[first]), "high, then a sharp drop" if estimator == "mi_kde" else None,
-            f"mean over units of the MI ({label}, nats) at the first defined transition ({which} text)")
-        rows[f"{estimator}_min{suffix}"] = _row(
-            float(np.min(after)), None,
-            f"minimum over transitions (from the first defined one) of the mean over units of the MI ({label}, nats; {which} text)")
-        rows[f"{estimator}_argmin_transition{suffix}"] = _row(
-            int(np.argmin(after)), "one of the first few", f"transition index of that minimum ({label}; {which} text)")
-    return rows
-
-
-def summary_fig12(unit_stats: Mapping, layer_table: pd.DataFrame) -> dict[str, dict]:
-    """The Fig. 1-2 rows of the headline table: {name: {value, paper, definition}}.
-
-    ``unit_stats`` is ``read_group(unit_stats.zarr)``; ``layer_table`` the
-    ``layer_stats.csv`` table. Values are for the original condition unless the name
-    ends in ``_shuffled`` (the token-shuffled control).
-    """
-    from scipy.stats import spearmanr
-
-    original, shuffled = unit_stats["original"], unit_stats["shuffled"]
-    r = original["corr_consecutive"]
-    first = first_defined_transition(r)
-    median_r = _per_row_of_finite(r, np.median)
-    mean_r = _per_row_of_finite(r, np.mean)
-    within_r, cross_r = _paired_within_cross(mean_r)
-    defined_layers = np.isfinite(within_r) & np.isfinite(cross_r)
-    transitions = layer_table[(layer_table["kind"] == "transition") & (layer_table["condition"] == "original")].sort_values("index")
-    cosine = transitions["cosine_mean"].to_numpy()
-    velocity = transitions["velocity_mean"].to_numpy()
-    within_cos, cross_cos = _paired_within_cross(cosine)
-    early_v, late_v = _thirds(velocity)
-    depth = np.arange(len(median_r))
-    rows: dict[str, dict] = {}
-    rows.update(_condition_rows(original, ""))
-    rows.update(_condition_rows(shuffled, "_shuffled"))
-    rows.update(_within_cross_rows(
-        "corr", float(np.nanmean(_by_type(r, "within"))), float(np.nanmean(_by_type(r, "cross"))),
-        within_r[defined_layers], cross_r[defined_layers],
-        float(spearmanr(depth[first:], median_r[first:], nan_policy="omit")[0]), "> 0 (r increases with depth)",
-        ("mean over units and layers of r for within-layer transitions (pre-attn -> pre-MLP)",
-         "mean over units and layers of r for cross-layer transitions (pre-MLP -> next pre-attn)",
-         "fraction of layers l (with both transitions defined) whose mean r over units is higher for 2l -> 2l+1 than for 2l+1 -> 2l+2",
-         "Spearman correlation between transition index and median r over units, from the first defined transition"),
-    ))
-    rows.update(_within_cross_rows(
-        "cosine", float(np.mean(_by_type(cosine, "within"))), float(np.mean(_by_type(cosine, "cross"))),
-        within_cos, cross_cos,
-        float(spearmanr(np.arange(len(cosine)), cosine)[0]), "> 0 (increases with depth)",
-        ("mean over within-layer transitions of the mean (over samples) cosine similarity of consecutive RS vectors",
-         "the same for cross-layer transitions",
-         "fraction of layers whose within-layer cosine exceeds their cross-layer cosine",
-         "Spearman correlation between transition index and mean cosine similarity"),
-    ))
-    rows["velocity_late_early_ratio"] = _row(
-        float(late_v.mean() / early_v.mean()), "> 1 (steepest rise in the last third)",
-        "mean velocity ||h_{l+1} - h_l|| over the last third of transitions / over the first third")
-    rows["velocity_cross_within_ratio"] = _row(
-        float(np.mean(_by_type(velocity, "cross")) / np.mean(_by_type(velocity, "within"))), "> 1 (cross faster)",
-        "mean velocity of cross-layer transitions / mean velocity of within-layer transitions")
-    return rows

@@ -6,6 +6,10 @@
   ``log((p(x, y) + eps) / (p(x) p(y) + eps))``. On CPU the kernel sums run in float32
   in fused numba kernels (each sample pair once) when numba is installed, else in
   blocked torch ops; float64 and CUDA use torch.
+- ``mi_kde_literal``: the paper's written formula taken literally,
+  ``sum_i p(x_i, y_i) log(p(x_i, y_i) / (p(x_i) p(y_i)))`` over the N sample points with
+  the same KDE densities and eps (a reference: not normalised, so it carries density
+  units and falls as the activations' spread grows).
 - ``mi_ksg``: Kraskov-Stoegbauer-Grassberger estimator 1 (max-norm, k neighbours) on
   x and y scaled to unit variance, not clipped at 0.
 - ``mi_gaussian``: ``-0.5 ln(1 - r^2)``, the MI of a bivariate Gaussian with that r.
@@ -342,6 +346,10 @@ def _mi_from_densities(p_xy: np.ndarray, p_x: np.ndarray, p_y: np.ndarray, eps: 
     return np.mean(np.log((p_xy + eps) / (p_x * p_y + eps)), axis=-1)
 
 
+def _literal_sum_from_densities(p_xy: np.ndarray, p_x: np.ndarray, p_y: np.ndarray, eps: float) -> np.ndarray:
+    return np.sum(p_xy * np.log((p_xy + eps) / (p_x * p_y + eps)), axis=-1)
+
+
 def mi_kde_pairs(
     x: np.ndarray,
     y: np.ndarray,
@@ -367,6 +375,14 @@ def mi_kde(
     The marginal density of sublayer l is computed once and shared by the two
     transitions that touch it.
     """
+    joint, marginal = _consecutive_densities(acts, eps, device, precision)
+    return _mi_from_densities(joint, marginal[:-1], marginal[1:], eps)
+
+
+def _consecutive_densities(
+    acts: np.ndarray, eps: float, device: str | torch.device, precision: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """KDE densities at the samples: joint of (l, l + 1) ``(S - 1, U, N)`` and marginal ``(S, U, N)``."""
     n_samples, n_sublayers, n_units = acts.shape
     rows = np.ascontiguousarray(acts.transpose(1, 2, 0))  # (S, U, N)
     marginal = kde_marginal_density(rows.reshape(-1, n_samples), device, precision)
@@ -374,7 +390,43 @@ def mi_kde(
     joint = kde_joint_density(
         rows[:-1].reshape(-1, n_samples), rows[1:].reshape(-1, n_samples), device, precision
     ).reshape(n_sublayers - 1, n_units, n_samples)
-    return _mi_from_densities(joint, marginal[:-1], marginal[1:], eps)
+    return joint, marginal
+
+
+def mi_kde_literal_pairs(
+    x: np.ndarray,
+    y: np.ndarray,
+    eps: float = 1e-10,
+    device: str | torch.device = "cpu",
+    precision: str = "auto",
+) -> np.ndarray:
+    """The paper's written sum for each row pair; x, y (R, N) -> (R,).
+
+    ``sum_i p(x_i, y_i) log((p(x_i, y_i) + eps) / (p(x_i) p(y_i) + eps))`` over the N
+    sample points, with the same Gaussian KDE densities as :func:`mi_kde_pairs`. It is
+    not normalised (no 1/N, no area element): the densities carry units
+    1 / (units of x * units of y), so the value scales with N and with 1 / (sd_x sd_y).
+    """
+    p_x = kde_marginal_density(x, device, precision)
+    p_y = kde_marginal_density(y, device, precision)
+    p_xy = kde_joint_density(x, y, device, precision)
+    return _literal_sum_from_densities(p_xy, p_x, p_y, eps)
+
+
+def mi_kde_estimates(
+    acts: np.ndarray,
+    eps: float = 1e-10,
+    device: str | torch.device = "cpu",
+    precision: str = "auto",
+) -> dict[str, np.ndarray]:
+    """``mi_kde`` (resubstitution mean, nats) and ``mi_kde_literal`` (the paper's written
+    sum, see :func:`mi_kde_literal_pairs`) between consecutive sublayers from one set of
+    KDE densities: (N, S, U) -> two (S - 1, U) arrays."""
+    joint, marginal = _consecutive_densities(acts, eps, device, precision)
+    return {
+        "mi_kde": _mi_from_densities(joint, marginal[:-1], marginal[1:], eps),
+        "mi_kde_literal": _literal_sum_from_densities(joint, marginal[:-1], marginal[1:], eps),
+    }
 
 
 # --------------------------------------------------------------------------- KSG MI

@@ -1,8 +1,13 @@
-"""summary.json: the headline numbers of a run beside the paper's, and their table.
+"""summary.json: the headline numbers of a run beside the paper's, and their tables.
 
-Each stage module contributes rows ``{name: {value, paper, definition}}``
-(``layer_stats.summary_fig12``, ``cae.summary_fig3``, ``pca.summary_fig4_pca``,
-``teleport.summary_teleport``); this module gathers them and renders them.
+Each stage module contributes rows ``{name: {value, paper, definition}}``; a row that
+compares two things adds ``interval``, ``level``, ``expected``, ``resampled`` and
+``verdict`` (``rsdyn.verdicts``). ``summary_fig1.summary_fig1`` (Fig. 1, bootstrap over
+sequences from ``activations.zarr``, its own rule and ``summary_fig1.json``),
+``rotation_summary.summary_rotations`` (Fig. 2),
+``cae.summary_fig3``, ``pca.summary_fig4_pca`` and ``teleport.summary_teleport``; this
+module gathers them and renders them (JSON, TSV, Markdown). ``rsdyn.readme`` writes the
+Markdown tables into README.md.
 """
 
 from __future__ import annotations
@@ -13,50 +18,81 @@ from pathlib import Path
 from typing import Any
 
 from rsdyn.store import atomic_file, open_group, read_group
+from rsdyn.verdicts import DEFAULT_LEVEL, DEFAULT_RESAMPLES
+
+DEFAULT_SETTINGS = {"bootstrap": DEFAULT_RESAMPLES, "seed": 0}
+
+
+def fig1_rows(
+    activations_path: str | Path,
+    unit_stats_path: str | Path,
+    layer_stats_path: str | Path,
+    bootstrap: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    density_threshold: float = 0.1,
+) -> dict[str, dict[str, Any]]:
+    """The Fig. 1 rows; their intervals resample the sequences of ``activations_path``
+    ``bootstrap`` times (seeded with ``seed``); ``density_threshold`` is
+    ``layer_stats.density_threshold``."""
+    import pandas as pd
+
+    from rsdyn.resample import resample_store
+    from rsdyn.summary_fig1 import summary_fig1
+    from rsdyn.verdicts import bootstrap_indices
+
+    n_samples = int(open_group(activations_path)["original"].shape[0])
+    resampled = resample_store(activations_path, bootstrap_indices(n_samples, bootstrap, seed), density_threshold)
+    return summary_fig1(read_group(unit_stats_path), pd.read_csv(layer_stats_path), resampled, bootstrap, seed)
 
 
 def collect_rows(
+    fig1_summary_path: str | Path,
     unit_stats_path: str | Path,
-    layer_stats_path: str | Path,
     pca_path: str | Path,
     cae_embedding_path: str | Path,
     teleport_path: str | Path,
     population_path: str | Path | None = None,
     jacobian_path: str | Path | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Every headline row of a run, in the order of the paper's figures (then Fig. 5's,
-    when ``jacobian_path`` is given)."""
-    import pandas as pd
-
+    when ``jacobian_path`` is given); the Fig. 1 rows come from ``summary_fig1.json``
+    (:func:`fig1_rows`, written by the fig1_summary rule). ``settings`` is the run's
+    ``summary`` section: bootstrap resamples and seed of every interval."""
     from rsdyn.cae import summary_fig3
-    from rsdyn.layer_stats import summary_fig12
     from rsdyn.pca import summary_fig4_pca
     from rsdyn.rotation_summary import summary_rotations
     from rsdyn.teleport import read_teleport, summary_teleport
 
-    rows: dict[str, dict[str, Any]] = {}
-    rows.update(summary_fig12(read_group(unit_stats_path), pd.read_csv(layer_stats_path)))
-    rows.update(summary_rotations(read_group(unit_stats_path), read_group(population_path) if population_path else None))
+    rows: dict[str, dict[str, Any]] = dict(json.loads(Path(fig1_summary_path).read_text())["rows"])
+    settings = {**DEFAULT_SETTINGS, **(settings or {})}
+    resampling = {"n_resamples": int(settings["bootstrap"]), "seed": int(settings["seed"])}
+    population = read_group(population_path) if population_path else None
+    rows.update(summary_rotations(read_group(unit_stats_path), population, **resampling))
     rows.update(summary_fig3(read_group(cae_embedding_path)))
     threshold = float(open_group(pca_path).attrs.get("variance_threshold", 0.9))
-    rows.update(summary_fig4_pca(read_group(pca_path), threshold=threshold))
-    rows.update(summary_teleport(read_teleport(teleport_path)))
+    rows.update(summary_fig4_pca(read_group(pca_path), threshold=threshold, **resampling))
+    rows.update(summary_teleport(read_teleport(teleport_path), **resampling))
     if jacobian_path is not None:
         from rsdyn.jacobian import read_jacobian, summary_jacobian
 
-        rows.update(summary_jacobian(*read_jacobian(jacobian_path)))
+        rows.update(summary_jacobian(*read_jacobian(jacobian_path), **resampling))
     return rows
 
 
-def build_summary(run: str, activations_path: str | Path, rows: Mapping[str, dict]) -> dict[str, Any]:
-    """The summary document: run, model and data provenance, and the rows."""
+def build_summary(
+    run: str, activations_path: str | Path, rows: Mapping[str, dict], settings: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The summary document: run, model and data provenance, the bootstrap settings, and the rows."""
     attrs = dict(open_group(activations_path).attrs)
+    settings = {**DEFAULT_SETTINGS, **(settings or {})}
     return {
         "run": run,
         "model": {key: attrs.get(key) for key in ("model_name", "model_id", "model_revision", "family", "n_layers", "d_model", "dtype")},
         "n_samples": attrs.get("n_samples"),
         "corpus": attrs.get("corpus_source"),
         "paper": "Fernando & Guitchounts 2025, arXiv 2502.12131 (Llama 3.1 8B, N = 1000)",
+        "bootstrap": {"resamples": int(settings["bootstrap"]), "seed": int(settings["seed"]), "level": DEFAULT_LEVEL},
         "rows": dict(rows),
     }
 
@@ -75,8 +111,10 @@ def _plain(value: Any) -> Any:
 
 
 def format_value(value: Any) -> str:
-    """A compact human rendering of a row value (numbers to 3 significant digits)."""
-    if isinstance(value, bool) or value is None:
+    """A compact human rendering of a row value (numbers to 3 significant digits, None as a dash)."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
         return str(value)
     if isinstance(value, float):
         return f"{value:.3g}"
@@ -87,28 +125,62 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def markdown_table(summary: Mapping[str, Any], with_definitions: bool = False) -> str:
-    """The rows as a Markdown table: quantity | paper | ours (| definition)."""
-    header = "| quantity | paper (Llama 3.1 8B) | ours |" + (" definition |" if with_definitions else "")
-    rule = "|---|---|---|" + ("---|" if with_definitions else "")
+def format_interval(row: Mapping[str, Any]) -> str:
+    """``[low, high]`` of a comparing row (3 significant digits), else an empty string."""
+    interval = row.get("interval")
+    if not interval:
+        return ""
+    return "[" + ", ".join(format_value(v) for v in interval) + "]"
+
+
+def format_verdict(row: Mapping[str, Any]) -> str:
+    """The verdict with the direction it was judged against, e.g. ``reproduced (> 0)``, and
+    the row's caveat if it has one (``reproduced (> 0.8); rests on 20 distinct states``)."""
+    parts = []
+    if row.get("verdict"):
+        parts.append(f"{row['verdict']} ({row['expected']})" if row.get("expected") else str(row["verdict"]))
+    if row.get("caveat"):
+        parts.append(str(row["caveat"]))
+    return "; ".join(parts)
+
+
+def markdown_table(summary: Mapping[str, Any], with_definitions: bool = False, names=None) -> str:
+    """The rows (all, or ``names``) as a Markdown table:
+    quantity | paper | ours | 95 % interval | verdict (| definition; resampled)."""
+    header = "| quantity | paper (Llama 3.1 8B) | ours | 95 % interval | verdict |" + (" definition |" if with_definitions else "")
+    rule = "|---|---|---|---|---|" + ("---|" if with_definitions else "")
     lines = [header, rule]
     for name, row in summary["rows"].items():
-        cells = [f"`{name}`", format_value(row.get("paper")), format_value(row.get("value"))]
+        if names is not None and name not in names:
+            continue
+        cells = [f"`{name}`", format_value(row.get("paper")), format_value(row.get("value")),
+                 format_interval(row), format_verdict(row)]
         if with_definitions:
-            cells.append(str(row.get("definition", "")).replace("|", "/"))
-        lines.append("| " + " | ".join(cells) + " |")
+            definition = str(row.get("definition", ""))
+            if row.get("resampled"):
+                definition += f" (interval: {row['resampled']})"
+            cells.append(definition)
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+TABLE_COLUMNS = ["quantity", "paper (Llama 3.1 8B)", "ours", "interval_low", "interval_high", "verdict", "expected", "caveat",
+                 "resampled", "definition"]
+
+
 def write_table(summary: Mapping[str, Any], path: str | Path) -> None:
-    """The rows as a tab-separated table (quantity, paper, ours, definition), atomically."""
+    """The rows as a tab-separated table (``TABLE_COLUMNS``), atomically."""
     import csv
 
     with atomic_file(path) as temp, open(temp, "w", newline="") as handle:
-        writer = csv.writer(handle, delimiter="\t")
-        writer.writerow(["quantity", "paper (Llama 3.1 8B)", "ours", "definition"])
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(TABLE_COLUMNS)
         for name, row in summary["rows"].items():
-            writer.writerow([name, format_value(row.get("paper")), format_value(row.get("value")), row.get("definition", "")])
+            low, high = row.get("interval") or ("", "")
+            writer.writerow([name, format_value(row.get("paper")), format_value(row.get("value")),
+                             "" if low in ("", None) else format_value(low), "" if high in ("", None) else format_value(high),
+                             row.get("verdict", ""), row.get("expected", ""), row.get("caveat", ""), row.get("resampled", ""),
+                             row.get("definition", "")])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,7 +20,7 @@ import torch
 from rsdyn.correlations import corr_consecutive, corr_pairs_hist
 from rsdyn.errors import UnitStatsInputError
 from rsdyn.jobs import progress
-from rsdyn.mi import mi_gaussian, mi_kde, mi_ksg, torch_threads
+from rsdyn.mi import mi_gaussian, mi_kde_estimates, mi_ksg, torch_threads
 from rsdyn.rotations import fdr_arrays, rotations
 from rsdyn.store import open_group
 
@@ -150,7 +150,7 @@ def unit_block_stats(acts: np.ndarray, settings: Mapping[str, Any], timings: dic
         "std_activation": acts.std(axis=0, ddof=1),
         "corr_consecutive": r,
         "corr_pairs_hist": timed("corr_pairs_hist", corr_pairs_hist, acts, settings["corr_bins"]),
-        "mi_kde": timed("mi_kde", mi_kde, acts, settings["mi_eps"], device, settings["kde_precision"]),
+        **timed("mi_kde", mi_kde_estimates, acts, settings["mi_eps"], device, settings["kde_precision"]),
         "mi_ksg": timed("mi_ksg", mi_ksg, acts, settings["ksg_k"], device),
         "mi_gaussian": mi_gaussian(r),
     }

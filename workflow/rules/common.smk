@@ -89,12 +89,15 @@ def run_file(name):
 
 
 def corpus_inputs(wildcards):
-    """The model (for its tokenizer) and the first local corpus file that exists."""
+    """The model (for its tokenizer) and the first existing local file of the run's
+    corpus.split (none: the corpus rule loads the split from the hub)."""
+    from rsdyn.corpus import local_corpus_file
+
     inputs = {"model": model_dir(wildcards)}
-    for candidate in RUNS[wildcards.run]["corpus"]["local_candidates"]:
-        if Path(candidate).is_file():
-            inputs["text"] = candidate
-            break
+    corpus = RUNS[wildcards.run]["corpus"]
+    local = local_corpus_file(corpus["local_candidates"], corpus["split"])
+    if local is not None:
+        inputs["text"] = local
     return inputs
 
 
