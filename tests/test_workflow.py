@@ -27,7 +27,7 @@ def test_smoke_run_writes_the_activation_store(smoke_run):
     assert (ids[:, 0] == shuffled[:, 0]).all()
     for row, other in zip(ids, shuffled):
         assert sorted(row[row >= 0]) == sorted(other[other >= 0])
-    assert (smoke_run / "results/smoke/logs/capture.log").read_text().count("capture original") > 0
+    assert (smoke_run / "results/smoke/logs/capture_activations_shard_0.log").read_text().count("capture original") > 0
 
 
 @pytest.mark.parametrize(
@@ -57,3 +57,27 @@ def test_report_holds_the_four_figures_and_the_summary(smoke_run):
     names = zipfile.ZipFile(smoke_run / "results/report.zip").namelist()
     for expected in ("fig1.png", "fig2.png", "fig3.png", "fig4.png", "summary.tsv", "run_config.yaml"):
         assert any(name.endswith(expected) for name in names), expected
+
+
+def test_three_capture_shards_give_the_same_store_and_summary(smoke_run, tmp_path):
+    """capture.shards: 3 plans three capture_shard jobs and one assembly; the store is the
+    same bit for bit as the one-shard smoke run's, and so is everything computed from it."""
+    from test_slurm import _without_timings
+
+    work = copy_workflow(tmp_path)
+    config = yaml.safe_load((work / "config/smoke.yaml").read_text())
+    config["capture"]["shards"] = 3
+    (work / "config/shards.yaml").write_text(yaml.safe_dump(config))
+    run_snakemake(work, "--cores", "2", "--configfile", "config/shards.yaml")
+    shards = sorted(p.name for p in (work / "results/smoke/capture").iterdir())
+    assert shards == ["activations_shard_0.zarr", "activations_shard_1.zarr", "activations_shard_2.zarr"]
+
+    def files(store):
+        return {p.relative_to(store).as_posix(): p.read_bytes() for p in sorted(store.rglob("*"))
+                if p.is_file() and p.name != ".snakemake_timestamp"}
+
+    assert files(work / "results/smoke/activations.zarr") == files(smoke_run / "results/smoke/activations.zarr")
+    import json
+
+    summary = [_without_timings(json.loads((root / "results/smoke/summary.json").read_text())) for root in (work, smoke_run)]
+    assert summary[0] == summary[1]
