@@ -127,6 +127,7 @@ def resolve_runs(config: dict, schema: dict | None = None) -> dict[str, dict]:
                     str(err).replace("Invalid config: ", f"Invalid config: runs[{index}] ({run['name']}) {section}.")
                 ) from None
             settings[section] = merged
+        _resolve_cae_corpus(settings, schema, f"runs[{index}] ({run['name']})")
         _check_model(settings["model"], f"runs[{index}].model")
         n_layers = known_n_layers(settings["model"], config.get("resources_dir", "resources"))
         if n_layers is not None:
@@ -135,6 +136,32 @@ def resolve_runs(config: dict, schema: dict | None = None) -> dict[str, dict]:
             )
         runs[run["name"]] = canonical(settings)
     return runs
+
+
+def _resolve_cae_corpus(settings: dict, schema: dict, where: str) -> None:
+    """Replace ``cae.corpus`` by the CAE's complete corpus settings (None: the run's own
+    corpus and store), validated like ``corpus``, and check both captures' shard counts
+    against their sample counts where those are fixed by the config."""
+    from rsdyn.cae import cae_corpus_settings
+    from rsdyn.capture import CaptureError, check_shards
+
+    cae = settings["cae"]
+    cae["corpus"] = cae_corpus_settings(settings["corpus"], cae.get("corpus"))
+    if cae["corpus"] is not None:
+        try:
+            _validate(cae["corpus"], schema["definitions"]["corpus"], schema)
+        except ConfigError as err:
+            raise ConfigError(str(err).replace("Invalid config: ", f"Invalid config: {where} cae.corpus.")) from None
+    captures = [("capture.shards", settings["corpus"]["n_samples"], settings["capture"]["shards"])]
+    if cae["corpus"] is not None:
+        shards = cae.get("capture_shards") or settings["capture"]["shards"]
+        captures.append(("cae.capture_shards", cae["corpus"]["n_samples"], shards))
+    for key, n_samples, shards in captures:
+        if n_samples is not None:
+            try:
+                check_shards(n_samples, shards, settings["capture"]["sample_chunk"], key)
+            except CaptureError as err:
+                raise ConfigError(f"Invalid config: {where}: {err}") from None
 
 
 def canonical(value: Any) -> Any:
