@@ -324,3 +324,21 @@ def test_training_accepts_sources_and_tensors_alike(tmp_path):
     result = train_cae(build_model(12, 3, 0), source, torch.from_numpy(states[:4].reshape(-1, 12)), max_epochs=2, batch_size=8, progress=False)
     assert len(result.history) == 2 and np.isfinite(result.best_val_loss)
     json.dumps(result.history)
+
+
+def test_workflow_helpers_pick_the_cae_store_corpus_file_and_shards(tmp_path):
+    from rsdyn.cae import cae_job_settings, cae_store_name, local_corpus_candidate
+    from rsdyn.capture import dataset_conditions, dataset_shards
+
+    run = {"capture": {"shards": 2}, "cae": {"corpus": None, "capture_shards": None, "condition": "original", "seed": 3}}
+    assert cae_store_name(run) == "activations.zarr" and cae_job_settings(run) == {"condition": "original", "seed": 3}
+    assert dataset_shards(run, "activations") == 2 and dataset_shards(run, "cae_activations") == 2
+    own = {"capture": {"shards": 2}, "cae": {"corpus": {"split": "train"}, "capture_shards": 16, "condition": "shuffled"}}
+    assert cae_store_name(own) == "cae_activations.zarr" and dataset_shards(own, "cae_activations") == 16
+    assert dataset_conditions(own, "cae_activations") == ["shuffled"] and dataset_conditions(own, "activations") == ["original", "shuffled"]
+    present = tmp_path / "wiki.train.raw"
+    present.write_text("x\n")
+    per_split = {"split": "train", "local_candidates": {"train": [str(tmp_path / "missing"), str(present)], "test": [str(present)]}}
+    assert local_corpus_candidate(per_split) == str(present)
+    assert local_corpus_candidate(dict(per_split, split="validation")) is None
+    assert local_corpus_candidate({"split": "test", "local_candidates": [str(present)]}) == str(present)

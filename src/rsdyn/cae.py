@@ -225,6 +225,26 @@ def cae_corpus_settings(run_corpus: Mapping[str, Any], override: Mapping[str, An
     return merged
 
 
+def cae_store_name(run_settings: Mapping[str, Any]) -> str:
+    """The store the CAE trains on: ``cae_activations.zarr`` (its own corpus) when
+    ``cae.corpus`` is set, else the run's ``activations.zarr``."""
+    return "cae_activations.zarr" if run_settings["cae"].get("corpus") is not None else "activations.zarr"
+
+
+def cae_job_settings(run_settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The cae settings the training uses; its corpus reaches it through the store."""
+    return {key: value for key, value in run_settings["cae"].items() if key not in ("corpus", "capture_shards")}
+
+
+def local_corpus_candidate(corpus_settings: Mapping[str, Any]) -> str | None:
+    """The first existing local file of the corpus settings' split (``local_candidates``
+    as a list, or per split), or None (the corpus is then loaded from the hub)."""
+    candidates = corpus_settings.get("local_candidates", [])
+    if isinstance(candidates, Mapping):
+        candidates = candidates.get(corpus_settings.get("split"), [])
+    return next((str(c) for c in candidates if Path(c).is_file()), None)
+
+
 def resolve_device(device: str) -> torch.device:
     """The torch device of ``cae.device`` (``auto`` -> CUDA when visible)."""
     return torch.device(resolve_model_device(device, "cae.device"))

@@ -452,3 +452,35 @@ def assemble_store(shard_paths: Sequence[str | Path], corpus_path: str, out_path
                     link_chunks(group[condition], target, (offset, 0, 0))
             _write_ids(out, corpus, conditions)
             out.attrs.update(_contract_attrs(base, corpus, settings, model_settings, corpus_settings))
+
+
+# --------------------------------------------------------------------------- workflow helpers
+
+#: the datasets a run captures: its own corpus, and the CAE's when cae.corpus is set
+DATASETS = {"activations": "corpus.npz", "cae_activations": "cae_corpus.npz"}
+
+
+def dataset_corpus_settings(run_settings: Mapping, dataset: str) -> dict:
+    """The corpus settings of a dataset of a run (``activations`` or ``cae_activations``)."""
+    return run_settings["corpus"] if dataset == "activations" else run_settings["cae"]["corpus"]
+
+
+def dataset_shards(run_settings: Mapping, dataset: str) -> int:
+    """Capture shard jobs of a dataset: ``capture.shards``, or for the CAE's own corpus
+    ``cae.capture_shards`` when set."""
+    if dataset == "cae_activations":
+        return int(run_settings["cae"].get("capture_shards") or run_settings["capture"]["shards"])
+    return int(run_settings["capture"]["shards"])
+
+
+def dataset_conditions(run_settings: Mapping, dataset: str) -> list[str]:
+    """Conditions a dataset records: both for activations.zarr (the data contract), only
+    the one the CAE trains on for the CAE's own corpus."""
+    if dataset == "cae_activations":
+        return [run_settings["cae"].get("condition", "original")]
+    return list(CONDITIONS)
+
+
+def shard_job_settings(run_settings: Mapping, dataset: str) -> dict:
+    """The capture settings of a dataset's shard jobs (with that dataset's shard count)."""
+    return {**run_settings["capture"], "shards": dataset_shards(run_settings, dataset)}

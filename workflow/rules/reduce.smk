@@ -1,5 +1,8 @@
 # Dimensionality reduction of the pooled sublayer states: PCA (Fig. 4 A-C, and the basis
-# of the teleport grid) and the compressing autoencoder (Fig. 3).
+# of the teleport grid) and the compressing autoencoder (Fig. 3), which trains on the
+# run's activations.zarr or, when cae.corpus is set, on the capture of its own corpus
+# (cae_corpus.npz -> cae_activations.zarr, see capture.smk).
+from rsdyn.cae import cae_job_settings, cae_store_name, local_corpus_candidate
 
 
 rule pca:
@@ -20,35 +23,14 @@ rule pca:
         "../scripts/pca.py"
 
 
-def cae_corpus_inputs(wildcards):
-    """The model (for its tokenizer) and the first existing local file of the CAE corpus's
-    split, if any (none: the corpus script loads it from the hub)."""
-    corpus = RUNS[wildcards.run]["cae"]["corpus"]
-    candidates = corpus["local_candidates"]
-    if isinstance(candidates, dict):
-        candidates = candidates.get(corpus["split"], [])
-    inputs = {"model": model_dir(wildcards)}
-    for candidate in candidates:
-        if Path(candidate).is_file():
-            inputs["text"] = candidate
-            break
-    return inputs
-
-
-def cae_store(wildcards):
-    """The store the CAE trains on: its own corpus's capture when cae.corpus is set."""
-    own = RUNS[wildcards.run]["cae"]["corpus"] is not None
-    return f"{RESULTS}/{wildcards.run}/{'cae_activations' if own else 'activations'}.zarr"
-
-
-def cae_job_settings(wildcards):
-    """The cae settings the training uses (its corpus reaches it through the store)."""
-    return {key: value for key, value in RUNS[wildcards.run]["cae"].items() if key not in ("corpus", "capture_shards")}
-
-
 rule cae_corpus:
     input:
-        unpack(cae_corpus_inputs),
+        unpack(
+            lambda wildcards: {
+                "model": model_dir(wildcards),
+                **({"text": text} if (text := local_corpus_candidate(RUNS[wildcards.run]["cae"]["corpus"])) else {}),
+            }
+        ),
     output:
         f"{RESULTS}/{{run}}/cae_corpus.npz",
     params:
@@ -63,11 +45,11 @@ rule cae_corpus:
 
 rule cae:
     input:
-        cae_store,
+        lambda wildcards: f"{RESULTS}/{wildcards.run}/{cae_store_name(RUNS[wildcards.run])}",
     output:
         directory(f"{RESULTS}/{{run}}/cae"),
     params:
-        settings=cae_job_settings,
+        settings=lambda wildcards: cae_job_settings(RUNS[wildcards.run]),
     threads: 4
     resources:
         gpu=1,
