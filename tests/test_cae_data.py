@@ -11,9 +11,10 @@ import pytest
 import torch
 import zarr
 
-from rsdyn.cae import build_model, cae_corpus_settings, encode_and_reconstruct, explained_variance_per_sublayer, run_cae, train_cae
+from rsdyn.cae import build_model, encode_and_reconstruct, explained_variance_per_sublayer, run_cae, train_cae
 from rsdyn.cae_data import (
     Moments,
+    cae_corpus_settings,
     HeldOutStatistics,
     block_order,
     ev_block_from_sequence_stats,
@@ -327,7 +328,7 @@ def test_training_accepts_sources_and_tensors_alike(tmp_path):
 
 
 def test_workflow_helpers_pick_the_cae_store_corpus_file_and_shards(tmp_path):
-    from rsdyn.cae import cae_job_settings, cae_store_name, local_corpus_candidate
+    from rsdyn.cae_data import cae_job_settings, cae_store_name, local_corpus_candidate
     from rsdyn.capture import dataset_conditions, dataset_shards
 
     run = {"capture": {"shards": 2}, "cae": {"corpus": None, "capture_shards": None, "condition": "original", "seed": 3}}

@@ -204,47 +204,6 @@ def split_by_sequence(
     }
 
 
-def cae_corpus_settings(run_corpus: Mapping[str, Any], override: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The complete corpus settings of the CAE's own corpus, or None (``cae.corpus: null``:
-    train on the run's corpus and ``activations.zarr``).
-
-    ``override`` (``cae.corpus``) is merged over the run's ``corpus`` settings. Local
-    files belong to the dataset they hold: when the override names another
-    ``hf_dataset`` or ``hf_config`` without ``local_candidates`` of its own, the run's
-    local candidates are dropped (a WikiText-2 file is never read for WikiText-103).
-    """
-    if override is None:
-        return None
-    from rsdyn.config import deep_merge
-
-    merged = deep_merge(run_corpus, override)
-    other_dataset = any(key in override and override[key] != run_corpus.get(key) for key in ("hf_dataset", "hf_config"))
-    if other_dataset and "local_candidates" not in override:
-        candidates = run_corpus.get("local_candidates", [])
-        merged["local_candidates"] = {split: [] for split in candidates} if isinstance(candidates, Mapping) else []
-    return merged
-
-
-def cae_store_name(run_settings: Mapping[str, Any]) -> str:
-    """The store the CAE trains on: ``cae_activations.zarr`` (its own corpus) when
-    ``cae.corpus`` is set, else the run's ``activations.zarr``."""
-    return "cae_activations.zarr" if run_settings["cae"].get("corpus") is not None else "activations.zarr"
-
-
-def cae_job_settings(run_settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The cae settings the training uses; its corpus reaches it through the store."""
-    return {key: value for key, value in run_settings["cae"].items() if key not in ("corpus", "capture_shards")}
-
-
-def local_corpus_candidate(corpus_settings: Mapping[str, Any]) -> str | None:
-    """The first existing local file of the corpus settings' split (``local_candidates``
-    as a list, or per split), or None (the corpus is then loaded from the hub)."""
-    candidates = corpus_settings.get("local_candidates", [])
-    if isinstance(candidates, Mapping):
-        candidates = candidates.get(corpus_settings.get("split"), [])
-    return next((str(c) for c in candidates if Path(c).is_file()), None)
-
-
 def resolve_device(device: str) -> torch.device:
     """The torch device of ``cae.device`` (``auto`` -> CUDA when visible)."""
     return torch.device(resolve_model_device(device, "cae.device"))

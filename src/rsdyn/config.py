@@ -142,7 +142,7 @@ def _resolve_cae_corpus(settings: dict, schema: dict, where: str) -> None:
     """Replace ``cae.corpus`` by the CAE's complete corpus settings (None: the run's own
     corpus and store), validated like ``corpus``, and check both captures' shard counts
     against their sample counts where those are fixed by the config."""
-    from rsdyn.cae import cae_corpus_settings
+    from rsdyn.cae_data import cae_corpus_settings
     from rsdyn.capture import CaptureError, check_shards
 
     cae = settings["cae"]

@@ -2,7 +2,7 @@
 # of the teleport grid) and the compressing autoencoder (Fig. 3), which trains on the
 # run's activations.zarr or, when cae.corpus is set, on the capture of its own corpus
 # (cae_corpus.npz -> cae_activations.zarr, see capture.smk).
-from rsdyn.cae import cae_job_settings, cae_store_name, local_corpus_candidate
+from rsdyn.cae_data import cae_job_settings, cae_store_name, local_corpus_candidate
 
 
 rule pca:
