@@ -134,7 +134,7 @@ def draw_cae_explained_variance(
     layer_axis(ax, n_sublayers)
     ax.set_ylabel("explained variance (test)")
     ax.set_title("D  reconstruction per sublayer")
-    ax.legend(fontsize=8, frameon=False, loc="lower right")
+    ax.legend(fontsize=8.5, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)  # below: never on a curve
 
 
 def load_cae_outputs(cae_dir) -> dict:
