@@ -146,6 +146,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="", help="comma-separated seeds to train with the default settings (the README's spread), e.g. 0,1,2,3,4")
     parser.add_argument("--reuse", nargs="*", default=[], help="finished CAE output folders (e.g. the DAG's results/smollm2-135m/cae) to add to the spread")
     parser.add_argument("--no-epochs", action="store_true", help="skip the per-batch-size epoch timings")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/cae.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     settings = default_settings()
@@ -202,7 +203,7 @@ def main() -> None:
                 print(f"seed {seed}: {json.dumps({k: v for k, v in row.items() if not isinstance(v, list)})}", flush=True)
             numbers = [key for key, value in next(iter(report["seeds"].values())).items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
             report["seed_spread"] = {key: [min(r[key] for r in report["seeds"].values()), max(r[key] for r in report["seeds"].values())] for key in numbers}
-    out = ROOT / "benchmarks/results/cae.json"
+    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
 

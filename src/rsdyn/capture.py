@@ -392,6 +392,8 @@ def capture_store(
     n_total = len(corpus.texts)
     sample_chunk = int(settings.get("sample_chunk", DEFAULT_SAMPLE_CHUNK))
     shards = int(settings.get("shards", 1)) if shard is not None else 1
+    if shard is not None and not 0 <= shard < shards:
+        raise CaptureError(f"capture shard {shard} does not exist: capture.shards = {shards} numbers them 0 to {shards - 1}.")
     start, stop = split_samples(n_total, shards, sample_chunk)[shard or 0]
     model, family, device, dtype, pad_token = _load(model_dir, settings, model_settings)
     log.info("capturing sequences %d-%d of %d on %s in %s (%s family)", start, stop - 1, n_total, device, dtype, family)
