@@ -31,7 +31,9 @@ from rsdyn.store import read_group
 SETTINGS = {
     "n_layers": 3, "lr": 1e-3, "max_epochs": 3, "patience": 10, "batch_size": 16, "grad_clip": None, "warmup_epochs": 0,
     "val_fraction": 0.2, "test_fraction": 0.2, "device": "cpu", "seed": 0, "condition": "original", "input_scaling": "unit",
+    "block_mb": 1e-9,  # one sample chunk per block: several blocks even in these tiny stores
 }
+ONE_CHUNK = 1e-9  # block_mb giving blocks of one sample chunk
 
 
 def make_store(path, n=23, n_layers=2, d=12, sample_chunk=4, seed=0):
@@ -55,6 +57,15 @@ def test_split_blocks_group_rows_by_sample_chunk():
     assert split_blocks(np.array([], dtype=int), 4) == []
 
 
+def test_blocks_are_whole_chunks_closest_to_block_mb():
+    from rsdyn.cae_data import block_rows
+
+    smollm2, llama = 60 * 576 * 4, 64 * 4096 * 4  # bytes per sequence
+    assert block_rows(256, smollm2, 512) == 256 * 15 and block_rows(256, llama, 512) == 512
+    assert block_rows(256, llama, 1) == 256  # never less than one chunk
+    assert block_rows(4, 10, 1e-9) == 4
+
+
 def test_orders_are_seeded_permutations():
     assert sorted(block_order(7, 0, 1)) == list(range(7))
     assert np.array_equal(block_order(7, 0, 1), block_order(7, 0, 1))
@@ -74,7 +85,7 @@ def test_rebatch_cuts_the_concatenated_stream(sizes, batch):
 def test_training_order_is_blocks_in_seeded_order_then_samples_within(tmp_path):
     states = make_store(tmp_path / "a.zarr")
     split = {"train": np.array([0, 2, 3, 5, 9, 10, 11, 17]), "val": np.array([1]), "test": np.array([4])}
-    source = load_sources(tmp_path / "a.zarr", "original", split, seed=3, mode="stream")["train"]
+    source = load_sources(tmp_path / "a.zarr", "original", split, seed=3, mode="stream", block_mb=ONE_CHUNK)["train"]
     got = torch.cat(list(source.batches(epoch=2, batch_size=5))).numpy()
     blocks = split_blocks(split["train"], 4)
     expected = []
@@ -121,7 +132,7 @@ class CountingStore(__import__("zarr").storage.WrapperStore):
 def test_unit_moments_match_numpy(tmp_path):
     states = make_store(tmp_path / "a.zarr")
     rows = np.array([0, 1, 5, 6, 7, 12, 20, 22])
-    source = load_sources(tmp_path / "a.zarr", "original", {"train": rows}, seed=0, mode="stream")["train"]
+    source = load_sources(tmp_path / "a.zarr", "original", {"train": rows}, seed=0, mode="stream", block_mb=ONE_CHUNK)["train"]
     moments = unit_moments(source)
     flat = states[rows].reshape(-1, states.shape[-1]).astype(np.float64)
     # Chan's combination vs one pass: both exact up to a few float64 roundings per sample
@@ -150,7 +161,7 @@ def test_streaming_through_worker_processes_gives_the_same_batches(tmp_path):
     split = {"train": np.arange(0, 23, 2)}
     batches = {}
     for workers in (0, 1):
-        source = load_sources(tmp_path / "a.zarr", "original", split, seed=1, mode="stream", workers=workers)["train"]
+        source = load_sources(tmp_path / "a.zarr", "original", split, seed=1, mode="stream", workers=workers, block_mb=ONE_CHUNK)["train"]
         batches[workers] = [torch.cat(list(source.batches(epoch, 7))) for epoch in (1, 2)]
     for a, b in zip(batches[0], batches[1]):
         assert torch.equal(a, b)

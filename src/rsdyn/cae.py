@@ -459,7 +459,7 @@ def run_cae(store_path, out_dir, settings: Mapping[str, Any], threads: int | Non
     """
     from safetensors.torch import save_file
 
-    from rsdyn.cae_data import data_mode, load_sources, unit_moments
+    from rsdyn.cae_data import DEFAULT_BLOCK_MB, data_mode, load_sources, unit_moments
     from rsdyn.store import atomic_path, ignoring_snakemake_marker, open_group, write_group
 
     with ignoring_snakemake_marker():
@@ -478,7 +478,8 @@ def run_cae(store_path, out_dir, settings: Mapping[str, Any], threads: int | Non
     input_scaling = settings.get("input_scaling", DEFAULT_INPUT_SCALING)
     with deterministic_torch():
         sources = load_sources(store_path, condition, split, seed=settings["seed"], mode=mode,
-                               workers=settings.get("loader_workers", 0), device=device)
+                               workers=settings.get("loader_workers", 0), device=device,
+                               block_mb=settings.get("block_mb", DEFAULT_BLOCK_MB))
         model = build_model(d_model, settings["n_layers"], settings["seed"]).to(device)
         moments = unit_moments(sources["train"])
         model.set_input_moments(moments.mean, moments.variance, input_scaling)

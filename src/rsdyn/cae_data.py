@@ -2,8 +2,9 @@
 in memory or streamed, and the statistics of one streaming pass.
 
 A *block* is the rows of one split (train, validation or test sequences) that lie in one
-sample chunk of the store (``capture.sample_chunk`` rows), so that reading a block reads
-one row of chunks. A *sample* is one sequence's state at one sublayer, a D-vector.
+run of consecutive sample chunks of the store (``cae.block_mb`` MiB of chunks, at least
+one chunk), so that reading a block reads whole rows of chunks and nothing else. A
+*sample* is one sequence's state at one sublayer, a D-vector.
 
 Training order, the same in memory and streamed: every epoch the blocks come in a seeded
 permutation (``block_order``) and the samples of each block in a permutation seeded by
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 DATA_MODES = ("auto", "memory", "stream")
+DEFAULT_BLOCK_MB = 512
 
 
 # --------------------------------------------------------------------------- corpus and store
@@ -74,15 +76,23 @@ def local_corpus_candidate(corpus_settings: Mapping[str, Any]) -> str | None:
 # --------------------------------------------------------------------------- blocks
 
 
-def split_blocks(rows: np.ndarray, sample_chunk: int) -> list[np.ndarray]:
-    """The sorted ``rows`` of one split grouped by store sample chunk (``row // sample_chunk``),
-    in store order; chunks without a row of the split give no block."""
+def split_blocks(rows: np.ndarray, span: int) -> list[np.ndarray]:
+    """The sorted ``rows`` of one split grouped by block of ``span`` consecutive rows
+    (``row // span``), in store order; blocks without a row of the split are left out."""
     rows = np.sort(np.asarray(rows, dtype=np.int64))
     if rows.size == 0:
         return []
-    chunk = rows // int(sample_chunk)
+    chunk = rows // int(span)
     cuts = np.flatnonzero(np.diff(chunk)) + 1
     return np.split(rows, cuts)
+
+
+def block_rows(sample_chunk: int, row_bytes: int, block_mb: float = DEFAULT_BLOCK_MB) -> int:
+    """Rows per block: the whole sample chunks (of ``sample_chunk`` rows of ``row_bytes``
+    bytes) closest to ``block_mb`` MiB, at least one chunk. Bigger blocks mix more
+    sequences into each batch; memory holds a few of them."""
+    chunk_bytes = sample_chunk * row_bytes
+    return int(sample_chunk * max(1, round(block_mb * 2**20 / chunk_bytes)))
 
 
 def block_order(n_blocks: int, seed: int, epoch: int) -> np.ndarray:
@@ -252,25 +262,28 @@ def load_sources(
     mode: str,
     workers: int = 0,
     device: torch.device | str = "cpu",
+    block_mb: float = DEFAULT_BLOCK_MB,
 ) -> dict[str, BlockSource]:
     """A ``BlockSource`` per split (``train`` shuffled, the others in store order).
 
-    ``mode`` ``memory`` reads every sample chunk once and keeps the blocks (on ``device``);
-    ``stream`` keeps only the block layout and reads blocks as they are needed.
+    A block spans ``block_rows`` consecutive rows: a whole number of sample chunks,
+    round(block_mb / chunk size) of them and at least one. ``mode`` ``memory`` reads
+    every block once and keeps the split's rows of it (on ``device``); ``stream`` keeps
+    only the block layout and reads blocks as they are needed.
     """
     array = _open_array(store_path, condition)
-    sample_chunk = array.chunks[0]
+    span = block_rows(array.chunks[0], array.shape[1] * array.shape[2] * 4, block_mb)
     n_sublayers = array.shape[1]
-    blocks = {name: split_blocks(rows, sample_chunk) for name, rows in split.items()}
+    blocks = {name: split_blocks(rows, span) for name, rows in split.items()}
     caches: dict[str, list[torch.Tensor] | None] = {name: None for name in split}
     if mode == "memory":
         caches = {name: [] for name in split}
-        by_chunk = {name: {int(rows[0]) // sample_chunk: rows for rows in blocks[name]} for name in split}
-        for index, start in enumerate(range(0, array.shape[0], sample_chunk)):
-            wanted = {name: by_chunk[name][index] for name in split if index in by_chunk[name]}
+        by_block = {name: {int(rows[0]) // span: rows for rows in blocks[name]} for name in split}
+        for index, start in enumerate(range(0, array.shape[0], span)):
+            wanted = {name: by_block[name][index] for name in split if index in by_block[name]}
             if not wanted:
                 continue
-            chunk = np.asarray(array[start : start + sample_chunk], dtype=np.float32)
+            chunk = np.asarray(array[start : start + span], dtype=np.float32)
             for name, rows in wanted.items():
                 caches[name].append(torch.from_numpy(np.ascontiguousarray(chunk[rows - start])).to(device))
     elif mode != "stream":
