@@ -62,7 +62,7 @@ def draw_training_curve(ax: Axes, curve: Sequence[Mapping], best_epoch: int | No
     if best_epoch:
         ax.axvline(best_epoch, color="grey", ls=":", lw=1.0, label=f"best epoch {best_epoch}")
     ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
     ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("epoch")
