@@ -52,10 +52,14 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(memory / 2**20, 1), "gpu": "none lent to this task"}
 
 
-def in_child(kind: str, **kwargs) -> dict:
-    """Run ``worker_<kind>(**kwargs)`` in a fresh Python process; its JSON result."""
+def in_child(kind: str, one_core: bool = False, **kwargs) -> dict:
+    """Run ``worker_<kind>(**kwargs)`` in a fresh Python process (its thread pools limited to
+    one thread with ``one_core``); its JSON result."""
     command = [sys.executable, __file__, "_worker", kind, json.dumps(kwargs)]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    if one_core:
+        env.update({name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")})
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"{kind} worker failed:\n{result.stderr[-4000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -201,7 +205,7 @@ def bench_unit_stats(scratch: Path, n_shuffles: int = 1000) -> dict:
     synthetic_paper_store(store)
     written = time.perf_counter() - start
     size = sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
-    shard = in_child("unit_stats", store=str(store), out=str(scratch / "shard_0.zarr"), units=64, n_shuffles=n_shuffles)
+    shard = in_child("unit_stats", one_core=True, store=str(store), out=str(scratch / "shard_0.zarr"), units=64, n_shuffles=n_shuffles)
     shutil.rmtree(store)
     shutil.rmtree(scratch / "shard_0.zarr")
     print(f"unit_stats shard of 64 units: {shard['seconds']:.0f} s, {shard['peak_rss_mb']:.0f} MiB", flush=True)
