@@ -6,10 +6,12 @@ it exists, else a synthetic store of the default size (661 sequences x 60 sublay
 to batch 256, (2) the full default training (on by default): seconds, epochs run, best
 epoch, best validation MSE, test MSE and pooled test R^2, and (3) with ``--compare``, the
 full training of every option in ``OPTIONS`` (input scaling x gradient clipping) for
-seeds 0, 1, 2 (about 30 min on 2 cores), which is how the defaults were chosen. Writes
+seeds 0, 1, 2 (about 30 min on 2 cores), which is how the defaults were chosen, and (4)
+with ``--seeds 0,1,2,3,4`` (and ``--reuse`` of finished runs), the default training per seed: the spread of the README's CAE
+numbers, with what they depend on (CPU, threads, library versions). Writes
 benchmarks/results/cae.json.
 
-    python benchmarks/cae.py [--store PATH] [--threads 2] [--no-full] [--compare]
+    python benchmarks/cae.py [--store PATH] [--threads 2] [--no-full] [--compare] [--seeds 1,2,3,4 --reuse results/smollm2-135m/cae]
 """
 
 from __future__ import annotations
@@ -94,6 +96,38 @@ def full_training(store: Path, out: Path, settings: dict, threads: int) -> dict:
     return row
 
 
+def environment(threads: int) -> dict:
+    """What bit-for-bit CAE numbers depend on besides the config: CPU, threads, libraries."""
+    import platform
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "threads": threads, "torch": torch.__version__, "numpy": np.__version__,
+            "blas": torch.__config__.show().split("BLAS_INFO=")[-1].split(",")[0] if "BLAS_INFO=" in torch.__config__.show() else "see torch.__config__",
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version()}
+
+
+def seed_row(store: Path, out: Path, settings: dict, threads: int) -> dict:
+    """Full default training of one seed: headline numbers and the Fig. 3 summary rows."""
+    run_cae(store, out, settings, threads=threads)
+    return summarise(out)
+
+
+def summarise(out: Path) -> dict:
+    """Headline numbers and Fig. 3 summary rows of a finished CAE output folder."""
+    from rsdyn.cae import summary_fig3
+
+    info = json.loads((out / "training.json").read_text())
+    row = {key: info[key] for key in FULL_KEYS}
+    row.update(seed=info["settings"]["seed"], threads=info["threads"])
+    rows = summary_fig3(read_group(out / "embedding.zarr"))
+    for name in ("cae_ev_block_early", "cae_ev_block_late", "cae_ev_block_late_minus_early", "cae_step_distance_late_over_early",
+                 "cae_ev_own_mean_early", "cae_ev_own_mean_late", "cae_test_r2_pooled"):
+        row[name] = rows[name]["value"]
+        if "verdict" in rows[name]:
+            row[f"{name}_interval"], row[f"{name}_verdict"] = rows[name]["interval"], rows[name]["verdict"]
+    return row
+
+
 def worst_jump(curve: list[float]) -> float:
     """Largest ratio of a validation MSE to the lowest one before it (1 = never rose)."""
     best, worst = np.inf, 1.0
@@ -109,6 +143,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-full", action="store_true", help="skip the full default training")
     parser.add_argument("--compare", action="store_true", help="train every option of OPTIONS for seeds 0, 1, 2")
+    parser.add_argument("--seeds", default="", help="comma-separated seeds to train with the default settings (the README's spread), e.g. 0,1,2,3,4")
+    parser.add_argument("--reuse", nargs="*", default=[], help="finished CAE output folders (e.g. the DAG's results/smollm2-135m/cae) to add to the spread")
+    parser.add_argument("--no-epochs", action="store_true", help="skip the per-batch-size epoch timings")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/cae.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     settings = default_settings()
@@ -127,7 +165,7 @@ def main() -> None:
         print(f"CAE benchmark on {source} {n} x {sublayers} x {d}, {args.threads} threads, {len(train)} training samples")
         print(f"{'batch':>6} {'s/epoch':>8} {'ratio to 256':>12}")
         baseline = None
-        for batch in (256, 128, 512, 1024, 2048):
+        for batch in () if args.no_epochs else (256, 128, 512, 1024, 2048):
             seconds = epoch_seconds(train, batch, d, settings["n_layers"])
             baseline = baseline or seconds
             report["epoch_seconds"][batch] = {"seconds": seconds, "ratio_to_256": seconds / baseline}
@@ -153,7 +191,19 @@ def main() -> None:
                         f"{row['test_loss']:>8.2f} {row['test_r2_pooled']:>6.3f} {row['median_ev_per_sublayer']:>11.3f} "
                         f"{row['worst_val_jump']:>10.2f}"
                     )
-    out = ROOT / "benchmarks/results/cae.json"
+        if args.seeds or args.reuse:
+            report["environment"] = environment(args.threads)
+            report["seeds"] = {}
+            for folder in args.reuse:
+                row = summarise(Path(folder))
+                report["seeds"][row["seed"]] = row
+            for seed in [int(s) for s in args.seeds.split(",") if s]:
+                row = seed_row(store, Path(tmp) / f"seed_{seed}", dict(settings, seed=seed), args.threads)
+                report["seeds"][seed] = row
+                print(f"seed {seed}: {json.dumps({k: v for k, v in row.items() if not isinstance(v, list)})}", flush=True)
+            numbers = [key for key, value in next(iter(report["seeds"].values())).items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
+            report["seed_spread"] = {key: [min(r[key] for r in report["seeds"].values()), max(r[key] for r in report["seeds"].values())] for key in numbers}
+    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
 

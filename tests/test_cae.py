@@ -319,10 +319,13 @@ def test_summary_rows_follow_their_definitions():
     from rsdyn.cae import summary_fig3
 
     ev = np.linspace(0, 1, 8)
+    block = np.linspace(-2, 0.9, 8)
     steps = np.arange(1.0, 8.0)
-    rows = summary_fig3({"ev_per_sublayer": ev, "step_distance": steps})
-    assert rows["cae_ev_early"]["value"] == pytest.approx(np.median(ev[:2]))
-    assert rows["cae_ev_late"]["value"] == pytest.approx(np.median(ev[6:]))
+    rows = summary_fig3({"ev_per_sublayer": ev, "ev_block_per_sublayer": block, "step_distance": steps})
+    assert rows["cae_ev_block_early"]["value"] == pytest.approx(np.median(block[:2]))
+    assert rows["cae_ev_block_late"]["value"] == pytest.approx(np.median(block[6:]))
+    assert rows["cae_ev_own_mean_early"]["value"] == pytest.approx(np.median(ev[:2]))
+    assert rows["cae_ev_own_mean_late"]["value"] == pytest.approx(np.median(ev[6:]))
     assert rows["cae_step_distance_late_over_early"]["value"] == pytest.approx(steps[5:].mean() / steps[:2].mean())
     assert all(set(row) == {"value", "paper", "definition"} for row in rows.values())
 
@@ -335,12 +338,12 @@ def test_summary_skips_sublayers_of_negligible_variance_and_adds_pooled_rows():
     pooled = np.linspace(0.5, 0.9, 8)
     rows = summary_fig3({"ev_per_sublayer": ev, "step_distance": np.ones(7), "test_variance_per_sublayer": variance,
                          "ev_per_sublayer_pooled_reference": pooled, "test_r2_pooled": np.asarray(0.75)})
-    assert rows["cae_ev_early"]["value"] == pytest.approx(-0.5)  # only sublayer 1 of the first quarter counts
-    assert rows["cae_ev_late"]["value"] == pytest.approx(np.median(ev[6:]))
+    assert rows["cae_ev_own_mean_early"]["value"] == pytest.approx(-0.5)  # only sublayer 1 of the first quarter counts
+    assert rows["cae_ev_own_mean_late"]["value"] == pytest.approx(np.median(ev[6:]))
     assert rows["cae_ev_pooled_reference_early"]["value"] == pytest.approx(np.median(pooled[:2]))
     assert rows["cae_ev_pooled_reference_late"]["value"] == pytest.approx(np.median(pooled[6:]))
     assert rows["cae_test_r2_pooled"]["value"] == pytest.approx(0.75)
-    assert "1e-3" in rows["cae_ev_early"]["definition"] or "0.001" in rows["cae_ev_early"]["definition"]
+    assert "1e-3" in rows["cae_ev_own_mean_early"]["definition"] or "0.001" in rows["cae_ev_own_mean_early"]["definition"]
 
 
 def test_sublayers_with_variance_matches_a_loop():
@@ -364,17 +367,24 @@ def test_fig3_is_written(tmp_path):
     assert sorted(p.name for p in pdf.parent.iterdir()) == ["fig3.pdf", "fig3.png"]  # no temporaries left
 
 
-def test_panel_d_leaves_out_the_r2_of_sublayers_of_negligible_variance():
+def test_panel_d_draws_the_block_variance_curve_and_grey_references():
     import matplotlib.pyplot as plt
 
     from rsdyn.plots.fig3 import draw_cae_explained_variance
 
-    ev = np.array([-70.0, 0.1, 0.2, 0.3])
+    block = np.array([-8.9, -4.0, 0.56, 0.83])
+    own = np.array([-70.0, 0.1, 0.2, 0.3])
     figure, ax = plt.subplots()
-    draw_cae_explained_variance(ax, ev, None, np.array([0.9, 0.8, 0.7, 0.6]), np.array([1e-6, 1.0, 1.0, 1.0]))
-    black = [line for line in ax.lines if line.get_label() == "vs sublayer mean"][0]
-    assert np.isnan(black.get_ydata()[0]) and np.allclose(black.get_ydata()[1:], ev[1:])
+    draw_cae_explained_variance(ax, block, None, own, np.array([0.9, 0.8, 0.7, 0.6]), np.array([1e-6, 1.0, 1.0, 1.0]))
+    lines = {line.get_label(): line for line in ax.lines}
+    primary = lines["1 - var(X - Y) / var(X), block of sublayer"]
+    np.testing.assert_allclose(primary.get_ydata(), np.maximum(block, -1.0))  # clipped at -1 ...
+    assert primary.get_color() == "black"
+    assert any(c.get_label() == "< -1" and len(c.get_offsets()) == 2 for c in ax.collections)  # ... and marked
+    own_line = lines["reference: vs each unit's sublayer mean"]
+    assert np.isnan(own_line.get_ydata()[0]) and np.allclose(own_line.get_ydata()[1:], own[1:])
     crosses = [c for c in ax.collections if c.get_label().startswith("variance <")]
     assert len(crosses) == 1 and crosses[0].get_offsets().tolist() == [[0.0, 0.0]]
-    assert ax.get_ylim()[0] > -0.1  # the axis is not stretched by the meaningless R^2
+    assert "reference: vs pooled mean" in lines
+    assert ax.get_ylim()[0] == pytest.approx(-1.05)
     plt.close(figure)

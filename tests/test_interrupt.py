@@ -2,8 +2,10 @@
 `snakemake --rerun-incomplete` finishes it (issue 5, robustness).
 
 The run is the smoke config with more sequences, so that the capture is still in its
-forward passes when the signal arrives. Two ways to die are tested: SIGTERM to the
-capture job's own process (an OOM killer, a node drain) and SIGTERM to snakemake itself
+forward passes when the signal arrives. The forward passes run in the capture_shard job
+(which streams sample blocks into its store as it goes); the capture rule then assembles
+the shard stores. Two ways to die are tested: a signal to the capture shard job's own
+process (SIGTERM: a node drain; SIGKILL: the OOM killer) and SIGTERM to snakemake itself
 (Ctrl-C's cousin, `scancel` of the driving job).
 """
 
@@ -31,7 +33,7 @@ START_TIMEOUT_S = 600  # model conversion on a fresh machine comes first
 
 
 def capture_job_pid(workdir: Path) -> int | None:
-    """PID of the running capture script of this workflow copy, from /proc."""
+    """PID of the running capture shard script of this workflow copy, from /proc."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -39,14 +41,14 @@ def capture_job_pid(workdir: Path) -> int | None:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(part.endswith(b".capture.py") and str(workdir).encode() in part for part in argv):
+        if any(part.endswith(b".capture_shard.py") and str(workdir).encode() in part for part in argv):
             return int(entry.name)
     return None
 
 
 def wait_for_forward_passes(workdir: Path, driver: subprocess.Popen) -> int:
-    """Block until the capture job logs its first batch; return the job's PID."""
-    log = workdir / "results" / RUN / "logs" / "capture.log"
+    """Block until the capture shard job logs its first batch; return the job's PID."""
+    log = workdir / "results" / RUN / "logs" / "capture_activations_shard_0.log"
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if driver.poll() is not None:
@@ -98,8 +100,9 @@ def finish(driver: subprocess.Popen) -> str:
 def check_store(store: Path) -> None:
     arrays, attrs = read_group(store), dict(open_group(store).attrs)
     assert attrs["n_samples"] == N_SAMPLES
+    n_rows = attrs.get("sample_stop", N_SAMPLES) - attrs.get("sample_start", 0)  # a shard store holds its range
     for condition in ("original", "shuffled"):
-        assert arrays[condition].shape == (N_SAMPLES, 2 * attrs["n_layers"], attrs["d_model"])
+        assert arrays[condition].shape == (n_rows, 2 * attrs["n_layers"], attrs["d_model"])
         assert np.isfinite(arrays[condition]).all()
 
 
@@ -119,24 +122,28 @@ def test_killed_capture_job_leaves_nothing_and_rerun_incomplete_finishes_it(inte
 
     run_dir = work / "results" / RUN
     store = run_dir / "activations.zarr"
+    shard_dir = run_dir / "capture"
     assert not store.exists(), "a killed capture left an activations store behind"
+    assert not (shard_dir / "activations_shard_0.zarr").exists(), "a killed capture shard left its store behind"
     if kill_signal == signal.SIGTERM:
-        assert not list(run_dir.glob(".tmp-*")), "a terminated capture left its temporary store behind"
-    assert "capture" in planned_rules(work, args)
+        assert not list(shard_dir.glob(".tmp-*")), "a terminated capture left its temporary store behind"
+    assert {"capture_shard", "capture"} <= planned_rules(work, args)
 
     run_snakemake(work, "--rerun-incomplete", *args)
     check_store(store)
-    assert not list(run_dir.glob(".tmp-*")), "the rerun left a temporary store behind"
-    assert "capture" not in planned_rules(work, args)
+    assert not list(shard_dir.glob(".tmp-*")), "the rerun left a temporary store behind"
+    assert not planned_rules(work, args) & {"capture_shard", "capture"}
 
 
 def test_sigterm_to_snakemake_lets_the_running_capture_finish(interrupted_workdir):
-    """Snakemake's own SIGTERM handling is graceful: no new jobs, the running one completes
-    and its output is whole, so nothing is left to rerun."""
+    """Snakemake's own SIGTERM handling is graceful: no new jobs, the running capture shard
+    completes and its output is whole, so only the assembly is left to run."""
     work = interrupted_workdir
     driver, _, args = start_capture(work)
     os.kill(driver.pid, signal.SIGTERM)
     output = finish(driver)
     assert "Will exit after finishing currently running jobs" in output
+    check_store(work / "results" / RUN / "capture" / "activations_shard_0.zarr")
+    assert "capture_shard" not in planned_rules(work, args)
+    run_snakemake(work, *args)
     check_store(work / "results" / RUN / "activations.zarr")
-    assert "capture" not in planned_rules(work, args)

@@ -71,7 +71,7 @@ def test_n_samples_reruns_everything_from_the_corpus_on(smoke_run):
     jobs = dry_run_after(smoke_run, lambda c: c["corpus"].update(n_samples=15))
     rules = rules_of(jobs)
     assert "model" not in rules
-    assert {"corpus", "capture", "unit_stats_shard", "unit_stats_gather", "layer_stats", "pca", "cae",
+    assert {"corpus", "capture_shard", "capture", "unit_stats_shard", "unit_stats_gather", "layer_stats", "pca", "cae",
             "teleport_layer", "teleport_gather", "jacobian", "fig1", "fig2", "fig3", "fig4", "fig5", "fig1_summary", "summary"} <= rules
 
 

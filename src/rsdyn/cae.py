@@ -20,18 +20,31 @@ massive units (|x| up to ~700, half the variance in one unit) made the global-sc
 fit collapse or stall on some seeds; per-unit scaling trained to test MSE 21.4-24.7
 (pooled R^2 0.78-0.82) on every seed tried (0-4), and clipping or warm-up did not improve it.
 
-Explained variance per sublayer on the test set (a proper R^2): for sublayer s with test
-states X_s (n x D) and reconstructions Y_s,
-    EV_s = 1 - ||X_s - Y_s||^2 / ||X_s - mean(X_s)||^2.
+Explained variance per sublayer on the test set (Fig. 3D). The primary curve is the
+paper's plain words read literally, with "variance" the variance of all entries of
+sublayer s's test block X_s (n sequences x D units, one grand mean):
+    EV_s = 1 - var(X_s - Y_s) / var(X_s)            (``ev_block_per_sublayer``)
+Two references are kept (grey in Fig. 3D): the R^2 against each unit's own mean in the
+sublayer, 1 - ||X_s - Y_s||^2 / ||X_s - mean(X_s)||^2 (``ev_per_sublayer``), which a 2-D
+code trained on pooled states cannot beat (it stays near 0), and the same against the
+pooled mean of all test states (``ev_per_sublayer_pooled_reference``).
+
+Data (``rsdyn.cae_data``): the split's sequences are read in blocks of the store's sample
+chunks, in memory or streamed (``cae.data``), shuffled by block and within block with
+seeds, so that a store larger than memory trains with memory bounded by a few blocks and
+gives the numbers the in-memory run gives. Same config and thread count give identical
+numbers (seeded split, weights and order; ``torch.use_deterministic_algorithms``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,12 +54,12 @@ import torch
 from torch import nn
 
 from rsdyn import jobs
+from rsdyn.cae_summary import NEGLIGIBLE_RELATIVE_VARIANCE, sublayers_with_variance, summary_fig3  # noqa: F401 - re-exported
 from rsdyn.models import resolve_device as resolve_model_device
 
 EVAL_BATCH = 8192
 INPUT_SCALINGS = ("global", "unit", "none")
 DEFAULT_INPUT_SCALING = "unit"
-NEGLIGIBLE_RELATIVE_VARIANCE = 1e-3  # of the mean sublayer variance; see sublayers_with_variance
 
 
 def check_input_scaling(mode: str) -> None:
@@ -115,17 +128,26 @@ class CompressingAutoencoder(nn.Module):
         divides all units by one scalar, the root mean square deviation over all entries;
         ``unit`` centres each unit and divides it by its own standard deviation (units
         without variance by 1); ``none`` keeps mean 0 and scale 1."""
+        from rsdyn.cae_data import Moments
+
+        check_input_scaling(mode)
+        moments = Moments()
+        moments.add(samples.detach().cpu().double().numpy())
+        self.set_input_moments(moments.mean, moments.variance, mode)
+
+    @torch.no_grad()
+    def set_input_moments(self, mean: np.ndarray, variance: np.ndarray, mode: str = DEFAULT_INPUT_SCALING) -> None:
+        """Set the input map from per-unit ``mean`` and population ``variance`` (D,) of the
+        training samples (e.g. from one streaming pass, ``rsdyn.cae_data.unit_moments``);
+        see ``set_input_scaling`` for the modes."""
         check_input_scaling(mode)
         if mode == "none":
             self.input_mean.zero_()
             self.input_scale.fill_(1.0)
             return
-        mean = samples.mean(dim=0, dtype=torch.float64)
-        deviation = (samples.double() - mean) ** 2
-        if mode == "unit":
-            scale = torch.sqrt(deviation.mean(dim=0))
-        else:
-            scale = torch.sqrt(deviation.mean()).expand(samples.shape[-1])
+        mean = torch.as_tensor(np.asarray(mean, dtype=np.float64))
+        variance = torch.as_tensor(np.asarray(variance, dtype=np.float64))
+        scale = torch.sqrt(variance) if mode == "unit" else torch.sqrt(variance.mean()).expand(len(variance))
         self.input_mean.copy_(mean)
         self.input_scale.copy_(torch.where(scale > 0, scale, torch.ones_like(scale)))
 
@@ -202,15 +224,46 @@ class TrainResult:
         return self.history[self.best_epoch - 1]["val_loss"]
 
 
+class TensorSource:
+    """The samples of an in-memory ``(n, D)`` tensor as batches: with ``shuffle``, epoch
+    after epoch the next ``torch.randperm`` of one generator seeded once with ``seed``
+    (call ``batches`` once per epoch, in order); else in row order."""
+
+    def __init__(self, data: torch.Tensor, seed: int = 0, shuffle: bool = False):
+        self.data = data
+        self.n_samples = len(data)
+        self.shuffle = shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.n_samples
+
+    def batches(self, epoch: int, batch_size: int):  # noqa: ARG002 - same interface as BlockSource
+        if not self.shuffle:
+            for start in range(0, self.n_samples, batch_size):
+                yield self.data[start : start + batch_size]
+            return
+        order = torch.randperm(self.n_samples, generator=self.generator).to(self.data.device)
+        for start in range(0, self.n_samples, batch_size):
+            yield self.data[order[start : start + batch_size]]
+
+
+def as_source(data, seed: int = 0, shuffle: bool = False):
+    """A tensor as a ``TensorSource``; a ``rsdyn.cae_data.BlockSource`` as it is."""
+    return TensorSource(data, seed, shuffle) if isinstance(data, torch.Tensor) else data
+
+
 @torch.no_grad()
-def mse(model: nn.Module, data: torch.Tensor, batch: int = EVAL_BATCH) -> float:
-    """Mean squared error of the reconstruction over all entries of ``data`` (n, D)."""
+def mse(model: nn.Module, data, batch: int = EVAL_BATCH) -> float:
+    """Mean squared error of the reconstruction over all entries of ``data``: an (n, D)
+    tensor or a source of samples (``BlockSource``), taken in order."""
     model.eval()
-    total = 0.0
-    for start in range(0, len(data), batch):
-        chunk = data[start : start + batch]
+    source = as_source(data)
+    total, count = 0.0, 0
+    for chunk in source.batches(0, batch):
         total += torch.sum((model(chunk) - chunk) ** 2, dtype=torch.float64).item()
-    return total / data.numel()
+        count += chunk.numel()
+    return total / count
 
 
 def warmup_factor(step: int, warmup_steps: int) -> float:
@@ -233,12 +286,14 @@ def train_cae(
     seed: int = 0,
     progress: bool = True,
 ) -> TrainResult:
-    """Adam on the MSE of ``train`` (n, D) with early stopping on the MSE of ``val``.
+    """Adam on the MSE of ``train`` with early stopping on the MSE of ``val``; each is an
+    (n, D) tensor or a source of samples (``rsdyn.cae_data.BlockSource``, which gives
+    its own seeded block order).
 
     Stops after ``patience`` epochs without a lower validation loss (or at
-    ``max_epochs``) and returns the model with the weights of its best epoch. Batches
-    are drawn from a permutation seeded by ``seed`` (on the CPU, so the order is the
-    same on every device). The gradient is that of the MSE divided by
+    ``max_epochs``) and returns the model with the weights of its best epoch. For a
+    tensor, batches are drawn from a permutation seeded by ``seed`` (on the CPU, so the
+    order is the same on every device). The gradient is that of the MSE divided by
     ``model.loss_normaliser()`` (a constant); with ``grad_clip`` its total norm is
     clipped to at most ``grad_clip`` before each step (None: no clipping). The learning
     rate rises linearly from lr / w to ``lr`` over the first w = ceil(warmup_epochs x
@@ -249,12 +304,13 @@ def train_cae(
     if len(train) == 0 or len(val) == 0:
         raise ValueError("train_cae needs at least one training and one validation sample.")
     check_training_options(grad_clip, warmup_epochs)
+    train, val = as_source(train, seed, shuffle=True), as_source(val)
+    device = model.input_mean.device
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     steps_per_epoch = math.ceil(len(train) / batch_size)
     warmup_steps = math.ceil(warmup_epochs * steps_per_epoch)
-    normaliser = model.loss_normaliser().to(train.device)
+    normaliser = model.loss_normaliser().to(device)
     parameters = [p for p in model.parameters() if p.requires_grad]
-    generator = torch.Generator().manual_seed(seed)
     result = TrainResult(model=model)
     best_state: dict[str, torch.Tensor] | None = None
     best_loss = math.inf
@@ -263,11 +319,9 @@ def train_cae(
     bar = jobs.progress(range(1, max_epochs + 1), desc="cae epochs", unit="epoch", disable=not progress)
     for epoch in bar:
         model.train()
-        order = torch.randperm(len(train), generator=generator).to(train.device)
-        running = torch.zeros((), dtype=torch.float64, device=train.device)
+        running = torch.zeros((), dtype=torch.float64, device=device)
         norms = []
-        for begin in range(0, len(train), batch_size):
-            batch = train[order[begin : begin + batch_size]]
+        for batch in train.batches(epoch, batch_size):
             for group in optimiser.param_groups:
                 group["lr"] = lr * warmup_factor(step, warmup_steps)
             loss = torch.nn.functional.mse_loss(model(batch), batch)
@@ -342,11 +396,43 @@ def step_distances(embedding: np.ndarray) -> np.ndarray:
 
 def check_cae_settings(settings: Mapping[str, Any], n_sequences: int, d_model: int) -> None:
     """Raise one clear ValueError when the cae settings cannot run on this capture."""
+    from rsdyn.cae_data import DATA_MODES
+
     layer_widths(d_model, settings["n_layers"])
     check_input_scaling(settings.get("input_scaling", DEFAULT_INPUT_SCALING))
     check_training_options(settings.get("grad_clip"), settings.get("warmup_epochs", 0))
     split_by_sequence(n_sequences, settings["val_fraction"], settings["test_fraction"], settings["seed"])
     resolve_device(settings.get("device", "auto"))
+    if settings.get("data", "auto") not in DATA_MODES:
+        raise ValueError(f"cae.data = {settings['data']!r}; allowed: {', '.join(DATA_MODES)}.")
+
+
+@contextlib.contextmanager
+def deterministic_torch() -> Iterator[None]:
+    """Run the block with ``torch.use_deterministic_algorithms(True)`` (and cuBLAS's
+    deterministic workspace), restoring the previous mode afterwards."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    previous, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=warn_only)
+
+
+@torch.no_grad()
+def evaluate_test(model: CompressingAutoencoder, source) -> tuple[np.ndarray, Any]:
+    """Stream the test blocks of ``source`` (a ``BlockSource``, store order) through the
+    model: the embedding float32 (n_test, 2L, 2) and the ``HeldOutStatistics`` of the
+    reconstruction; one block of reconstructions is held at a time."""
+    from rsdyn.cae_data import HeldOutStatistics
+
+    stats, codes = HeldOutStatistics(), []
+    for _, states in source.blocks():
+        code, reconstruction = encode_and_reconstruct(model, states)
+        codes.append(code)
+        stats.add(states.cpu().numpy(), reconstruction)
+    return np.concatenate(codes), stats
 
 
 def run_cae(store_path, out_dir, settings: Mapping[str, Any], threads: int | None = None) -> dict[str, Any]:
@@ -355,22 +441,29 @@ def run_cae(store_path, out_dir, settings: Mapping[str, Any], threads: int | Non
     ``settings`` is the run's ``cae`` section. ``out_dir`` receives ``model.safetensors``
     (best weights), ``training_curve.csv`` (epoch, train_loss, val_loss, grad_norm_max, lr, seconds),
     ``embedding.zarr`` (``embedding`` (n_test, 2L, 2) of the test sequences,
-    ``test_sequences`` (n_test,) their rows in the capture, ``ev_per_sublayer`` (2L,)
-    (R^2 against each sublayer's own test mean), ``ev_per_sublayer_pooled_reference``
-    (2L,) (against the pooled test mean of all sublayers),
-    ``step_distance`` and ``step_distance_sem`` (2L-1,) (mean and s.e.m. over test
-    sequences of the 2-D distance between successive sublayers), ``mean_trajectory``
-    (2L, 2), ``test_mse_per_sublayer`` (2L,) (squared input units) and
-    ``test_variance_per_sublayer`` (2L,) (variance across test sequences, averaged over
-    units), ``test_r2_pooled`` () (R^2 over all test states about their pooled mean))
-    and ``training.json`` (widths, split sizes, epochs, timing, test MSE, test_r2_pooled).
-    Returns the contents of ``training.json``.
+    ``test_sequences`` (n_test,) their rows in the capture, ``ev_block_per_sublayer``
+    (2L,) (Fig. 3D's primary curve: 1 - var(X_s - Y_s) / var(X_s) over all entries of the
+    sublayer's test block), ``ev_per_sublayer`` (2L,) (R^2 against each unit's own test
+    mean in the sublayer), ``ev_per_sublayer_pooled_reference`` (2L,) (against the
+    pooled test mean of all sublayers), ``step_distance`` and ``step_distance_sem``
+    (2L-1,) (mean and s.e.m. over test sequences of the 2-D distance between successive
+    sublayers), ``mean_trajectory`` (2L, 2), ``test_mse_per_sublayer`` (2L,) (squared
+    input units), ``test_variance_per_sublayer`` (2L,) (variance across test sequences,
+    averaged over units), ``test_sequence_stats`` (n_test, 2L, 4) float64 (per test
+    sequence and sublayer, over units: mean and population variance of X and of X - Y;
+    the bootstrap of the summary resamples them) and ``test_r2_pooled`` () (R^2
+    over all test states about their pooled mean)) and ``training.json`` (widths, split
+    sizes, epochs, timing, test MSE, test_r2_pooled, data mode). Returns the contents of
+    ``training.json``. The data are read block by block (``rsdyn.cae_data``): in memory
+    or streamed as ``cae.data`` says, with the same numbers either way.
     """
     from safetensors.torch import save_file
 
-    from rsdyn.store import atomic_path, open_group, require_finite, write_group
+    from rsdyn.cae_data import DEFAULT_BLOCK_MB, data_mode, load_sources, unit_moments
+    from rsdyn.store import atomic_path, ignoring_snakemake_marker, open_group, write_group
 
-    group = open_group(store_path)
+    with ignoring_snakemake_marker():
+        group = open_group(store_path)
     condition = settings.get("condition", "original")
     if condition not in group:
         raise ValueError(f"The capture at {store_path} has no {condition!r} array (cae.condition).")
@@ -381,26 +474,29 @@ def run_cae(store_path, out_dir, settings: Mapping[str, Any], threads: int | Non
         torch.set_num_threads(int(threads))
 
     split = split_by_sequence(n_sequences, settings["val_fraction"], settings["test_fraction"], settings["seed"])
-    states = torch.from_numpy(np.ascontiguousarray(group[condition][...], dtype=np.float32))
-    require_finite(states.numpy(), store_path, group[condition], condition)
-    subsets = {name: states[torch.from_numpy(rows)].to(device) for name, rows in split.items()}
-    model = build_model(d_model, settings["n_layers"], settings["seed"]).to(device)
+    mode = data_mode(settings.get("data", "auto"), n_sequences * n_sublayers * d_model * 4, settings.get("memory_gb", 2.0))
     input_scaling = settings.get("input_scaling", DEFAULT_INPUT_SCALING)
-    model.set_input_scaling(subsets["train"].reshape(-1, d_model), input_scaling)
-    result = train_cae(
-        model,
-        subsets["train"].reshape(-1, d_model),
-        subsets["val"].reshape(-1, d_model),
-        lr=settings["lr"],
-        max_epochs=settings["max_epochs"],
-        patience=settings["patience"],
-        batch_size=settings["batch_size"],
-        grad_clip=settings.get("grad_clip"),
-        warmup_epochs=settings.get("warmup_epochs", 0),
-        seed=settings["seed"],
-    )
-    embedding, reconstruction = encode_and_reconstruct(model, subsets["test"])
-    test_states = states[torch.from_numpy(split["test"])].numpy()
+    with deterministic_torch():
+        sources = load_sources(store_path, condition, split, seed=settings["seed"], mode=mode,
+                               workers=settings.get("loader_workers", 0), device=device,
+                               block_mb=settings.get("block_mb", DEFAULT_BLOCK_MB))
+        model = build_model(d_model, settings["n_layers"], settings["seed"]).to(device)
+        moments = unit_moments(sources["train"])
+        model.set_input_moments(moments.mean, moments.variance, input_scaling)
+        result = train_cae(
+            model,
+            sources["train"],
+            sources["val"],
+            lr=settings["lr"],
+            max_epochs=settings["max_epochs"],
+            patience=settings["patience"],
+            batch_size=settings["batch_size"],
+            grad_clip=settings.get("grad_clip"),
+            warmup_epochs=settings.get("warmup_epochs", 0),
+            seed=settings["seed"],
+        )
+        embedding, test_stats = evaluate_test(model, sources["test"])
+    metrics = test_stats.results()
     distances = step_distances(embedding)
     n_test = len(split["test"])
     sublayer_names = list(group.attrs.get("sublayer_names", [f"S{s}" for s in range(n_sublayers)]))
@@ -413,14 +509,16 @@ def run_cae(store_path, out_dir, settings: Mapping[str, Any], threads: int | Non
         "n_parameters": sum(p.numel() for p in model.parameters()),
         "n_sequences": {name: len(rows) for name, rows in split.items()},
         "n_samples": {name: len(rows) * n_sublayers for name, rows in split.items()},
+        "n_blocks": {name: len(source.dataset.blocks) for name, source in sources.items()},
+        "data": mode,
         "epochs_run": len(result.history),
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,
         "input_scaling": input_scaling,
         "input_scale_rms": float(model.loss_normaliser().sqrt()),
         "best_val_loss": result.best_val_loss,
-        "test_loss": float(np.mean((test_states.astype(np.float64) - reconstruction) ** 2)),
-        "test_r2_pooled": float(explained_variance_per_sublayer(test_states.reshape(-1, 1, d_model), reconstruction.reshape(-1, 1, d_model))[0]),
+        "test_loss": metrics["test_loss"],
+        "test_r2_pooled": metrics["test_r2_pooled"],
         "train_seconds": result.seconds,
         "seconds_per_epoch": result.seconds / len(result.history),
         "device": str(device),
@@ -430,16 +528,16 @@ def run_cae(store_path, out_dir, settings: Mapping[str, Any], threads: int | Non
     arrays = {
         "embedding": embedding.astype(np.float32),
         "test_sequences": split["test"].astype(np.int32),
-        "ev_per_sublayer": explained_variance_per_sublayer(test_states, reconstruction).astype(np.float32),
-        "ev_per_sublayer_pooled_reference": explained_variance_per_sublayer(
-            test_states, reconstruction, test_states.reshape(-1, d_model).mean(axis=0)
-        ).astype(np.float32),
+        "ev_block_per_sublayer": metrics["ev_block_per_sublayer"].astype(np.float32),
+        "ev_per_sublayer": metrics["ev_per_sublayer"].astype(np.float32),
+        "ev_per_sublayer_pooled_reference": metrics["ev_per_sublayer_pooled_reference"].astype(np.float32),
         "step_distance": distances.mean(axis=0).astype(np.float32),
         "step_distance_sem": (distances.std(axis=0, ddof=1) / np.sqrt(n_test) if n_test > 1 else np.zeros(n_sublayers - 1)).astype(np.float32),
         "mean_trajectory": embedding.mean(axis=0).astype(np.float32),
-        "test_mse_per_sublayer": np.mean((test_states.astype(np.float64) - reconstruction) ** 2, axis=(0, 2)).astype(np.float32),
-        "test_variance_per_sublayer": test_states.astype(np.float64).var(axis=0).mean(axis=1).astype(np.float32),
-        "test_r2_pooled": np.asarray(info["test_r2_pooled"], dtype=np.float64),
+        "test_mse_per_sublayer": metrics["test_mse_per_sublayer"].astype(np.float32),
+        "test_variance_per_sublayer": metrics["test_variance_per_sublayer"].astype(np.float32),
+        "test_sequence_stats": test_stats.sequence_stats(),
+        "test_r2_pooled": np.asarray(metrics["test_r2_pooled"], dtype=np.float64),
     }
     with atomic_path(out_dir) as temp:
         temp.mkdir(parents=True)
@@ -449,7 +547,8 @@ def run_cae(store_path, out_dir, settings: Mapping[str, Any], threads: int | Non
             writer = csv.DictWriter(handle, fieldnames=["epoch", "train_loss", "val_loss", "grad_norm_max", "lr", "seconds"])
             writer.writeheader()
             writer.writerows(result.history)
-        write_group(temp / "embedding.zarr", arrays, attrs={"sublayer_names": sublayer_names, **{k: info[k] for k in ("model_name", "condition", "widths", "best_epoch")}})
+        attrs = {"sublayer_names": sublayer_names, **{k: info[k] for k in ("model_name", "condition", "widths", "best_epoch")}}
+        write_group(temp / "embedding.zarr", arrays, attrs=attrs)
         (temp / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 
@@ -465,80 +564,3 @@ def load_cae(out_dir) -> CompressingAutoencoder:
     model = CompressingAutoencoder(int(meta["d_model"]), int(meta["n_layers"]))
     model.load_state_dict(load_file(str(path)))
     return model.eval()
-
-
-def sublayers_with_variance(variance_per_sublayer: np.ndarray, relative: float = NEGLIGIBLE_RELATIVE_VARIANCE) -> np.ndarray:
-    """(2L,) bool: sublayers whose variance across sequences is at least ``relative`` times
-    the mean over sublayers. Below that (e.g. the embedding of a mostly shared last
-    token) a per-sublayer R^2 divides a reconstruction error of the sublayer's mean by
-    almost nothing and says nothing about the sublayer's variation."""
-    variance = np.asarray(variance_per_sublayer, dtype=np.float64)
-    return variance >= relative * np.mean(variance)
-
-
-def _median_ignoring_nan(values: np.ndarray) -> float:
-    """np.nanmedian without its warning: NaN when every entry is NaN."""
-    kept = values[~np.isnan(values)]
-    return float(np.median(kept)) if kept.size else float("nan")
-
-
-def summary_fig3(cae: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
-    """summary.json rows of Fig. 3 from the arrays of ``cae/embedding.zarr``.
-
-    Each row is ``{value, paper, definition}``. "Early" and "late" are the first and the
-    last quarter of the sublayers (of the transitions for step distances), ceil(n/4) each.
-    Medians of the per-sublayer R^2 against the sublayer's own mean skip sublayers of
-    negligible variance (``sublayers_with_variance``, when ``test_variance_per_sublayer``
-    is stored) and those without variance (NaN).
-    """
-    ev = np.asarray(cae["ev_per_sublayer"], dtype=np.float64).copy()
-    if "test_variance_per_sublayer" in cae:
-        ev[~sublayers_with_variance(cae["test_variance_per_sublayer"])] = np.nan
-    steps = np.asarray(cae["step_distance"], dtype=np.float64)
-    q_ev, q_steps = max(1, -(-len(ev) // 4)), max(1, -(-len(steps) // 4))
-    threshold = f"{NEGLIGIBLE_RELATIVE_VARIANCE:g}"
-    rows = {
-        "cae_ev_early": {
-            "value": _median_ignoring_nan(ev[:q_ev]),
-            "paper": "lower early (jump after the first sublayers, then plateau)",
-            "definition": (
-                "Fig. 3D: median over the first quarter of sublayers of the test-set R^2 of the CAE reconstruction "
-                "against the sublayer's own mean, 1 - ||X_s - Y_s||^2 / ||X_s - mean(X_s)||^2, skipping sublayers whose "
-                f"variance across test sequences is below {threshold} of the mean sublayer variance (a 2-D code mostly "
-                "encodes depth, so this within-sublayer R^2 stays near 0)."
-            ),
-        },
-        "cae_ev_late": {
-            "value": _median_ignoring_nan(ev[-q_ev:]),
-            "paper": "higher late (slow rise to the end)",
-            "definition": "Fig. 3D: the same median over the last quarter of sublayers.",
-        },
-        "cae_step_distance_late_over_early": {
-            "value": float(np.mean(steps[-q_steps:]) / np.mean(steps[:q_steps])),
-            "paper": "> 1 (steps grow with depth: trajectories straighten and speed up)",
-            "definition": "Fig. 3C: mean 2-D distance between successive sublayers over the last quarter of transitions divided by that over the first quarter (test sequences).",
-        },
-    }
-    if "ev_per_sublayer_pooled_reference" in cae:
-        pooled = np.asarray(cae["ev_per_sublayer_pooled_reference"], dtype=np.float64)
-        rows["cae_ev_pooled_reference_early"] = {
-            "value": _median_ignoring_nan(pooled[:q_ev]),
-            "paper": "not reported (Fig. 3D shows one explained-variance curve)",
-            "definition": (
-                "Fig. 3D (grey): median over the first quarter of sublayers of 1 - ||X_s - Y_s||^2 / ||X_s - m||^2 with m "
-                "the pooled mean of all test states, i.e. the share of the sublayer's spread around the pooled mean, "
-                "its depth offset included, that the reconstruction recovers."
-            ),
-        }
-        rows["cae_ev_pooled_reference_late"] = {
-            "value": _median_ignoring_nan(pooled[-q_ev:]),
-            "paper": "not reported (Fig. 3D shows one explained-variance curve)",
-            "definition": "Fig. 3D (grey): the same median over the last quarter of sublayers.",
-        }
-    if "test_r2_pooled" in cae:
-        rows["cae_test_r2_pooled"] = {
-            "value": float(cae["test_r2_pooled"]),
-            "paper": "not reported",
-            "definition": "Test-set R^2 of the CAE reconstruction over all states: 1 - sum ||x - y||^2 / sum ||x - m||^2, m the pooled mean of all test states.",
-        }
-    return rows

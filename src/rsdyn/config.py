@@ -153,11 +153,38 @@ def resolve_runs(config: dict, schema: dict | None = None) -> dict[str, dict]:
                     str(err).replace("Invalid config: ", f"Invalid config: runs[{index}] ({run['name']}) {section}.")
                 ) from None
             settings[section] = merged
+        _resolve_cae_corpus(settings, schema, f"runs[{index}] ({run['name']})")
         _check_model(settings["model"], f"runs[{index}].model", resources_dir)
         check_run(settings, f"runs[{index}] ({run['name']})", resources_dir)
         _check_jacobian(settings, f"runs[{index}] ({run['name']})")
         runs[run["name"]] = canonical(settings)
     return runs
+
+
+def _resolve_cae_corpus(settings: dict, schema: dict, where: str) -> None:
+    """Replace ``cae.corpus`` by the CAE's complete corpus settings (None: the run's own
+    corpus and store), validated like ``corpus``, and check both captures' shard counts
+    against their sample counts where those are fixed by the config."""
+    from rsdyn.cae_data import cae_corpus_settings
+    from rsdyn.capture import CaptureError, check_shards
+
+    cae = settings["cae"]
+    cae["corpus"] = cae_corpus_settings(settings["corpus"], cae.get("corpus"))
+    if cae["corpus"] is not None:
+        try:
+            _validate(cae["corpus"], schema["definitions"]["corpus"], schema)
+        except ConfigError as err:
+            raise ConfigError(str(err).replace("Invalid config: ", f"Invalid config: {where} cae.corpus.")) from None
+    captures = [("capture.shards", settings["corpus"]["n_samples"], settings["capture"]["shards"])]
+    if cae["corpus"] is not None:
+        shards = cae.get("capture_shards") or settings["capture"]["shards"]
+        captures.append(("cae.capture_shards", cae["corpus"]["n_samples"], shards))
+    for key, n_samples, shards in captures:
+        if n_samples is not None:
+            try:
+                check_shards(n_samples, shards, settings["capture"]["sample_chunk"], key)
+            except CaptureError as err:
+                raise ConfigError(f"Invalid config: {where}: {err}") from None
 
 
 def canonical(value: Any) -> Any:
@@ -271,12 +298,15 @@ def check_run(settings: dict, key: str, resources_dir: str = "resources") -> Non
                 f"unit_stats.ksg_k = {unit_stats['ksg_k']} needs more than {unit_stats['ksg_k']} samples but "
                 f"corpus.n_samples = {n_samples}; use ksg_k of at most {n_samples - 1}."
             )
+    cae_key = "cae.corpus.n_samples" if cae.get("corpus") else "corpus.n_samples"
+    cae_samples = cae["corpus"]["n_samples"] if cae.get("corpus") else n_samples
+    if cae_samples is not None:
         from rsdyn.cae import split_by_sequence
 
         try:
-            split_by_sequence(n_samples, cae["val_fraction"], cae["test_fraction"], cae["seed"])
+            split_by_sequence(cae_samples, cae["val_fraction"], cae["test_fraction"], cae["seed"])
         except ValueError as err:
-            fail(f"{str(err).rstrip('.')} (corpus.n_samples = {n_samples}, cae.val_fraction, cae.test_fraction).")
+            fail(f"{str(err).rstrip('.')} ({cae_key} = {cae_samples}, cae.val_fraction, cae.test_fraction).")
 
     n_layers = known_n_layers(settings["model"], resources_dir)
     if n_layers is not None:

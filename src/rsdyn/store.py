@@ -195,13 +195,16 @@ def check_chunks(path: str | os.PathLike, group: zarr.Group | None = None) -> No
             )
 
 
-def require_finite(values: np.ndarray, path: str | os.PathLike, array: zarr.Array, name: str) -> None:
+def require_finite(values: np.ndarray, path: str | os.PathLike, array: zarr.Array, name: str, rows: np.ndarray | None = None) -> None:
     """Raise StoreError naming the store, array and chunk of the first NaN or infinite value
-    of ``values`` (all of ``array``, read from the store at ``path``)."""
+    of ``values``: all of ``array`` (read from the store at ``path``), or its rows ``rows``
+    along the first axis."""
     finite = np.isfinite(values)
     if finite.all():
         return
     index = tuple(int(i) for i in np.argwhere(~finite)[0])
+    if rows is not None:
+        index = (int(np.asarray(rows)[index[0]]), *index[1:])
     coords = tuple(i // c for i, c in zip(index, array.chunks))
     key = array.metadata.chunk_key_encoding.encode_chunk_key(coords)
     raise StoreError(
@@ -275,3 +278,67 @@ def atomic_file(final: str | os.PathLike) -> Iterator[Path]:
     """Alias of :func:`atomic_path` for single files (CSV, JSON, figures)."""
     with atomic_path(final) as temp:
         yield temp
+
+
+# --------------------------------------------------------------------------- streamed writes
+
+@contextlib.contextmanager
+def streamed_group(final: str | os.PathLike, attrs: Mapping[str, Any] | None = None) -> Iterator[zarr.Group]:
+    """A new zarr v3 group at a hidden temporary sibling of ``final``, to be filled region by
+    region (``create_streamed_array``, then ``array[rows] = block``); renamed to ``final``
+    only when the ``with`` block ends without an exception, deleted otherwise."""
+    with atomic_path(final) as temp:
+        root = zarr.open_group(str(temp), mode="w", zarr_format=3)
+        if attrs:
+            root.attrs.update(dict(attrs))
+        yield root
+
+
+def create_streamed_array(group: zarr.Group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype=np.float32) -> zarr.Array:
+    """An empty array of ``group`` to be written block by block (``create_array``'s fill
+    value and chunk options: floats read as NaN until written)."""
+    return create_array(group, name, shape=tuple(int(s) for s in shape), dtype=np.dtype(dtype), chunks=tuple(int(c) for c in chunks))
+
+
+def _array_dir(array: zarr.Array) -> Path:
+    store = array.store_path.store
+    root = getattr(store, "root", None)
+    if root is None:
+        raise TypeError(f"{array.name} is not in a local directory store; chunk files can only be linked between local stores.")
+    return Path(root) / array.store_path.path
+
+
+def link_chunks(source: zarr.Array, target: zarr.Array, chunk_offset: tuple[int, ...]) -> int:
+    """Place every stored chunk of ``source`` into ``target`` at chunk-grid position
+    ``chunk_offset + its own``, by hard-linking the chunk file (copying it where the file
+    system has no hard links). The encoded bytes move unchanged: nothing is decoded or
+    recompressed, so the cost is one link per chunk, whatever the data size, and the
+    target holds exactly the bytes the source held. Both arrays must have the same chunk
+    shape, data type, fill value and codecs. Returns the number of chunks placed."""
+    same = (
+        source.chunks == target.chunks
+        and source.dtype == target.dtype
+        and source.metadata.codecs == target.metadata.codecs
+        and np.array_equal(np.asarray(source.fill_value), np.asarray(target.fill_value), equal_nan=True)
+    )
+    if not same:
+        raise ValueError(f"cannot link the chunks of {source.name} into {target.name}: chunk shape, dtype, fill value or codecs differ.")
+    grid = source.cdata_shape
+    if any(offset + size > total for offset, size, total in zip(chunk_offset, grid, target.cdata_shape)):
+        raise ValueError(f"{source.name} (chunk grid {grid}) at offset {chunk_offset} does not fit {target.name} (chunk grid {target.cdata_shape}).")
+    source_dir, target_dir = _array_dir(source), _array_dir(target)
+    encode_source = source.metadata.chunk_key_encoding.encode_chunk_key
+    encode_target = target.metadata.chunk_key_encoding.encode_chunk_key
+    placed = 0
+    for coords in np.ndindex(*grid):
+        chunk_file = source_dir / encode_source(coords)
+        if not chunk_file.is_file():  # never written, or equal to the fill value: absent in both
+            continue
+        destination = target_dir / encode_target(tuple(o + c for o, c in zip(chunk_offset, coords)))
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(chunk_file, destination)
+        except OSError:
+            shutil.copyfile(chunk_file, destination)
+        placed += 1
+    return placed

@@ -1,5 +1,8 @@
 # Dimensionality reduction of the pooled sublayer states: PCA (Fig. 4 A-C, and the basis
-# of the teleport grid) and the compressing autoencoder (Fig. 3).
+# of the teleport grid) and the compressing autoencoder (Fig. 3), which trains on the
+# run's activations.zarr or, when cae.corpus is set, on the capture of its own corpus
+# (cae_corpus.npz -> cae_activations.zarr, see capture.smk).
+from rsdyn.cae_data import cae_job_settings, cae_store_name, local_corpus_candidate
 
 
 rule pca:
@@ -26,13 +29,33 @@ rule pca:
         "../scripts/pca.py"
 
 
+rule cae_corpus:
+    input:
+        unpack(
+            lambda wildcards: {
+                "model": model_dir(wildcards),
+                **({"text": text} if (text := local_corpus_candidate(RUNS[wildcards.run]["cae"]["corpus"])) else {}),
+            }
+        ),
+    output:
+        f"{RESULTS}/{{run}}/cae_corpus.npz",
+    params:
+        settings=lambda wildcards: RUNS[wildcards.run]["cae"]["corpus"],
+    log:
+        f"{RESULTS}/{{run}}/logs/cae_corpus.log",
+    conda:
+        "../../envs/rsdyn.yaml"
+    script:
+        "../scripts/corpus.py"
+
+
 rule cae:
     input:
-        run_file("activations.zarr"),
+        lambda wildcards: f"{RESULTS}/{wildcards.run}/{cae_store_name(RUNS[wildcards.run])}",
     output:
         directory(f"{RESULTS}/{{run}}/cae"),
     params:
-        settings=setting("cae"),
+        settings=lambda wildcards: cae_job_settings(RUNS[wildcards.run]),
     threads: 4
     resources:
         gpu=1,

@@ -1,18 +1,15 @@
-"""Rule capture: residual stream of both conditions into activations.zarr."""
+"""Rule capture: assemble the shard stores into one activation store (hard links, no copy)."""
 
-import torch
-
-from rsdyn.capture import capture_store
+from rsdyn.capture import assemble_store
 from rsdyn.jobs import setup_job
 
 log = setup_job(snakemake.log[0])
-torch.set_num_threads(snakemake.threads)
-capture_store(
-    model_dir=snakemake.input.model,
+assemble_store(
+    shard_paths=snakemake.input.shards,
     corpus_path=snakemake.input.corpus,
     out_path=snakemake.output[0],
     settings=snakemake.params.settings,
     model_settings=snakemake.params.model,
     corpus_settings=snakemake.params.corpus,
 )
-log.info("wrote %s", snakemake.output[0])
+log.info("assembled %d shard(s) into %s", len(snakemake.input.shards), snakemake.output[0])
