@@ -152,6 +152,21 @@ def test_readme_section_renders_every_null_and_window(stores):
         assert len({line.replace("\\|", "").count("|") for line in table}) == 1, table
 
 
+def test_readme_generator_writes_the_rotation_section_between_its_markers(stores, tmp_path):
+    from rsdyn import readme
+
+    _, _, unit_stats, population, _ = stores
+    summary = json.loads(json.dumps({"run": "synthetic", "model": {"model_name": "synthetic"}, "rows": rs.summary_rotations(
+        unit_stats, population, n_resamples=10)}))
+    path = tmp_path / "README.md"
+    markers = "<!-- BEGIN generated: {0} -->\nold\n<!-- END generated: {0} -->\n"
+    path.write_text("### Are the rotations real?\n\n" + "".join(markers.format(name) for name in ("results", "rotations", "definitions")))
+    text = readme.update_readme(path, summary)
+    block = text.split("<!-- BEGIN generated: rotations -->\n")[1].split("<!-- END")[0]
+    assert block == rs.readme_section(summary).split("\n", 1)[1].lstrip("\n")
+    assert text.count("### Are the rotations real?") == 1
+
+
 def test_fig2_with_population_renders(stores):
     tmp_path, _, unit_stats, population, _ = stores
     paths = [tmp_path / "fig2.png", tmp_path / "fig2.pdf"]

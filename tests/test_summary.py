@@ -96,3 +96,19 @@ def test_readme_without_a_block_says_which(tmp_path):
 def test_readme_cli_exits_with_one_sentence(tmp_path):
     with pytest.raises(SystemExit, match="cannot read the summary"):
         readme.main([str(tmp_path / "README.md"), str(tmp_path / "missing.json")])
+
+
+def test_readme_across_models_block_is_the_compare_table(tmp_path):
+    path = tmp_path / "README.md"
+    path.write_text(README + "<!-- BEGIN generated: across_models -->\nold\n<!-- END generated: across_models -->\n")
+    table = "| claim | paper says | a | b |\n|---|---|---|---|\n"
+    (tmp_path / "across.md").write_text(table)
+    readme.main([str(path), _written(tmp_path), "--compare", str(tmp_path / "across.md")])
+    assert path.read_text().split("<!-- BEGIN generated: across_models -->\n")[1].split("<!-- END")[0] == table
+    with pytest.raises(SystemExit, match="cannot read the comparison table"):
+        readme.main([str(path), _written(tmp_path), "--compare", str(tmp_path / "missing.md")])
+
+
+def _written(tmp_path) -> str:
+    write_summary(SUMMARY, tmp_path / "summary.json")
+    return str(tmp_path / "summary.json")

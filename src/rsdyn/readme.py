@@ -1,9 +1,10 @@
 """Write the README's result tables from summary.json, between marker comments.
 
     python -m rsdyn.readme README.md results/smollm2-135m/summary.json \
-        [--control results/smollm2-135m-keep-last/summary.json]
+        [--control results/smollm2-135m-keep-last/summary.json] \
+        [--compare results/compare/across_models.md]
 
-Three blocks, each between ``<!-- BEGIN generated: NAME -->`` and
+Blocks, each between ``<!-- BEGIN generated: NAME -->`` and
 ``<!-- END generated: NAME -->`` (a missing block is an error naming it):
 
 - ``results``: the headline rows (those with a paper value or a verdict): quantity |
@@ -11,6 +12,10 @@ Three blocks, each between ``<!-- BEGIN generated: NAME -->`` and
 - ``controls``: the token-shuffled rows of the run beside those of a control run (the
   keep-last shuffle): quantity | original | shuffled, all positions | shuffled, last
   token kept; written only with ``--control``;
+- ``rotations``: "Are the rotations real?" (``rotation_summary.readme_section``), when
+  the summary has the rotation rows;
+- ``across_models``: the compare rule's ``across_models.md``; written only with
+  ``--compare``;
 - ``definitions``: every row with its definition and what its interval resampled.
 
 Nothing in these blocks is written by hand: rerun the command after the summary changes.
@@ -100,12 +105,27 @@ def replace_block(text: str, name: str, content: str) -> str:
     return pattern.sub(lambda match: match.group(1) + content + match.group(3), text, count=1)
 
 
-def update_readme(readme: str | Path, summary: Mapping[str, Any], control: Mapping[str, Any] | None = None) -> str:
-    """Regenerate the README's blocks from ``summary`` (and the ``control`` run's); returns the text written."""
+def rotations_block(summary: Mapping[str, Any]) -> str:
+    """The "Are the rotations real?" section without its heading."""
+    from rsdyn.rotation_summary import readme_section
+
+    section = readme_section(summary).split("\n", 1)[1].lstrip("\n")
+    return section if section.endswith("\n") else section + "\n"
+
+
+def update_readme(
+    readme: str | Path, summary: Mapping[str, Any], control: Mapping[str, Any] | None = None, compare: str | None = None
+) -> str:
+    """Regenerate the README's blocks from ``summary`` (and the ``control`` run's, and the
+    compare rule's ``across_models.md`` text); returns the text written."""
     text = Path(readme).read_text()
     text = replace_block(text, "results", results_block(summary))
     if control is not None:
         text = replace_block(text, "controls", controls_block(summary, control))
+    if "rotations_excess_turns_point_shuffle" in summary["rows"]:
+        text = replace_block(text, "rotations", rotations_block(summary))
+    if compare is not None:
+        text = replace_block(text, "across_models", compare if compare.endswith("\n") else compare + "\n")
     text = replace_block(text, "definitions", definitions_block(summary))
     with atomic_file(readme) as temp:
         Path(temp).write_text(text)
@@ -123,7 +143,7 @@ def _load(path: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m rsdyn.readme README.md SUMMARY.json [--control CONTROL.json]``."""
+    """``python -m rsdyn.readme README.md SUMMARY.json [--control CONTROL.json] [--compare ACROSS_MODELS.md]``."""
     import argparse
     import sys
 
@@ -131,9 +151,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("readme", help="the README.md to update in place")
     parser.add_argument("summary", help="summary.json of the run whose rows the README shows")
     parser.add_argument("--control", help="summary.json of the keep-last control run (corpus.shuffle_keep_last: true)")
+    parser.add_argument("--compare", help="across_models.md of the compare rule (results/compare/)")
     args = parser.parse_args(argv)
     try:
-        update_readme(args.readme, _load(args.summary), _load(args.control) if args.control else None)
+        compare = None
+        if args.compare:
+            try:
+                compare = Path(args.compare).read_text()
+            except OSError as err:
+                raise ReadmeError(f"cannot read the comparison table {args.compare}: {err}.") from None
+        update_readme(args.readme, _load(args.summary), _load(args.control) if args.control else None, compare)
     except ReadmeError as err:
         sys.exit(f"rsdyn.readme: {err}")
 
