@@ -121,7 +121,12 @@ def test_compare_rule_on_two_smoke_runs_of_different_models(smoke_run, tmp_path)
     shutil.copytree(smoke_run / "results/smoke", work / "results/smoke", symlinks=True)
     resources = work / "resources-compare"
     (resources / "models").mkdir(parents=True)
-    os.symlink(REPO / "resources/models/smollm2-135m", resources / "models/smollm2-135m")
+    link = resources / "models/smollm2-135m"
+    os.symlink(REPO / "resources/models/smollm2-135m", link)
+    # Snakemake compares a symlink's own mtime: give the new link the converted model's,
+    # as if the model had been converted into this resources folder before the smoke run.
+    converted = (REPO / "resources/models/smollm2-135m").stat().st_mtime
+    os.utime(link, (converted, converted), follow_symlinks=False)
     config = yaml.safe_load((work / "config/smoke.yaml").read_text())
     config["resources_dir"] = str(resources)
     config["runs"].append({

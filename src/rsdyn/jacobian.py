@@ -28,19 +28,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from rsdyn.adapters import decoder_layers, model_family
+from rsdyn.jobs import progress
+from rsdyn.mi import torch_threads
 from rsdyn.spectra import cumulative_spectra, matrix_spectra
 from rsdyn.sublayer_maps import SublayerMaps, eager_attention, precision_mode
-from rsdyn.teleport import VERIFY_TOLERANCE, control_states
+from rsdyn.teleport import control_states, relative_difference
 
 log = logging.getLogger(__name__)
 
@@ -181,10 +182,7 @@ def verify_chain(model, prompt_ids, states: torch.Tensor, family: str = "auto") 
     activation; returns the relative difference."""
     with eager_attention(model), precision_mode(model):
         reference = control_states(model, prompt_ids, family)
-    chain = states[: reference.shape[0]].to(reference.device, torch.float32)
-    scale = float(reference.abs().max().clamp_min(1e-30))
-    difference = float((chain - reference).abs().max()) / scale
-    tolerance = VERIFY_TOLERANCE.get(next(model.parameters()).dtype, 1e-2)
+    difference, tolerance = relative_difference(model, states[: reference.shape[0]].to(reference.device, torch.float32), reference)
     if not difference <= tolerance:
         raise RuntimeError(
             f"The chain of sublayer maps differs from a full forward by {difference:.2e} of the largest activation "
@@ -197,16 +195,6 @@ def verify_chain(model, prompt_ids, states: torch.Tensor, family: str = "auto") 
 # --------------------------------------------------------------------------- spectra per sample
 
 
-@contextlib.contextmanager
-def _torch_threads(count: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def sample_spectra(jacobians: torch.Tensor, workers: int = 1) -> dict[str, np.ndarray]:
     """:func:`rsdyn.spectra.matrix_spectra` of every transition and
     :func:`rsdyn.spectra.cumulative_spectra` of the chain, for one sample's ``jacobians``
@@ -217,11 +205,11 @@ def sample_spectra(jacobians: torch.Tensor, workers: int = 1) -> dict[str, np.nd
     the numbers do not depend on ``workers``. On a GPU the stack goes in one batch.
     """
     if jacobians.device.type != "cpu" or workers <= 1:
-        with contextlib.nullcontext() if jacobians.device.type != "cpu" else _torch_threads(1):
+        with contextlib.nullcontext() if jacobians.device.type != "cpu" else torch_threads(1):
             per_matrix = matrix_spectra(jacobians)
             cumulative = cumulative_spectra(jacobians)
     else:
-        with _torch_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
+        with torch_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
             chain = pool.submit(cumulative_spectra, jacobians)
             results = list(pool.map(matrix_spectra, jacobians))
             cumulative = chain.result()
@@ -262,7 +250,7 @@ def weights_spectra(
 ) -> dict[str, np.ndarray]:
     """The ``jacobian.zarr`` group of one set of weights over ``sequences`` (token ids, BOS first)."""
     per_sample = []
-    for ids in tqdm(sequences, desc=desc, unit="seq"):
+    for ids in progress(sequences, desc=desc, unit="seq"):
         start = time.perf_counter()
         jacobians, states = sublayer_jacobians(model, ids, family, mode, chunk_size)
         difference = verify_chain(model, ids, states, family)

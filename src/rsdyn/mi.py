@@ -358,10 +358,12 @@ def mi_kde_pairs(
     precision: str = "auto",
 ) -> np.ndarray:
     """Gaussian-KDE MI (nats) of each row pair (x_r, y_r); x, y (R, N) -> (R,)."""
-    p_x = kde_marginal_density(x, device, precision)
-    p_y = kde_marginal_density(y, device, precision)
-    p_xy = kde_joint_density(x, y, device, precision)
-    return _mi_from_densities(p_xy, p_x, p_y, eps)
+    return _mi_from_densities(*_pair_densities(x, y, device, precision), eps)
+
+
+def _pair_densities(x: np.ndarray, y: np.ndarray, device: str | torch.device, precision: str) -> tuple[np.ndarray, ...]:
+    """KDE densities at the sample points of each row pair: joint, marginal of x, marginal of y, each (R, N)."""
+    return kde_joint_density(x, y, device, precision), kde_marginal_density(x, device, precision), kde_marginal_density(y, device, precision)
 
 
 def mi_kde(
@@ -407,10 +409,7 @@ def mi_kde_literal_pairs(
     not normalised (no 1/N, no area element): the densities carry units
     1 / (units of x * units of y), so the value scales with N and with 1 / (sd_x sd_y).
     """
-    p_x = kde_marginal_density(x, device, precision)
-    p_y = kde_marginal_density(y, device, precision)
-    p_xy = kde_joint_density(x, y, device, precision)
-    return _literal_sum_from_densities(p_xy, p_x, p_y, eps)
+    return _literal_sum_from_densities(*_pair_densities(x, y, device, precision), eps)
 
 
 def mi_kde_estimates(

@@ -374,15 +374,21 @@ def teleport_layer(
 VERIFY_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8, torch.bfloat16: 5e-2, torch.float16: 1e-2}
 
 
+def relative_difference(model, states: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
+    """max |states - reference| over the largest |reference|, and the ``VERIFY_TOLERANCE`` of
+    the model's compute dtype it must not exceed."""
+    scale = float(reference.abs().max().clamp_min(1e-30))
+    difference = float((states.to(reference.device, reference.dtype) - reference).abs().max()) / scale
+    return difference, VERIFY_TOLERANCE.get(next(model.parameters()).dtype, 1e-2)
+
+
 def verify_against_full_forward(model, prompt_ids, layer: int, residual_point, batched_states, family: str = "auto") -> float:
     """Recompute one point with a full forward and raise if the batched states differ by
     more than ``VERIFY_TOLERANCE`` (relative to the largest activation): a guard against a
     model or transformers version whose layers or cache do not follow the conventions the
     prefix reuse relies on. Returns the relative difference."""
     reference = naive_states(model, prompt_ids, layer, residual_point, family)
-    scale = float(reference.abs().max().clamp_min(1e-30))
-    difference = float((batched_states.to(reference.device) - reference).abs().max()) / scale
-    tolerance = VERIFY_TOLERANCE.get(next(model.parameters()).dtype, 1e-2)
+    difference, tolerance = relative_difference(model, batched_states, reference)
     if not difference <= tolerance:
         raise RuntimeError(
             f"The batched teleport into layer {layer} differs from a full forward by {difference:.2e} of the "
