@@ -52,9 +52,11 @@ def test_teleport_horizon_reruns_no_forward(smoke_run):
     assert rules_of(jobs) == {"teleport_gather", "fig4", "summary"}
 
 
-def test_summary_bootstrap_reruns_only_the_summaries(smoke_run):
+def test_summary_bootstrap_reruns_the_summaries_and_the_pca_bootstrap(smoke_run):
+    """pca.zarr holds the bootstrap of the PCA rows, so PCA and the teleport layers that
+    read pca.zarr rerun too; nothing before them."""
     jobs = dry_run_after(smoke_run, lambda c: c.setdefault("summary", {}).update(bootstrap=50))
-    assert rules_of(jobs) == {"fig1_summary", "summary"}
+    assert rules_of(jobs) == {"pca", "teleport_layer", "teleport_gather", "fig4", "fig1_summary", "summary"}
 
 
 def test_teleport_grid_reruns_only_teleport_and_what_follows(smoke_run):
