@@ -36,7 +36,7 @@ FOOTER = """
 |---|---|---|
 | every shard of `unit_stats` (or every `teleport_layer`) fails after a settings change, and `snakemake` is run again | the rerun plans the shards, the gather and everything downstream again and fails with the same sentence; the old `unit_stats.zarr` / `teleport.zarr` is never taken for the new settings (every gather and downstream rule carries the settings its inputs were computed from in its `params`) | `tests/test_stale.py` |
 | a chunk of a store is deleted or damaged after it was written | the first job that opens the store fails with the sentence above naming the array and chunk; a float array's missing chunk reads as NaN (fill value), never as zeros | `tests/test_stale.py`, `tests/test_store.py` |
-| a capture shard killed (SIGKILL) during `snakemake --forcerun capture_shard capture`, which deletes the old shard store first | the next plain `snakemake` rebuilds the shard, `activations.zarr` and everything computed from them (every store of the data contract is a target of `rule all`) | `tests/test_stale.py` |
+| a capture job killed (SIGKILL) during `snakemake --forcerun capture_shard capture` | a killed shard leaves the assembled `activations.zarr` untouched (Snakemake deletes it only when the assembly starts); a store that is gone (the assembly killed after deleting it) is rebuilt, with its shards and everything computed from it, by the next plain `snakemake` (every store of the data contract is a target of `rule all`) | `tests/test_stale.py` |
 | `--config teleport.grid_n=12` (a dotted key) | Snakemake itself rejects it ("Config entry must start with a valid identifier"); write `--config teleport="{grid_n: 12}"` (tested) or an overlay file, see the README | `tests/test_stale.py` |
 """
 

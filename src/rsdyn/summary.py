@@ -69,7 +69,7 @@ def collect_rows(
     resampling = {"n_resamples": int(settings["bootstrap"]), "seed": int(settings["seed"])}
     population = read_group(population_path) if population_path else None
     rows.update(summary_rotations(read_group(unit_stats_path), population, **resampling))
-    rows.update(summary_fig3(read_group(cae_embedding_path)))
+    rows.update(summary_fig3(read_group(cae_embedding_path), **resampling))
     threshold = float(open_group(pca_path).attrs.get("variance_threshold", 0.9))
     rows.update(summary_fig4_pca(read_group(pca_path), threshold=threshold, **resampling))
     rows.update(summary_teleport(read_teleport(teleport_path), **resampling))
