@@ -354,3 +354,15 @@ def test_workflow_helpers_pick_the_cae_store_corpus_file_and_shards(tmp_path):
     assert local_corpus_candidate(per_split) == str(present)
     assert local_corpus_candidate(dict(per_split, split="validation")) is None
     assert local_corpus_candidate({"split": "test", "local_candidates": [str(present)]}) == str(present)
+
+
+@pytest.mark.parametrize("mode", ["memory", "stream"])
+def test_a_nan_in_the_store_is_named_by_array_row_and_chunk(tmp_path, mode):
+    from rsdyn.store import StoreError
+
+    make_store(tmp_path / "a.zarr")
+    zarr.open_group(str(tmp_path / "a.zarr"), mode="r+")["original"][9, 1, 5] = np.nan
+    split = {"train": np.arange(23)}
+    with pytest.raises(StoreError, match=r"array 'original' holds 1 NaN or infinite values \(the first at index \(9, 1, 5\), chunk c/2/0/0\)"):
+        source = load_sources(tmp_path / "a.zarr", "original", split, seed=0, mode=mode, block_mb=ONE_CHUNK)["train"]
+        list(source.batches(epoch=0, batch_size=8))
