@@ -30,6 +30,8 @@ from rsdyn.cae import build_model, run_cae, split_by_sequence
 from rsdyn.config import load_schema
 from rsdyn.store import open_group, read_group, write_group
 
+from common import write_report
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -203,9 +205,7 @@ def main() -> None:
                 print(f"seed {seed}: {json.dumps({k: v for k, v in row.items() if not isinstance(v, list)})}", flush=True)
             numbers = [key for key, value in next(iter(report["seeds"].values())).items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
             report["seed_spread"] = {key: [min(r[key] for r in report["seeds"].values()), max(r[key] for r in report["seeds"].values())] for key in numbers}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

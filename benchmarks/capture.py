@@ -11,14 +11,13 @@ Writes benchmarks/results/capture.json.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
 
 import torch
 
-from common import CORPUS, DEFAULT_MODEL_DIR, REPO, default_model
+from common import CORPUS, DEFAULT_MODEL_DIR, REPO, default_model, write_report
 
 from rsdyn.capture import capture_last_token, make_batches, pad_batch
 from rsdyn.adapters import base_model
@@ -94,7 +93,7 @@ def main() -> None:
         "targets": {"capture_vs_bare_forward": ">= 0.9", "bucketed_vs_corpus_order": ">= 1.5"},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_report(result, args.out)
     for key, value in result["tokens_per_s"].items():
         print(f"{key:>24}: {value:9.0f} tokens/s ({seconds[key]:.1f} s)")
     print(f"capture / bare forward: {result['ratio_capture_vs_bare_forward']:.2f}x   "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 from rsdyn.models import convert_model, load_model, resolve_device, resolve_dtype
@@ -21,3 +23,21 @@ def default_model(model_dir: str | Path, device: str = "auto"):
     dtype = resolve_dtype("auto", device)
     model, tokenizer, _ = load_model(model_dir, device=device, dtype=dtype)
     return model, tokenizer, device, dtype
+
+
+def best_seconds(function, repeats: int) -> float:
+    """Smallest wall-clock time in seconds of ``repeats`` calls (a loaded machine only adds time)."""
+    best = float("inf")
+    for _ in range(repeats):
+        began = time.perf_counter()
+        function()
+        best = min(best, time.perf_counter() - began)
+    return best
+
+
+def write_report(report: dict, out: str | Path) -> Path:
+    """Write a benchmark's JSON report to ``out`` (its folder created); returns the path."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    return out

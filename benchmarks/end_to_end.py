@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from conftest import copy_workflow  # noqa: E402
+from common import write_report  # noqa: E402
 
 
 def rule_seconds(benchmark_dir: Path) -> dict[str, float]:
@@ -60,7 +60,7 @@ def main() -> None:
     report = {"cores": args.cores, "configfile": args.configfile, "wall_seconds": wall,
               "per_rule_seconds": per_rule, "target_seconds": 600}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
+    write_report(report, args.out)
     print(f"whole DAG on {args.cores} cores: {wall:.0f} s (target <= 600 s)")
     for run, rules in per_rule.items():
         for rule, seconds in sorted(rules.items(), key=lambda item: -item[1]):

@@ -22,7 +22,6 @@ Writes benchmarks/results/jacobian.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -33,7 +32,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the jacobian rule
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import CORPUS, DEFAULT_MODEL_DIR, REPO  # noqa: E402
+from common import CORPUS, DEFAULT_MODEL_DIR, REPO, write_report  # noqa: E402
 
 from rsdyn.jacobian import attention_chunk_size, jacobian_of, sample_spectra, sublayer_jacobians  # noqa: E402
 from rsdyn.sublayer_maps import SublayerMaps, eager_attention  # noqa: E402
@@ -169,9 +168,7 @@ def main() -> None:
         result["llama8b_layer"] = time_transitions(layer_model, prompt, 0, args.loop_rows, args.repeats)
 
     result["load_average_1_5_15_min_at_end"] = os.getloadavg()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = write_report(result, args.out)
     print(f"-> {out}")
 
 

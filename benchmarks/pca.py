@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import REPO
+from common import REPO, write_report
 
 from rsdyn.pca import fit_pca, fit_pca_streamed, pca_of_states
 from rsdyn.store import open_group, write_group
@@ -91,9 +91,7 @@ def main() -> None:
         "stage_with_bootstrap_s": boot_s, "stage_with_bootstrap_peak_mb": boot_mb,
         "bootstrap_over_plain_time": boot_s / stage_s,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_report(result, args.out)
     print(json.dumps(result, indent=2))
 
 

@@ -18,11 +18,10 @@ import argparse
 import json
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 
-from common import REPO
+from common import REPO, write_report
 
 from rsdyn.correlations import corr_consecutive
 from rsdyn.resample import count_weights, resample_condition
@@ -62,9 +61,7 @@ def main() -> None:
         "max_abs_difference_r": difference,
         "machine": platform.processor() or platform.machine(),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_report(result, args.out)
     print(json.dumps(result, indent=2))
 
 

@@ -36,20 +36,11 @@ from rsdyn.jpca import pc_scores  # noqa: E402
 from rsdyn.store import open_group  # noqa: E402
 from rsdyn.unit_stats import synthetic_activations  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, best_seconds, write_report  # noqa: E402
+
 DEFAULT_STORE = REPO / "results" / "smollm2-135m" / "activations.zarr"
 OUT = REPO / "benchmarks" / "results" / "rotations.json"
 NULLS = ("point_shuffle", "increment_shuffle", "layer_shuffle", "phase")
-
-
-def best_seconds(function, repeats: int) -> float:
-    """Smallest wall-clock time of ``repeats`` calls (a loaded machine only adds time)."""
-    best = float("inf")
-    for _ in range(repeats):
-        began = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - began)
-    return best
 
 
 def load_states(store: Path, condition: str = "original") -> tuple[np.ndarray, str]:
@@ -98,8 +89,7 @@ def population_parts(states: np.ndarray, n_surrogates: int) -> dict:
 def checkpoint(report: dict) -> None:
     """Write what is measured so far (a long series stopped early keeps its rows)."""
     previous = json.loads(OUT.read_text()) if OUT.exists() else {}
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({**previous, **report}, indent=2))
+    write_report({**previous, **report}, OUT)
 
 
 def tme_fit_growth(d_values: list[int], n_samples: int = 661, n_sublayers: int = 60, report: dict | None = None) -> list[dict]:
@@ -147,8 +137,7 @@ def main() -> None:
         report.update(population_part(states, args))
     report["load_average_end"] = os.getloadavg()
 
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(report, indent=2))
+    write_report(report, OUT)
     print(json.dumps(report, indent=1))
     print(f"wrote {OUT}")
 

@@ -293,6 +293,8 @@ def bench_cae(scratch: Path, threads: int, store_gb: float, small_sequences: int
 
 
 def main() -> None:
+    from common import write_report
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("parts", nargs="*", default=["capture", "unit-stats", "cae"], choices=["capture", "unit-stats", "cae"])
     parser.add_argument("--scratch", default=None, help="folder for the synthetic stores (default: a temporary folder in benchmarks/results/scratch)")
@@ -316,8 +318,7 @@ def main() -> None:
                 report["unit_stats"] = bench_unit_stats(scratch, args.n_shuffles)
             else:
                 report["cae"] = bench_cae(scratch, args.threads, args.cae_store_gb)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(report, indent=2))
+            write_report(report, out)
     print(json.dumps(report, indent=2))
 
 

@@ -17,7 +17,6 @@ Target: (a) <= 30 s on 2 cores. Writes benchmarks/results/teleport.json.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import CORPUS, DEFAULT_MODEL_DIR, REPO, default_model
+from common import CORPUS, DEFAULT_MODEL_DIR, REPO, default_model, write_report
 
 from rsdyn.capture import capture_last_token
 from rsdyn.corpus import build_corpus
@@ -113,9 +112,7 @@ def main() -> None:
         "max_relative_difference": worst,
         "per_layer": per_layer,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = write_report(result, args.out)
     print(f"{len(points)} points x {len(args.layers)} layers: batched {batched:.2f} s, naive {naive:.2f} s, "
           f"naive/batched {naive / batched:.1f}x, max |batched - naive| / max |h| = {worst:.1e}  -> {out}")
 

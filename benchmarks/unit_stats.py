@@ -26,7 +26,6 @@ for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import resource  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -42,7 +41,8 @@ from rsdyn import mi  # noqa: E402
 from rsdyn import unit_stats as us  # noqa: E402
 from rsdyn.store import open_group, write_group  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, best_seconds, write_report  # noqa: E402
+
 DEFAULT_STORE = REPO / "results" / "smollm2-135m" / "activations.zarr"
 OUT = REPO / "benchmarks" / "results" / "unit_stats.json"
 
@@ -51,16 +51,6 @@ def mi_kde_scipy(x: np.ndarray, y: np.ndarray, eps: float = 1e-10) -> float:
     joint = np.vstack([x, y])
     p_xy = gaussian_kde(joint)(joint)
     return float(np.mean(np.log((p_xy + eps) / (gaussian_kde(x)(x) * gaussian_kde(y)(y) + eps))))
-
-
-def _best_seconds(function, repeats: int) -> float:
-    """Smallest wall-clock time of ``repeats`` calls (a loaded machine only adds time)."""
-    best = float("inf")
-    for _ in range(repeats):
-        began = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - began)
-    return best
 
 
 def bench_kde(store: Path, n_pairs: int, n_units: int, repeats: int) -> dict:
@@ -90,7 +80,7 @@ def bench_kde(store: Path, n_pairs: int, n_units: int, repeats: int) -> dict:
         mi.mi_kde_pairs(x[:2], y[:2])
     timings: dict[str, float] = {"scipy": float("inf")}
     for _ in range(repeats):  # one round = every variant once, so load spikes hit them alike
-        timings["scipy"] = min(timings["scipy"], _best_seconds(lambda: [mi_kde_scipy(x[i], y[i]) for i in range(len(x))], 1))
+        timings["scipy"] = min(timings["scipy"], best_seconds(lambda: [mi_kde_scipy(x[i], y[i]) for i in range(len(x))], 1))
         for backend in backends:
             mi.KDE_CPU_BACKEND = backend
             for threads in (1, 2):
@@ -98,7 +88,7 @@ def bench_kde(store: Path, n_pairs: int, n_units: int, repeats: int) -> dict:
                     for kind, call in (("pair", lambda: mi.mi_kde_pairs(x, y)), ("transition", lambda: mi.mi_kde(trajectory))):
                         key = f"{backend}/{threads}/{kind}"
                         # 3 calls in a row: an idle vCPU needs a few ms to wake up for the second thread
-                        timings[key] = min(timings.get(key, float("inf")), _best_seconds(call, 3))
+                        timings[key] = min(timings.get(key, float("inf")), best_seconds(call, 3))
     scipy_per_pair = timings["scipy"] / len(x)
     out["scipy_seconds_per_pair"] = scipy_per_pair
     for backend in backends:
@@ -208,8 +198,7 @@ def main() -> None:
         if not args.skip_stage:
             report["stage"] = bench_stage(store, shards=4, workers=2, n_shuffles=100 if args.quick else 1000)
         report["scaling"] = bench_scaling(args.quick)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(report, indent=2))
+    write_report(report, OUT)
 
     kde = report["kde_vs_scipy"]
     print(f"store: {source}")
