@@ -82,10 +82,8 @@ def choose_solver(n_rows: int, n_features: int, n_components: int, solver: str =
     return "full"
 
 
-def _check_matrix(X: np.ndarray, n_components: int) -> None:
-    if X.ndim != 2:
-        raise ValueError(f"PCA needs a 2-D (samples, features) matrix; got shape {X.shape}.")
-    n_rows, n_features = X.shape
+def _check_shape(n_rows: int, n_features: int, n_components: int) -> None:
+    """Raise ValueError unless a (n_rows, n_features) matrix has at least 2 rows and room for n_components."""
     if n_rows < 2:
         raise ValueError(f"PCA needs at least 2 samples; got {n_rows}.")
     if not 1 <= n_components <= min(n_rows, n_features):
@@ -93,6 +91,12 @@ def _check_matrix(X: np.ndarray, n_components: int) -> None:
             f"PCA n_components = {n_components} is out of range; allowed is 1 to "
             f"min(samples, features) = {min(n_rows, n_features)}."
         )
+
+
+def _check_matrix(X: np.ndarray, n_components: int) -> None:
+    if X.ndim != 2:
+        raise ValueError(f"PCA needs a 2-D (samples, features) matrix; got shape {X.shape}.")
+    _check_shape(*X.shape, n_components)
     if not np.isfinite(X).all():
         raise ValueError("PCA input contains NaN or infinite values; the capture must be finite.")
 
@@ -231,13 +235,7 @@ def fit_pca_streamed(states, n_components: int = 100, solver: str = "auto") -> d
     read the whole matrix (see the module docstring)."""
     n_samples, n_sublayers, d_model = states.shape
     n_rows = n_samples * n_sublayers
-    if n_rows < 2:
-        raise ValueError(f"PCA needs at least 2 samples; got {n_rows}.")
-    if not 1 <= n_components <= min(n_rows, d_model):
-        raise ValueError(
-            f"PCA n_components = {n_components} is out of range; allowed is 1 to "
-            f"min(samples, features) = {min(n_rows, d_model)}."
-        )
+    _check_shape(n_rows, d_model, n_components)
     resolved = choose_solver(n_rows, d_model, n_components, solver)
     if resolved != "gram" or n_rows < d_model:
         return fit_pca(np.asarray(states[...]).reshape(n_rows, d_model), n_components, resolved)
