@@ -14,17 +14,16 @@ configfile: "config/config.yaml"
 report: "workflow/report/workflow.rst"
 
 
+# One rule file per package of rsdyn (workflow/rules/<stage>.smk <-> src/rsdyn/<stage>/).
 include: "workflow/rules/common.smk"
-include: "workflow/rules/model.smk"
-include: "workflow/rules/corpus.smk"
+include: "workflow/rules/models.smk"
 include: "workflow/rules/capture.smk"
-include: "workflow/rules/unit_stats.smk"
+include: "workflow/rules/units.smk"
 include: "workflow/rules/population.smk"
-include: "workflow/rules/reduce.smk"
-include: "workflow/rules/teleport.smk"
+include: "workflow/rules/cae.smk"
+include: "workflow/rules/geometry.smk"
 include: "workflow/rules/jacobian.smk"
 include: "workflow/rules/report.smk"
-include: "workflow/rules/compare.smk"
 
 
 rule all:

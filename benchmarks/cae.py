@@ -25,12 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from rsdyn.cae import build_model, run_cae, split_by_sequence
-from rsdyn.config import load_schema
-from rsdyn.store import open_group, read_group, write_group
-
 from common import write_report
+
+from rsdyn.cae.model import build_model
+from rsdyn.cae.run import run_cae
+from rsdyn.cae.settings import split_by_sequence
+from rsdyn.core.schema import load_schema
+from rsdyn.core.store import open_group, read_group, write_group
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,7 +117,7 @@ def seed_row(store: Path, out: Path, settings: dict, threads: int) -> dict:
 
 def summarise(out: Path) -> dict:
     """Headline numbers and Fig. 3 summary rows of a finished CAE output folder."""
-    from rsdyn.cae import summary_fig3
+    from rsdyn.cae.summary import summary_fig3
 
     info = json.loads((out / "training.json").read_text())
     row = {key: info[key] for key in FULL_KEYS}

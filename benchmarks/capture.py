@@ -16,13 +16,11 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import CORPUS, DEFAULT_MODEL_DIR, REPO, default_model, write_report
 
-from rsdyn.capture import capture_last_token, make_batches, pad_batch
-from rsdyn.adapters import base_model
-from rsdyn.corpus import build_corpus
-
+from rsdyn.capture.capture import capture_last_token, make_batches, pad_batch
+from rsdyn.capture.corpus import build_corpus
+from rsdyn.models.adapters import base_model
 
 
 @torch.inference_mode()

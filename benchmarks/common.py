@@ -6,7 +6,12 @@ import json
 import time
 from pathlib import Path
 
-from rsdyn.models import convert_model, load_model, resolve_device, resolve_dtype
+from rsdyn.models.weights import (
+    convert_model,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO / "resources/models/smollm2-135m"

@@ -22,8 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from conftest import copy_workflow  # noqa: E402
 from common import write_report  # noqa: E402
+from conftest import copy_workflow  # noqa: E402
 
 
 def rule_seconds(benchmark_dir: Path) -> dict[str, float]:

@@ -31,11 +31,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the jacobian rule
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from common import CORPUS, DEFAULT_MODEL_DIR, REPO, write_report  # noqa: E402
 
-from rsdyn.jacobian import attention_chunk_size, jacobian_of, sample_spectra, sublayer_jacobians  # noqa: E402
-from rsdyn.sublayer_maps import SublayerMaps, eager_attention  # noqa: E402
+from rsdyn.jacobian.jacobian import (  # noqa: E402
+    attention_chunk_size,
+    jacobian_of,
+    sample_spectra,
+    sublayer_jacobians,
+)
+from rsdyn.models.sublayer_maps import SublayerMaps, eager_attention  # noqa: E402
 
 
 def synchronise(device) -> None:
@@ -125,8 +129,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/jacobian.json"))
     args = parser.parse_args()
 
-    from rsdyn.corpus import build_corpus
-    from rsdyn.models import load_model, resolve_device
+    from rsdyn.capture.corpus import build_corpus
+    from rsdyn.models.weights import load_model, resolve_device
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

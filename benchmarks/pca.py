@@ -26,11 +26,11 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
-
 from common import REPO, write_report
 
-from rsdyn.pca import fit_pca, fit_pca_streamed, pca_of_states
-from rsdyn.store import open_group, write_group
+from rsdyn.core.linalg import fit_pca, fit_pca_streamed
+from rsdyn.core.store import open_group, write_group
+from rsdyn.geometry.pca import pca_of_states
 
 
 def measured(function):
@@ -55,10 +55,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/pca.json"))
     args = parser.parse_args()
 
-    import rsdyn.pca as pca_module
+    import rsdyn.core.linalg as linalg_module
 
-    pca_module._BLOCK_BYTES = int(args.block_mb * 2**20)
-    pca_module._CHUNK_BYTES = int(args.block_mb * 2**20)
+    linalg_module._BLOCK_BYTES = int(args.block_mb * 2**20)
+    linalg_module._CHUNK_BYTES = int(args.block_mb * 2**20)
     rng = np.random.default_rng(0)
     shape = (args.samples, args.sublayers, args.units)
     scales = np.geomspace(10.0, 0.01, args.units).astype(np.float32)

@@ -4,7 +4,7 @@ On an ``activations.zarr`` (default: the default run's), times (a) ``resample_co
 every Fig. 1 quantity (r per unit and transition, density, norm, cosine, velocity) for
 ``--resamples`` bootstrap resamples of the sequences as matrix products of count weights,
 streamed over unit chunks (store reads included), and (b) the naive way: index the
-sequences of each resample and recompute r with ``rsdyn.correlations.corr_consecutive``
+sequences of each resample and recompute r with ``rsdyn.units.correlations.corr_consecutive``
 (r only, on data already in memory), on ``--naive`` resamples, scaled per resample.
 Reports (b)/(a) per resample and the largest difference of r between the two.
 Writes benchmarks/results/resample.json.
@@ -20,13 +20,12 @@ import platform
 import time
 
 import numpy as np
-
 from common import REPO, write_report
 
-from rsdyn.correlations import corr_consecutive
-from rsdyn.resample import count_weights, resample_condition
-from rsdyn.store import open_group
-from rsdyn.verdicts import bootstrap_indices
+from rsdyn.core.store import open_group
+from rsdyn.core.verdicts import bootstrap_indices
+from rsdyn.units.correlations import corr_consecutive
+from rsdyn.units.resample import count_weights, resample_condition
 
 
 def main() -> None:

@@ -27,16 +27,15 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from common import REPO, best_seconds, write_report  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from rsdyn import population as pop  # noqa: E402
-from rsdyn import rotations as rot  # noqa: E402
-from rsdyn import tme  # noqa: E402
-from rsdyn.jpca import pc_scores  # noqa: E402
-from rsdyn.store import open_group  # noqa: E402
-from rsdyn.unit_stats import synthetic_activations  # noqa: E402
-
-from common import REPO, best_seconds, write_report  # noqa: E402
+from rsdyn.core.store import open_group  # noqa: E402
+from rsdyn.population import population as pop  # noqa: E402
+from rsdyn.population import tme  # noqa: E402
+from rsdyn.population.jpca import pc_scores  # noqa: E402
+from rsdyn.units import rotations as rot  # noqa: E402
+from rsdyn.units.unit_stats import synthetic_activations  # noqa: E402
 
 DEFAULT_STORE = REPO / "results" / "smollm2-135m" / "activations.zarr"
 OUT = REPO / "benchmarks" / "results" / "rotations.json"

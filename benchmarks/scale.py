@@ -91,7 +91,7 @@ def tiny_model_dir(path: Path, hidden: int = TINY_HIDDEN, n_layers: int = TINY_L
 
 def random_corpus(path: Path, n: int, seed: int = 0) -> Path:
     """``n`` random sequences of 8-40 tokens (BOS first) and their shuffled twins, as corpus.npz."""
-    from rsdyn.corpus import Corpus, save_corpus
+    from rsdyn.capture.corpus import Corpus, save_corpus
 
     rng = np.random.default_rng(seed)
     original = [np.concatenate([[1], rng.integers(3, 512, size=int(length) - 1)]) for length in rng.integers(8, 41, size=n)]
@@ -116,19 +116,20 @@ CAPTURE_SETTINGS = {"device": "cpu", "dtype": "float32", "max_batch_tokens": 409
 def worker_capture(model_dir: str, corpus: str, out: str, streamed: bool, threads: int) -> dict:
     import torch
 
-    from rsdyn import capture
-    from rsdyn.corpus import load_corpus
+    from rsdyn.capture.corpus import load_corpus
+    from rsdyn.capture.run import capture_store
 
     torch.set_num_threads(threads)
     start = time.perf_counter()
     if streamed:
-        capture.capture_store(model_dir, corpus, out, CAPTURE_SETTINGS, {"source": "local", "name": "tiny", "path": model_dir})
+        capture_store(model_dir, corpus, out, CAPTURE_SETTINGS, {"source": "local", "name": "tiny", "path": model_dir})
     else:  # what the capture did before streaming: both conditions in memory, then written
-        from rsdyn.models import load_model
+        from rsdyn.capture.capture import capture_last_token
+        from rsdyn.models.weights import load_model
 
         model, _, _ = load_model(model_dir)
         rows = load_corpus(corpus)
-        held = [capture.capture_last_token(model, rows.rows(c), max_batch_tokens=4096, desc=c) for c in ("original", "shuffled")]
+        held = [capture_last_token(model, rows.rows(c), max_batch_tokens=4096, desc=c) for c in ("original", "shuffled")]
         assert all(np.isfinite(h).all() for h in held)
     return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
 
@@ -162,9 +163,9 @@ def bench_capture(scratch: Path, threads: int, sizes=(256, 1024, 4096)) -> dict:
 def synthetic_paper_store(path: Path, n: int = 1000, n_layers: int = 32, d_model: int = 4096, sample_chunk: int = 256, unit_chunk: int = 64) -> Path:
     """A data-contract store of random-walk trajectories of the paper's shape, written one
     sample block at a time (never the whole array in memory)."""
-    from rsdyn.adapters import sublayer_names
-    from rsdyn.capture import CONDITIONS
-    from rsdyn.store import create_streamed_array, streamed_group
+    from rsdyn.capture.settings import CONDITIONS
+    from rsdyn.core.store import create_streamed_array, streamed_group
+    from rsdyn.models.adapters import sublayer_names
 
     n_sublayers = 2 * n_layers
     rng = np.random.default_rng(0)
@@ -188,8 +189,8 @@ def synthetic_paper_store(path: Path, n: int = 1000, n_layers: int = 32, d_model
 
 
 def worker_unit_stats(store: str, out: str, units: int, n_shuffles: int) -> dict:
-    from rsdyn.store import write_group
-    from rsdyn.unit_stats import compute_shard, shard_attrs
+    from rsdyn.core.store import write_group
+    from rsdyn.units.unit_stats import compute_shard, shard_attrs
 
     settings = {"n_shuffles": n_shuffles}
     timings: dict[str, float] = {}
@@ -228,7 +229,7 @@ def bench_unit_stats(scratch: Path, n_shuffles: int = 1000) -> dict:
 
 def synthetic_cae_store(path: Path, n: int, n_sublayers: int = 60, d_model: int = 576, sample_chunk: int = 256, unit_chunk: int = 64) -> Path:
     """One condition of random-walk trajectories (growing with depth, low-rank drift), written block by block."""
-    from rsdyn.store import create_streamed_array, streamed_group
+    from rsdyn.core.store import create_streamed_array, streamed_group
 
     rng = np.random.default_rng(1)
     mixing = (rng.normal(size=(16, d_model)) / 4).astype(np.float32)
@@ -244,8 +245,8 @@ def synthetic_cae_store(path: Path, n: int, n_sublayers: int = 60, d_model: int 
 
 
 def worker_cae(store: str, out: str, data: str, threads: int) -> dict:
-    from rsdyn.cae import run_cae
-    from rsdyn.config import load_schema
+    from rsdyn.cae.run import run_cae
+    from rsdyn.core.schema import load_schema
 
     properties = load_schema()["definitions"]["cae"]["properties"]
     settings = {key: spec["default"] for key, spec in properties.items()}

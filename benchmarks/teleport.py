@@ -1,7 +1,7 @@
 """Teleport sweep on the default model: batched with prefix reuse vs one full forward per point.
 
 The PCA basis is a real one: the last-token states of ``--pca-samples`` WikiText-2
-sequences are captured and decomposed (``rsdyn.pca.pca_of_states``, 20 components), and
+sequences are captured and decomposed (``rsdyn.geometry.pca.pca_of_states``, 20 components), and
 the grid spans the projected data plus a 10 % margin, as the workflow does.
 Times (a) the batched sweep, best of ``--repeats``: ``teleport_layer`` for every layer,
 100 grid points each (control forward, prefix cache and one batch per layer, as one job
@@ -23,14 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from common import CORPUS, DEFAULT_MODEL_DIR, REPO, default_model, write_report
 
-from rsdyn.capture import capture_last_token
-from rsdyn.corpus import build_corpus
-from rsdyn.pca import pca_of_states
-from rsdyn.teleport import (
-    grid_for,
+from rsdyn.capture.capture import capture_last_token
+from rsdyn.capture.corpus import build_corpus
+from rsdyn.geometry.pca import pca_of_states
+from rsdyn.geometry.teleport import (
     naive_states,
     naive_teleport,
     teleport_layer,
@@ -38,6 +36,7 @@ from rsdyn.teleport import (
     to_residual,
     validate_teleport,
 )
+from rsdyn.geometry.teleport_grid import grid_for
 
 SETTINGS = {"grid_n": 10, "range": None, "margin": 0.1, "prompt": "I'm sorry, Dave. I'm afraid I can't do that.",
             "arrow_sublayers": 12}

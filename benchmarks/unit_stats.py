@@ -1,6 +1,6 @@
 """Benchmark of the unit_stats stage.
 
-1. Batched KDE MI (rsdyn.unit_stats.mi_kde_pairs) against a per-pair
+1. Batched KDE MI (rsdyn.units.mi.mi_kde_pairs) against a per-pair
    ``scipy.stats.gaussian_kde`` loop on the same pairs (N = 661, scipy on one thread):
    speed-up per pair and per transition (``mi_kde``, each sublayer's marginal shared by
    its two transitions), for each CPU backend (numba, torch) on 1 and 2 threads, and the
@@ -35,13 +35,13 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import REPO, best_seconds, write_report  # noqa: E402
 from scipy.stats import gaussian_kde  # noqa: E402
 
-from rsdyn import mi  # noqa: E402
-from rsdyn import unit_stats as us  # noqa: E402
-from rsdyn.store import open_group, write_group  # noqa: E402
-
-from common import REPO, best_seconds, write_report  # noqa: E402
+from rsdyn.core.store import open_group, write_group  # noqa: E402
+from rsdyn.units import mi  # noqa: E402
+from rsdyn.units import unit_stats as us  # noqa: E402
+from rsdyn.units.settings import split_units  # noqa: E402
 
 DEFAULT_STORE = REPO / "results" / "smollm2-135m" / "activations.zarr"
 OUT = REPO / "benchmarks" / "results" / "unit_stats.json"
@@ -128,7 +128,7 @@ def bench_stage(store: Path, shards: int, workers: int, n_shuffles: int) -> dict
     n_units = open_group(store)["original"].shape[2]
     settings = {"shards": shards, "n_shuffles": n_shuffles}
     with tempfile.TemporaryDirectory() as out_dir:
-        jobs = [(str(store), out_dir, i, a, b, settings) for i, (a, b) in enumerate(us.split_units(n_units, shards))]
+        jobs = [(str(store), out_dir, i, a, b, settings) for i, (a, b) in enumerate(split_units(n_units, shards))]
         began = time.perf_counter()
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
             results = list(pool.map(_run_shard, jobs))

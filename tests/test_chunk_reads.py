@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import zarr
+from test_cae_data import CountingStore
 from zarr.storage import LocalStore
 
-from rsdyn import layer_stats, unit_stats
-from test_cae_data import CountingStore
+from rsdyn.units import layer_stats, unit_stats
 
 N, N_LAYERS, D = 10, 2, 24
 SAMPLE_CHUNK, UNIT_CHUNK = 4, 8

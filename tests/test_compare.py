@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import REPO, copy_workflow, run_snakemake, tiny_llama
 
-from rsdyn.compare import (
+from rsdyn.report.compare import (
     CompareError,
     across_models_markdown,
     check_run_names,
@@ -23,7 +23,7 @@ from rsdyn.compare import (
     transition_depth,
     write_compare_table,
 )
-from rsdyn.plots.compare import save_fig_compare
+from rsdyn.report.compare_figure import save_fig_compare
 
 
 def _summary(model: str, rows: dict) -> dict:

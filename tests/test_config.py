@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rsdyn.config import ConfigError, resolve_runs, typed_overrides
+from rsdyn.config import resolve_runs
+from rsdyn.core.schema import ConfigError, typed_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 

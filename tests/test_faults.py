@@ -6,12 +6,17 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import tiny_llama
-from rsdyn.cae import run_cae
-from rsdyn.corpus import CorpusError, read_lines
-from rsdyn.models import ModelFetchError, convert_model, hub_failure, resolve_hub_commit
-from rsdyn.store import StoreError, write_group
+
+from rsdyn.cae.run import run_cae
+from rsdyn.capture.corpus import CorpusError, read_lines
+from rsdyn.core.store import StoreError, write_group
+from rsdyn.models.weights import (
+    ModelFetchError,
+    convert_model,
+    hub_failure,
+    resolve_hub_commit,
+)
 
 CAE_SETTINGS = {"n_layers": 2, "lr": 1e-3, "max_epochs": 1, "patience": 1, "batch_size": 8,
                 "val_fraction": 0.25, "test_fraction": 0.25, "device": "cpu", "seed": 0}
@@ -63,7 +68,7 @@ def test_a_gated_model_is_one_sentence():
 
 def test_the_converted_models_provenance_records_the_resolved_hub_commit(monkeypatch, tmp_path):
     """A hub model's provenance holds the commit its revision pointed to, to pin later."""
-    from rsdyn import models
+    from rsdyn.models import weights as models
 
     source = tmp_path / "hub-copy"
     tiny_llama().save_pretrained(source)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rsdyn import layer_stats as ls
-from rsdyn import unit_stats as us
-from rsdyn.plots.fig1 import make_fig1, save_figure
-from rsdyn.plots.fig2 import example_units, make_fig2
-from rsdyn.store import read_group, write_group
+from rsdyn.core.figures import save_figure
+from rsdyn.core.store import read_group, write_group
+from rsdyn.population.figure import example_units, make_fig2
+from rsdyn.units import layer_stats as ls
+from rsdyn.units import unit_stats as us
+from rsdyn.units.figure import make_fig1
 
 
 @pytest.fixture(scope="module")

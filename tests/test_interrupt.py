@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import copy_workflow, run_snakemake, snakemake_command, snakemake_env
-from rsdyn.store import open_group, read_group
 from test_reruns import planned_jobs
+
+from rsdyn.core.store import open_group, read_group
 
 pytestmark = pytest.mark.workflow
 

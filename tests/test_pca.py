@@ -3,16 +3,10 @@
 import numpy as np
 import pytest
 
-from rsdyn.pca import (
-    choose_solver,
-    components_needed,
-    ev_per_sublayer_curve,
-    fit_pca,
-    pca_attrs,
-    project,
-    run_pca,
-)
-from rsdyn.store import read_group, write_group
+from rsdyn.core.linalg import choose_solver, fit_pca, project
+from rsdyn.core.store import read_group, write_group
+from rsdyn.geometry.pca import components_needed, ev_per_sublayer_curve
+from rsdyn.geometry.run import pca_arrays, pca_attrs
 
 
 def low_rank_matrix(n_rows, n_features, seed=0):
@@ -107,7 +101,7 @@ def test_run_pca_on_a_store(tmp_path):
     store = tmp_path / "activations.zarr"
     states = make_store(store)
     settings = {"n_components": 10, "solver": "auto", "condition": "original", "variance_threshold": 0.9}
-    arrays = run_pca(store, settings)
+    arrays = pca_arrays(store, settings)
     assert arrays["projection"].shape == (20, 6, 2)
     assert arrays["components"].shape == (10, 16)
     assert arrays["ev_per_sublayer"].shape == (6,)
@@ -134,7 +128,7 @@ def test_bad_settings_raise_before_compute(tmp_path, settings, message):
     store = tmp_path / "activations.zarr"
     make_store(store)
     with pytest.raises(ValueError, match=message):
-        run_pca(store, settings)
+        pca_arrays(store, settings)
 
 
 def test_bad_matrix_raises():
@@ -167,7 +161,7 @@ def fake_pca_arrays(n_sublayers=8, k=10, n_resamples=50, seed=0, late_smaller=Tr
 
 
 def test_summary_rows_follow_their_definitions():
-    from rsdyn.pca import summary_fig4_pca
+    from rsdyn.geometry.pca_summary import summary_fig4_pca
 
     arrays = fake_pca_arrays()
     curve = arrays["ev_per_sublayer_curve"]
@@ -197,7 +191,7 @@ def test_summary_rows_follow_their_definitions():
 
 
 def test_summary_verdicts_flip_with_the_direction():
-    from rsdyn.pca import summary_fig4_pca
+    from rsdyn.geometry.pca_summary import summary_fig4_pca
 
     rows = summary_fig4_pca(fake_pca_arrays(late_smaller=False), 0.9)
     for name in ("participation_ratio", "components_for_90pct_within", "ev_per_sublayer"):
@@ -207,8 +201,8 @@ def test_summary_verdicts_flip_with_the_direction():
 def test_within_rows_quote_the_bootstrap_shift():
     """Resampling with replacement lowers every resampled dimensionality: the within rows
     keep the percentile interval and say how far the bootstrap mean lies from the estimate."""
-    from rsdyn.pca import summary_fig4_pca
-    from rsdyn.verdicts import percentile_interval
+    from rsdyn.core.verdicts import percentile_interval
+    from rsdyn.geometry.pca_summary import summary_fig4_pca
 
     arrays = fake_pca_arrays(n_resamples=100)
     rng = np.random.default_rng(4)
@@ -228,7 +222,7 @@ def test_within_rows_quote_the_bootstrap_shift():
 def test_censored_pooled_counts_give_a_valid_verdict():
     """Early sublayers needing more than K pooled PCs count as K + 1: late - early is an
     upper bound, so a negative interval still means fewer components late."""
-    from rsdyn.pca import summary_fig4_pca
+    from rsdyn.geometry.pca_summary import summary_fig4_pca
 
     arrays = fake_pca_arrays(n_resamples=20)
     curve = arrays["ev_per_sublayer_curve"]
@@ -266,7 +260,7 @@ def spectrum_tolerance(eigenvalues, n_rows, n_features):
 
 @pytest.mark.parametrize("n, d", [(15, 40), (60, 12)])  # N < D (N x N Gram) and N > D (D x D)
 def test_within_view_matches_eigh_per_sublayer(n, d):
-    from rsdyn.pca import pca_of_states
+    from rsdyn.geometry.pca import pca_of_states
 
     rng = np.random.default_rng(5)
     sublayers = 4
@@ -285,7 +279,12 @@ def test_within_view_matches_eigh_per_sublayer(n, d):
 
 
 def test_within_view_of_low_rank_and_constant_sublayers():
-    from rsdyn.sublayer_pca import components_for_fraction, numerical_rank, own_spectrum, participation_ratio
+    from rsdyn.geometry.sublayer_pca import (
+        components_for_fraction,
+        numerical_rank,
+        own_spectrum,
+        participation_ratio,
+    )
 
     rng = np.random.default_rng(6)
     low_rank = rng.standard_normal((30, 3)) @ rng.standard_normal((3, 20))  # rank 3
@@ -301,8 +300,8 @@ def test_within_view_of_low_rank_and_constant_sublayers():
 
 @pytest.mark.parametrize("n, d", [(20, 30), (25, 8)])  # indexed N x N Gram route, and D x D weighted covariance (N > 2D)
 def test_resampled_spectra_equal_the_spectrum_of_the_repeated_rows(n, d):
-    from rsdyn.sublayer_pca import resample_counts, resampled_spectra
-    from rsdyn.verdicts import bootstrap_indices
+    from rsdyn.core.verdicts import bootstrap_indices
+    from rsdyn.geometry.sublayer_pca import resample_counts, resampled_spectra
 
     rng = np.random.default_rng(7)
     block = rng.standard_normal((n, d)) * rng.gamma(1.0, 1.0, d) + 3
@@ -317,8 +316,8 @@ def test_resampled_spectra_equal_the_spectrum_of_the_repeated_rows(n, d):
 def test_pooled_bootstrap_equals_the_curve_of_the_resampled_sequences():
     """Per resample, the pooled-PC R^2 with PCs and pooled mean held fixed equals the
     explicit reconstruction on the resampled sequences."""
-    from rsdyn.pca import pca_of_states
-    from rsdyn.verdicts import bootstrap_indices
+    from rsdyn.core.verdicts import bootstrap_indices
+    from rsdyn.geometry.pca import pca_of_states
 
     rng = np.random.default_rng(8)
     n, sublayers, d, k = 18, 5, 10, 4
@@ -352,12 +351,13 @@ class CountingArray:
 
 
 def test_streamed_pca_reads_in_blocks_and_matches_the_in_memory_fit(monkeypatch):
-    import rsdyn.pca as pca_module
+    import rsdyn.core.linalg as linalg_module
+    import rsdyn.geometry.pca as pca_module
 
     rng = np.random.default_rng(9)
     n, sublayers, d = 40, 6, 8
     states = (rng.standard_normal((n, sublayers, d)) * np.geomspace(10, 0.1, d) + 2).astype(np.float32)
-    monkeypatch.setattr(pca_module, "_BLOCK_BYTES", 4 * 7 * sublayers * d)  # 7 sequences, or 1 sublayer, per read
+    monkeypatch.setattr(linalg_module, "_BLOCK_BYTES", 4 * 7 * sublayers * d)  # 7 sequences, or 1 sublayer, per read
     array = CountingArray(states, chunks=(5, sublayers, d))
     streamed = pca_module.pca_of_states(array, 5, "gram", n_resamples=3)
     assert max(array.reads) <= 10 * sublayers * d  # sample blocks aligned to the 5-sequence chunks
@@ -376,11 +376,11 @@ def test_pca_panels_draw_into_given_axes(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rsdyn.plots.pca_panels import draw_pca_panels
+    from rsdyn.geometry.pca_figure import draw_pca_panels
 
     store = tmp_path / "activations.zarr"
     make_store(store)
-    arrays = run_pca(store, {"n_components": 10, "solver": "auto", "condition": "original"}, n_resamples=0)
+    arrays = pca_arrays(store, {"n_components": 10, "solver": "auto", "condition": "original"}, n_resamples=0)
     figure, axes = plt.subplots(1, 4)
     draw_pca_panels(axes, arrays, [f"S{s}" for s in range(6)])
     assert len(axes[0].lines) == 20 + 1  # every trajectory and the mean

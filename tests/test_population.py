@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 from scipy.stats import false_discovery_control
 
-from rsdyn import population as pop
-from rsdyn import rotation_summary as rs
-from rsdyn import unit_stats as us
-from rsdyn.errors import PopulationInputError
-from rsdyn.jpca import jpca, jpca_of_scores
-from rsdyn.plots.fig1 import save_figure
-from rsdyn.plots.fig2 import make_fig2
-from rsdyn.rotations import rotation_number
-from rsdyn.store import read_group, write_group
+from rsdyn.core.errors import PopulationInputError
+from rsdyn.core.figures import save_figure
+from rsdyn.core.store import read_group, write_group
+from rsdyn.population import population as pop
+from rsdyn.population import summary as rs
+from rsdyn.population.figure import make_fig2
+from rsdyn.population.jpca import jpca, jpca_of_scores
+from rsdyn.population.run import population_arrays
+from rsdyn.units import unit_stats as us
+from rsdyn.units.rotations import rotation_number
 
 JPCA = {"k": 4, "windows": None}
 TME = {"n_surrogates": 12, "unit_surrogates": 30, "seed": 3}
@@ -32,7 +33,7 @@ def stores(tmp_path_factory):
         write_group(tmp_path / "shard_0.zarr", us.compute_shard(store, 0, 12, settings), attrs=us.shard_attrs(store, 0, 12, settings))
     ])
     unit_stats = read_group(write_group(tmp_path / "unit_stats.zarr", arrays, attrs=attrs))
-    arrays, attrs = pop.run_population(store, JPCA, TME, 0.05)
+    arrays, attrs = population_arrays(store, JPCA, TME, 0.05)
     population = read_group(write_group(tmp_path / "population.zarr", arrays, attrs=attrs))
     return tmp_path, store, unit_stats, population, attrs
 
@@ -64,7 +65,7 @@ def test_population_store_holds_jpca_windows_and_tme(stores):
 
 def test_population_is_seeded(stores):
     _, store, _, population, _ = stores
-    again, _ = pop.run_population(store, JPCA, TME, 0.05)
+    again, _ = population_arrays(store, JPCA, TME, 0.05)
     for condition in pop.CONDITIONS:
         np.testing.assert_array_equal(again[condition]["jpca"]["tme_jpca_ratio"], population[condition]["jpca"]["tme_jpca_ratio"])
         np.testing.assert_array_equal(again[condition]["tme_rotations"]["samples"], population[condition]["tme_rotations"]["samples"])
@@ -73,9 +74,9 @@ def test_population_is_seeded(stores):
 def test_settings_that_do_not_fit_the_capture_are_refused(stores):
     _, store, _, _, _ = stores
     with pytest.raises(PopulationInputError, match="jpca.k = 50"):
-        pop.run_population(store, {"k": 50}, TME)
+        population_arrays(store, {"k": 50}, TME)
     with pytest.raises(PopulationInputError, match="jpca.windows"):
-        pop.run_population(store, {"k": 4, "windows": [[0, 11]]}, TME)
+        population_arrays(store, {"k": 4, "windows": [[0, 11]]}, TME)
 
 
 def test_percentile_of():
@@ -153,7 +154,7 @@ def test_readme_section_renders_every_null_and_window(stores):
 
 
 def test_readme_generator_writes_the_rotation_section_between_its_markers(stores, tmp_path):
-    from rsdyn import readme
+    from rsdyn.report import readme
 
     _, _, unit_stats, population, _ = stores
     summary = json.loads(json.dumps({"run": "synthetic", "model": {"model_name": "synthetic"}, "rows": rs.summary_rotations(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rsdyn import correlations, resample
-from rsdyn import layer_stats as ls
-from rsdyn import unit_stats as us
-from rsdyn.verdicts import bootstrap_indices
+from rsdyn.core.verdicts import bootstrap_indices
+from rsdyn.units import correlations, resample
+from rsdyn.units import layer_stats as ls
+from rsdyn.units import unit_stats as us
 
 
 def test_count_weights_count_the_draws():

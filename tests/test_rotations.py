@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.stats import false_discovery_control
 
-from rsdyn import rotations as rot
-from rsdyn import unit_stats as us
+from rsdyn.units import rotations as rot
+from rsdyn.units import unit_stats as us
 
 
 def spiral(turns: float, n: int = 600, growth: float = 0.004) -> np.ndarray:

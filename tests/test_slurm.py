@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import REPO, copy_workflow, run_snakemake
 from slurm_cluster import SlurmCluster, SlurmClusterError, missing_binaries
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import run_snakemake, snakemake_command, snakemake_env
 from test_interrupt import capture_job_pid
 from test_reruns import planned_jobs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rsdyn.store import (
+from rsdyn.core.store import (
     StoreError,
     check_chunks,
     corrupt_chunks,

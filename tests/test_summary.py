@@ -7,9 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from rsdyn import readme
-from rsdyn.summary import format_value, main, markdown_table, write_summary, write_table
-from rsdyn.verdicts import comparison_row
+from rsdyn.core.verdicts import comparison_row
+from rsdyn.report import readme
+from rsdyn.report.summary import (
+    format_value,
+    main,
+    markdown_table,
+    write_summary,
+    write_table,
+)
 
 SUMMARY = {"run": "r", "n_samples": 5, "model": {"model_id": "m", "n_layers": 2, "d_model": 4},
            "bootstrap": {"resamples": 200, "seed": 0, "level": 0.95}, "rows": {

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from rsdyn import correlations, mi
-from rsdyn import layer_stats as ls
-from rsdyn import summary_fig1 as s1
-from rsdyn import unit_stats as us
-from rsdyn.resample import resample_condition, resample_store
-from rsdyn.verdicts import bootstrap_indices, percentile_interval
+from rsdyn.core.verdicts import bootstrap_indices, percentile_interval
+from rsdyn.units import correlations, mi
+from rsdyn.units import layer_stats as ls
+from rsdyn.units import summary as s1
+from rsdyn.units import unit_stats as us
+from rsdyn.units.resample import resample_condition, resample_store
 
 
 def unit_stats_of(acts: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
@@ -146,7 +146,7 @@ def test_unit_resamples_and_statistics_against_loops():
 
 def test_store_and_in_memory_resamples_agree(tmp_path, synthetic):
     store = us.write_synthetic_store(tmp_path / "a.zarr", 20, 2, 8, unit_chunk=3)
-    from rsdyn.store import read_group
+    from rsdyn.core.store import read_group
 
     data = read_group(store)
     indices = bootstrap_indices(20, 5, seed=0)

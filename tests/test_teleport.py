@@ -4,31 +4,43 @@ against one full forward per point on tiny random Llama and Gemma3 models, valid
 import numpy as np
 import pytest
 import torch
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
-from rsdyn.adapters import decoder_layers
-from rsdyn.store import read_group, write_group
-from rsdyn.teleport import (
-    TeleportError,
+from rsdyn.core.store import read_group, write_group
+from rsdyn.geometry.run import gather_layers
+from rsdyn.geometry.settings import TeleportError
+from rsdyn.geometry.teleport import (
     check_basis,
-    control_states,
-    data_range,
-    gather_layers,
-    grid_for,
-    grid_points,
-    layer_data_range,
-    mse_to_control,
     naive_states,
     naive_teleport,
     project_pc12,
-    sample_indices,
-    summary_teleport,
     teleport_layer,
     teleported_states,
     to_residual,
     validate_teleport,
 )
-from rsdyn.teleport_metrics import horizon, layer_metrics, spread, teleport_metrics
+from rsdyn.geometry.teleport_grid import (
+    data_range,
+    grid_for,
+    grid_points,
+    layer_data_range,
+    sample_indices,
+)
+from rsdyn.geometry.teleport_metrics import (
+    horizon,
+    layer_metrics,
+    mse_to_control,
+    spread,
+    summary_teleport,
+    teleport_metrics,
+)
+from rsdyn.models.adapters import decoder_layers
+from rsdyn.models.interventions import control_states
 
 N_LAYERS, D_MODEL, VOCAB = 4, 32, 64
 PROMPT = "I'm sorry, Dave."
@@ -225,7 +237,7 @@ def test_scaled_metrics_divide_positions_by_the_data_spread():
     for name, value in teleport_metrics(trajectories, control, layer, steps, sigma).items():
         np.testing.assert_allclose(value, by_hand[name], rtol=1e-12)
     projection = rng.normal(size=(7, 6, 2))
-    from rsdyn.teleport_metrics import data_spread
+    from rsdyn.geometry.teleport_metrics import data_spread
 
     np.testing.assert_allclose(data_spread(projection), [np.sqrt(np.var(projection[:, s, 0], ddof=1) + np.var(projection[:, s, 1], ddof=1)) for s in range(6)])
 
@@ -435,7 +447,7 @@ def test_summary_verdict_flips_when_the_ends_recover_better():
 
 
 def test_verify_guard_raises_when_the_batched_states_are_wrong(setup):
-    from rsdyn.teleport import verify_against_full_forward
+    from rsdyn.geometry.teleport import verify_against_full_forward
 
     model, ids, mean, components, points = setup
     residual = to_residual(points[:1], mean, components)
@@ -446,14 +458,14 @@ def test_verify_guard_raises_when_the_batched_states_are_wrong(setup):
 
 
 def test_job_settings_leave_out_what_no_layer_depends_on():
-    from rsdyn.teleport import job_settings
+    from rsdyn.geometry.settings import job_settings
 
     settings = {"layers": [0, 7], "arrow_sublayers": 12, "grid_n": 10, "prompt": PROMPT, "sample_control": 5}
     assert job_settings(settings) == {"grid_n": 10, "prompt": PROMPT, "sample_control": 5}
 
 
 def test_fig4_draws_panels_and_arrows(tmp_path):
-    from rsdyn.plots.fig4 import arrow_vectors, save_fig4
+    from rsdyn.geometry.figure import arrow_vectors, save_fig4
 
     rng = np.random.default_rng(4)
     trajectories = rng.normal(size=(4, 6, 2))
@@ -487,7 +499,7 @@ def test_fig4_draws_panels_and_arrows(tmp_path):
 def test_fig4_panels_share_one_scale_and_arrows_one_length():
     import matplotlib.pyplot as plt
 
-    from rsdyn.plots.fig4 import ARROW_FRACTION, draw_teleport_panel, panel_frames
+    from rsdyn.geometry.figure import ARROW_FRACTION, draw_teleport_panel, panel_frames
 
     groups = metric_groups({0: 1.2, 2: 0.5}, seed=4)
     for group in groups.values():

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from rsdyn import tme
-from rsdyn.errors import PopulationInputError
+from rsdyn.core.errors import PopulationInputError
+from rsdyn.population import tme
 
 
 def structured_tensor(shape=(12, 10, 14), seed=0) -> np.ndarray:

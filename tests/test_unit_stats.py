@@ -7,9 +7,10 @@ import pytest
 from scipy.special import digamma
 from scipy.stats import gaussian_kde
 
-from rsdyn import correlations, mi, rotations, surrogates
-from rsdyn import unit_stats as us
-from rsdyn.store import read_group, write_group
+from rsdyn.core.store import read_group, write_group
+from rsdyn.units import correlations, mi, rotations, surrogates
+from rsdyn.units import unit_stats as us
+from rsdyn.units.settings import split_units
 
 SMALL = {"n_shuffles": 20, "corr_bins": 10, "ksg_k": 3}
 
@@ -74,7 +75,7 @@ def acts():
 
 def test_split_units_tiles_every_unit_once():
     for n_units, shards in [(576, 4), (576, 7), (10, 10), (13, 1)]:
-        ranges = us.split_units(n_units, shards)
+        ranges = split_units(n_units, shards)
         assert len(ranges) == shards
         covered = np.concatenate([np.arange(start, stop) for start, stop in ranges])
         assert np.array_equal(covered, np.arange(n_units))
@@ -84,7 +85,7 @@ def test_split_units_tiles_every_unit_once():
 
 def test_more_shards_than_units_is_a_clear_error():
     with pytest.raises(us.UnitStatsInputError, match="shards = 8 exceeds the number of units d_model = 5"):
-        us.split_units(5, 8)
+        split_units(5, 8)
 
 
 # ----------------------------------------------------------------------------- correlation
@@ -373,7 +374,7 @@ def test_per_sample_rotations_are_the_mean_over_samples(acts):
 def _gathered(store, tmp_path, shards: int) -> dict:
     n_units = read_group(store)["original"].shape[2]
     paths = []
-    for index, (start, stop) in enumerate(us.split_units(n_units, shards)):
+    for index, (start, stop) in enumerate(split_units(n_units, shards)):
         result = us.compute_shard(store, start, stop, {**SMALL, "shards": shards})
         attrs = us.shard_attrs(store, start, stop, {**SMALL, "shards": shards})
         paths.append(write_group(tmp_path / f"S{shards}" / f"shard_{index}.zarr", result, attrs=attrs))
@@ -417,7 +418,7 @@ def test_shard_reads_only_its_units_and_matches_the_kernels(tmp_path):
 def test_gather_refuses_a_missing_shard(tmp_path):
     store = us.write_synthetic_store(tmp_path / "activations.zarr", 20, 2, 6, unit_chunk=2)
     paths = []
-    for index, (start, stop) in enumerate(us.split_units(6, 3)):
+    for index, (start, stop) in enumerate(split_units(6, 3)):
         if index == 1:
             continue
         paths.append(write_group(tmp_path / f"shard_{index}.zarr", us.compute_shard(store, start, stop, SMALL),

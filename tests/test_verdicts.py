@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rsdyn import verdicts
+from rsdyn.core import verdicts
 
 
 def test_bootstrap_indices_are_seeded_and_in_range():

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import yaml
 import zarr
-
 from conftest import copy_workflow, run_snakemake
 
 pytestmark = pytest.mark.workflow
@@ -60,7 +59,7 @@ def test_report_holds_the_five_figures_and_the_summary(smoke_run):
 
 
 def test_smoke_run_writes_the_jacobian_store(smoke_run):
-    from rsdyn.jacobian import read_jacobian
+    from rsdyn.jacobian.run import read_jacobian
 
     arrays, attrs = read_jacobian(smoke_run / "results/smoke/jacobian.zarr")
     assert attrs["weights"] == ["trained", "initial"] and attrs["n_layers"] == 30 and attrs["d_model"] == 576

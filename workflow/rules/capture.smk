@@ -1,11 +1,28 @@
-# Capture: the residual stream of the last real token at both hook sites of every layer,
-# for the original and the shuffled condition. Each dataset (the run's corpus ->
+# Capture stage (rsdyn.capture): the corpus (WikiText-2 raw, local file when present, else
+# the hub; length filter, seeded subsample, BOS tokenisation and the shuffled condition,
+# one file per run), and the residual stream of the last real token at both hook sites of
+# every layer, for the original and the shuffled condition. Each dataset (the run's corpus ->
 # activations.zarr; the CAE's own corpus, when cae.corpus is set -> cae_activations.zarr,
 # the CAE's condition only) is captured by K GPU-tagged shard jobs over contiguous runs
 # of whole sample chunks, each streaming its blocks into its own store, then assembled
-# by hard-linking their chunk files into one store (rsdyn.capture.assemble_store).
+# by hard-linking their chunk files into one store (rsdyn.capture.run.assemble_store).
 # K = capture.shards (for the CAE corpus cae.capture_shards, or capture.shards).
-from rsdyn.capture import DATASETS, dataset_conditions, dataset_corpus_settings, dataset_shards, recorded_settings, shard_job_settings
+from rsdyn.capture.settings import DATASETS, dataset_conditions, dataset_corpus_settings, dataset_shards, recorded_settings, shard_job_settings
+
+
+rule corpus:
+    input:
+        unpack(corpus_inputs),
+    output:
+        f"{RESULTS}/{{run}}/corpus.npz",
+    params:
+        settings=setting("corpus"),
+    log:
+        f"{RESULTS}/{{run}}/logs/corpus.log",
+    conda:
+        "../../envs/rsdyn.yaml"
+    script:
+        "../scripts/corpus.py"
 
 
 rule capture_shard:

@@ -6,7 +6,8 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from snakemake.utils import update_config
 
-from rsdyn.config import ConfigError, load_schema, resolve_runs, typed_overrides
+from rsdyn.core.schema import ConfigError, load_schema, typed_overrides
+from rsdyn.config import resolve_runs
 
 # `--config section="{key: value}"` changes one nested value: Snakemake reads the nested
 # values as strings, so they get their YAML types back before validation.
@@ -91,7 +92,7 @@ def run_file(name):
 def corpus_inputs(wildcards):
     """The model (for its tokenizer) and the first existing local file of the run's
     corpus.split (none: the corpus rule loads the split from the hub)."""
-    from rsdyn.corpus import local_corpus_file
+    from rsdyn.capture.corpus import local_corpus_file
 
     inputs = {"model": model_dir(wildcards)}
     corpus = RUNS[wildcards.run]["corpus"]

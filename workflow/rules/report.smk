@@ -1,7 +1,9 @@
-# Summary: the headline numbers beside the paper's (summary.json, and a table for the
-# report), and the run's resolved configuration, shown in `snakemake --report`. The
-# Fig. 1 rows, whose intervals resample the sequences of activations.zarr, have a rule of
-# their own: a control run needs only them (config/controls.yaml).
+# Report stage (rsdyn.report): the headline numbers beside the paper's (summary.json, and
+# a table for the report), and the run's resolved configuration, shown in `snakemake
+# --report`. The Fig. 1 rows, whose intervals resample the sequences of
+# activations.zarr, have a rule of their own: a control run needs only them
+# (config/controls.yaml). With several runs, their comparison (below).
+from rsdyn.report.compare import COMPARE_DIR, CompareError, check_run_names
 
 
 rule fig1_summary:
@@ -58,3 +60,50 @@ rule summary:
         "../../envs/rsdyn.yaml"
     script:
         "../scripts/summary.py"
+
+
+# Cross-model comparison (when the config has more than one run): every summary row of
+# every run side by side with its interval and verdict, the "Across models" table of the
+# README, and the per-depth curves of Figs. 1, 4 and 5 on normalised depth.
+
+try:
+    check_run_names(list(RUNS))
+except CompareError as err:
+    raise WorkflowError(str(err)) from None
+
+
+if len(RUNS) > 1:
+
+    rule compare:
+        input:
+            summary=expand(f"{RESULTS}/{{run}}/summary.json", run=list(RUNS)),
+            layer_stats=expand(f"{RESULTS}/{{run}}/layer_stats.csv", run=list(RUNS)),
+            unit_stats=expand(f"{RESULTS}/{{run}}/unit_stats.zarr", run=list(RUNS)),
+            pca=expand(f"{RESULTS}/{{run}}/pca.zarr", run=list(RUNS)),
+            teleport=expand(f"{RESULTS}/{{run}}/teleport.zarr", run=list(RUNS)),
+            jacobian=expand(f"{RESULTS}/{{run}}/jacobian.zarr", run=list(RUNS)),
+        output:
+            table=report(
+                f"{RESULTS}/{COMPARE_DIR}/summary.tsv",
+                caption="../report/compare.rst",
+                category="Across models",
+                labels={"table": "summary rows x runs"},
+            ),
+            markdown=f"{RESULTS}/{COMPARE_DIR}/across_models.md",
+            pdf=f"{RESULTS}/{COMPARE_DIR}/fig_compare.pdf",
+            png=report(
+                f"{RESULTS}/{COMPARE_DIR}/fig_compare.png",
+                caption="../report/fig_compare.rst",
+                category="Across models",
+                labels={"figure": "per-depth curves"},
+            ),
+        params:
+            runs=list(RUNS),
+            dpi=RUNS[next(iter(RUNS))]["figures"]["dpi"],
+            settings=RUNS,  # every run's settings: the inputs were computed from all of them
+        log:
+            f"{RESULTS}/{COMPARE_DIR}/logs/compare.log",
+        conda:
+            "../../envs/rsdyn.yaml"
+        script:
+            "../scripts/compare.py"

@@ -1,10 +1,10 @@
 """Rule cae: train the compressing autoencoder and write results/{run}/cae/."""
 
-from rsdyn.jobs import setup_job
+from rsdyn.core.jobs import setup_job
 
 log = setup_job(snakemake.log[0], "cae")  # noqa: F821
 
-from rsdyn.cae import run_cae  # noqa: E402
+from rsdyn.cae.run import run_cae  # noqa: E402
 
 info = run_cae(snakemake.input[0], snakemake.output[0], snakemake.params.settings, threads=snakemake.threads)  # noqa: F821
 log.info(

@@ -1,19 +1,17 @@
 """Rule capture_shard: one contiguous sample range of both conditions, streamed into a shard store."""
 
-import torch
+from rsdyn.capture.run import capture_store
+from rsdyn.core.jobs import setup_job
 
-from rsdyn.capture import capture_store
-from rsdyn.jobs import setup_job
-
-log = setup_job(snakemake.log[0])
-torch.set_num_threads(snakemake.threads)
+log = setup_job(snakemake.log[0])  # noqa: F821
 capture_store(
-    model_dir=snakemake.input.model,
-    corpus_path=snakemake.input.corpus,
-    out_path=snakemake.output[0],
-    settings=snakemake.params.settings,
-    model_settings=snakemake.params.model,
-    shard=snakemake.params.shard,
-    conditions=snakemake.params.conditions,
+    model_dir=snakemake.input.model,  # noqa: F821
+    corpus_path=snakemake.input.corpus,  # noqa: F821
+    out_path=snakemake.output[0],  # noqa: F821
+    settings=snakemake.params.settings,  # noqa: F821
+    model_settings=snakemake.params.model,  # noqa: F821
+    shard=snakemake.params.shard,  # noqa: F821
+    conditions=snakemake.params.conditions,  # noqa: F821
+    threads=snakemake.threads,  # noqa: F821
 )
-log.info("wrote %s", snakemake.output[0])
+log.info("wrote %s", snakemake.output[0])  # noqa: F821

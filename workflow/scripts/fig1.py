@@ -1,14 +1,15 @@
 """Rule fig1: density, continuity, velocity and MI over depth."""
 
-import pandas as pd
+from rsdyn.core.jobs import setup_job
+from rsdyn.units.figure import save_fig1
 
-from rsdyn.jobs import setup_job
-from rsdyn.plots.fig1 import make_fig1, save_figure
-from rsdyn.store import open_group, read_group
-
-log = setup_job(snakemake.log[0])
-unit_stats = read_group(snakemake.input.unit_stats)
-model = open_group(snakemake.input.unit_stats).attrs.get("model_name", snakemake.wildcards.run)
-figure = make_fig1(unit_stats, pd.read_csv(snakemake.input.layer_stats), title=f"Fig. 1 - {model}")
-save_figure(figure, [snakemake.output.pdf, snakemake.output.png], dpi=snakemake.params.settings["dpi"])
-log.info("wrote %s, %s", snakemake.output.pdf, snakemake.output.png)
+log = setup_job(snakemake.log[0])  # noqa: F821
+save_fig1(
+    snakemake.input.unit_stats,  # noqa: F821
+    snakemake.input.layer_stats,  # noqa: F821
+    snakemake.output.pdf,  # noqa: F821
+    snakemake.output.png,  # noqa: F821
+    dpi=snakemake.params.settings["dpi"],  # noqa: F821
+    model=snakemake.wildcards.run,  # noqa: F821
+)
+log.info("wrote %s, %s", snakemake.output.pdf, snakemake.output.png)  # noqa: F821

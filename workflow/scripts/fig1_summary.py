@@ -1,17 +1,15 @@
 """Rule fig1_summary: the Fig. 1 rows with bootstrap intervals over sequences (summary_fig1.json)."""
 
-from rsdyn.jobs import setup_job
-from rsdyn.summary import build_summary, fig1_rows, write_summary
+from rsdyn.core.jobs import setup_job
+from rsdyn.report.summary import run_fig1_summary
 
-log = setup_job(snakemake.log[0])
-settings = snakemake.params.summary
-rows = fig1_rows(
-    snakemake.input.activations,
-    snakemake.input.unit_stats,
-    snakemake.input.layer_stats,
-    bootstrap=settings["bootstrap"],
-    seed=settings["seed"],
-    density_threshold=snakemake.params.density_threshold,
+setup_job(snakemake.log[0])  # noqa: F821
+run_fig1_summary(
+    snakemake.params.run,  # noqa: F821
+    snakemake.input.activations,  # noqa: F821
+    snakemake.input.unit_stats,  # noqa: F821
+    snakemake.input.layer_stats,  # noqa: F821
+    snakemake.output[0],  # noqa: F821
+    snakemake.params.summary,  # noqa: F821
+    snakemake.params.density_threshold,  # noqa: F821
 )
-write_summary(build_summary(snakemake.params.run, snakemake.input.activations, rows, settings), snakemake.output[0])
-log.info("wrote %d Fig. 1 rows (%d with a verdict)", len(rows), sum(1 for row in rows.values() if row.get("verdict")))

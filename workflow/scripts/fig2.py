@@ -1,19 +1,16 @@
 """Rule fig2: rotations of single units against their nulls, and population rotations (jPCA)."""
 
-from rsdyn.jobs import setup_job
-from rsdyn.plots.fig1 import save_figure
-from rsdyn.plots.fig2 import make_fig2
-from rsdyn.store import open_group, read_group
+from rsdyn.core.jobs import setup_job
+from rsdyn.population.figure import save_fig2
 
-log = setup_job(snakemake.log[0])
-unit_stats = read_group(snakemake.input.unit_stats)
-population = read_group(snakemake.input.population)
-model = open_group(snakemake.input.unit_stats).attrs.get("model_name", snakemake.wildcards.run)
-figure = make_fig2(
-    unit_stats,
-    population,
-    n_example_units=snakemake.params.settings["n_example_units"],
-    title=f"Fig. 2 - {model}",
+log = setup_job(snakemake.log[0])  # noqa: F821
+save_fig2(
+    snakemake.input.unit_stats,  # noqa: F821
+    snakemake.input.population,  # noqa: F821
+    snakemake.output.pdf,  # noqa: F821
+    snakemake.output.png,  # noqa: F821
+    n_example_units=snakemake.params.settings["n_example_units"],  # noqa: F821
+    dpi=snakemake.params.settings["dpi"],  # noqa: F821
+    model=snakemake.wildcards.run,  # noqa: F821
 )
-save_figure(figure, [snakemake.output.pdf, snakemake.output.png], dpi=snakemake.params.settings["dpi"])
-log.info("wrote %s, %s", snakemake.output.pdf, snakemake.output.png)
+log.info("wrote %s, %s", snakemake.output.pdf, snakemake.output.png)  # noqa: F821

@@ -1,10 +1,10 @@
 """Rule fig4: PCA panels and teleportation (paper Fig. 4)."""
 
-from rsdyn.jobs import setup_job
+from rsdyn.core.jobs import setup_job
 
 setup_job(snakemake.log[0], "fig4")  # noqa: F821
 
-from rsdyn.plots.fig4 import save_fig4  # noqa: E402
+from rsdyn.geometry.figure import save_fig4  # noqa: E402
 
 save_fig4(
     snakemake.input.pca,  # noqa: F821

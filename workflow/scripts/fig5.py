@@ -1,9 +1,9 @@
 """Rule fig5: spectra of the sublayer Jacobians through depth, trained vs initial weights."""
 
-from rsdyn.jobs import setup_job
+from rsdyn.core.jobs import setup_job
 
 setup_job(snakemake.log[0], "fig5")  # noqa: F821
 
-from rsdyn.plots.fig5 import save_fig5  # noqa: E402
+from rsdyn.jacobian.figure import save_fig5  # noqa: E402
 
 save_fig5(snakemake.input[0], snakemake.output.pdf, snakemake.output.png, dpi=snakemake.params.dpi)  # noqa: F821

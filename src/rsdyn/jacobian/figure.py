@@ -1,0 +1,158 @@
+"""Fig. 5 (beyond the paper; the authors' follow-up): spectral geometry of the sublayer
+Jacobians through depth, trained vs freshly initialised weights.
+
+Rows 1-2: rotation index, Henrici departure, antisymmetric share and effective rank of J
+(row 1) and of the update J - I (row 2) against the transition s -> s+1, mean +- s.e.m.
+over sequences; filled circles and solid lines: within-layer (attention) transitions, open
+squares and dotted lines: cross-layer (MLP) transitions; trained in colour, initial in grey. Row 3: effective rank of
+the cumulative product J_s ... J_0, the top finite-depth Lyapunov exponents, the spectral
+radius and the Frobenius norm of the update. Row 4: eigenvalues of J in the complex plane
+for an early, a middle and a late transition (every sequence pooled; unit circle dotted,
+Re = 1, the identity's eigenvalue, solid) and the participation ratio of J - I.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+WEIGHT_STYLES = {"trained": {"color": "C0", "label": "trained"}, "initial": {"color": "0.55", "label": "initial"}}
+TYPE_MARKERS = {"within": ("o", "full"), "cross": ("s", "none")}
+N_LYAPUNOV = 3
+
+
+def cloud_transitions(n_transitions: int) -> list[int]:
+    """An early, a middle and a late attention (within-layer) transition: s = 2l for
+    l = round(0.1 (L-1)), L // 2 and L - 1."""
+    n_layers = n_transitions // 2
+    layers = [int(round(0.1 * (n_layers - 1))), n_layers // 2, n_layers - 1]
+    return [2 * layer for layer in layers]
+
+
+def _mean_sem(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    values = np.asarray(values, dtype=np.float64)
+    sem = values.std(axis=0, ddof=1) / np.sqrt(len(values)) if len(values) > 1 else np.zeros(values.shape[1:])
+    return values.mean(axis=0), sem
+
+
+def draw_depth_panel(ax: Axes, groups: Mapping[str, Mapping[str, np.ndarray]], key: str, title: str, ylabel: str = "") -> None:
+    """One quantity against the transition index: per weights, mean +- s.e.m. over sequences,
+    within (attention) and cross (MLP) transitions as separate marker series."""
+    for weights, group in groups.items():
+        style = WEIGHT_STYLES.get(weights, {"color": "C1", "label": weights})
+        mean, sem = _mean_sem(group[key])
+        steps = np.arange(len(mean))
+        for parity, kind in enumerate(("within", "cross")):
+            marker, fill = TYPE_MARKERS[kind]
+            x, y, e = steps[parity::2], mean[parity::2], sem[parity::2]
+            ax.fill_between(x, y - e, y + e, color=style["color"], alpha=0.15, lw=0)
+            ax.plot(
+                x, y, ls="-" if kind == "within" else ":", lw=0.9, marker=marker, fillstyle=fill, ms=3.5,
+                color=style["color"], label=f"{style['label']}, {kind}",
+            )
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("transition s → s+1", fontsize=8)
+    if ylabel:
+        ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+
+
+def draw_lyapunov_panel(ax: Axes, groups: Mapping[str, Mapping[str, np.ndarray]], top: int = N_LYAPUNOV) -> None:
+    """The ``top`` largest finite-depth Lyapunov exponents against depth (mean over sequences)."""
+    for weights, group in groups.items():
+        style = WEIGHT_STYLES.get(weights, {"color": "C1", "label": weights})
+        exponents = np.asarray(group["lyapunov"], dtype=np.float64)[..., :top].mean(axis=0)  # (S, top)
+        for rank in range(exponents.shape[1]):
+            ax.plot(
+                exponents[:, rank], color=style["color"], lw=1.2 - 0.3 * rank, alpha=1 - 0.25 * rank,
+                label=f"{style['label']}" if rank == 0 else None,
+            )
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_title(f"top {top} finite-depth Lyapunov exponents", fontsize=9)
+    ax.set_xlabel("depth s (product J_s … J_0)", fontsize=8)
+    ax.set_ylabel("nats per transition", fontsize=8)
+    ax.tick_params(labelsize=7)
+
+
+def draw_cloud_panel(ax: Axes, groups: Mapping[str, Mapping[str, np.ndarray]], transition: int, name: str) -> None:
+    """Eigenvalues of J_s of every sequence in the complex plane (trained over initial), unit circle."""
+    everything = []
+    for weights in reversed(list(groups)):
+        style = WEIGHT_STYLES.get(weights, {"color": "C1", "label": weights})
+        values = np.asarray(groups[weights]["eigenvalues"])[:, transition].ravel()
+        everything.append(values)
+        ax.scatter(values.real, values.imag, s=3, color=style["color"], alpha=0.35, lw=0, label=style["label"], rasterized=True)
+    circle = np.linspace(0, 2 * np.pi, 400)
+    ax.plot(np.cos(circle), np.sin(circle), color="black", lw=0.5, ls=":")
+    ax.axvline(1, color="black", lw=0.3)
+    values = np.concatenate(everything)
+    centre = np.array([(values.real.min() + values.real.max()) / 2, 0.0])
+    half = 0.55 * max(np.ptp(values.real), 2 * np.abs(values.imag).max(), 1e-3)
+    ax.set_xlim(centre[0] - half, centre[0] + half)
+    ax.set_ylim(-half, half)
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_title(f"eigenvalues of J, {name} (s = {transition})", fontsize=9)
+    ax.set_xlabel("Re λ", fontsize=8)
+    ax.set_ylabel("Im λ", fontsize=8)
+    ax.tick_params(labelsize=7)
+
+
+def fig5(arrays: Mapping[str, Any], attrs: Mapping[str, Any] | None = None) -> Figure:
+    """The whole figure from the arrays of ``jacobian.zarr`` (groups ``trained`` and
+    optionally ``initial``)."""
+    attrs = attrs or {}
+    groups = {name: arrays[name] for name in attrs.get("weights", ["trained", "initial"]) if name in arrays}
+    if "trained" not in groups:
+        raise ValueError("Fig. 5 needs the trained weights' group of jacobian.zarr.")
+    n_transitions = np.asarray(groups["trained"]["rotation_index"]).shape[1]
+    names = attrs.get("transitions") or [f"s{s}" for s in range(n_transitions)]
+    figure, axes = plt.subplots(4, 4, figsize=(16, 15), layout="constrained")
+    for row, (prefix, operator) in enumerate((("", "J"), ("update_", "J − I"))):
+        for column, (key, label) in enumerate(
+            (("rotation_index", "rotation index Σ|Im λ|/Σ|λ|"), ("henrici", "Henrici departure (normalised)"),
+             ("antisymmetric_share", "antisymmetric share"), ("effective_rank_entropy", "effective rank (exp entropy)"))
+        ):
+            draw_depth_panel(axes[row, column], groups, prefix + key, f"{label} of {operator}")
+    draw_depth_panel(axes[2, 0], groups, "cumulative_effective_rank_entropy", "effective rank of J_s … J_0", "exp spectral entropy")
+    draw_lyapunov_panel(axes[2, 1], groups)
+    draw_depth_panel(axes[2, 2], groups, "spectral_radius", "spectral radius of J")
+    draw_depth_panel(axes[2, 3], groups, "update_frobenius_norm", "‖J − I‖_F (update size)")
+    for column, transition in enumerate(cloud_transitions(n_transitions)):
+        stage = ("early", "middle", "late")[column]
+        draw_cloud_panel(axes[3, column], groups, transition, f"{stage}: {names[transition]}")
+    draw_depth_panel(axes[3, 3], groups, "update_effective_rank_pr", "participation ratio of J − I")
+    axes[0, 0].legend(fontsize=7, frameon=False)
+    axes[3, 0].legend(fontsize=7, frameon=False, markerscale=4)
+    axes[2, 1].legend(fontsize=7, frameon=False)
+    n_samples = np.asarray(groups["trained"]["rotation_index"]).shape[0]
+    model = (attrs.get("model") or {}).get("name") or (attrs.get("model") or {}).get("pypi_key") or ""
+    figure.suptitle(
+        f"Fig. 5 — sublayer Jacobians of the last token through depth{f' ({model})' if model else ''}: "
+        f"{n_samples} sequences, mean ± s.e.m.",
+        fontsize=11,
+    )
+    return figure
+
+
+def save_fig5(jacobian_path, pdf_path, png_path, dpi: int = 150) -> None:
+    """Read ``jacobian.zarr``, draw Fig. 5 and write it atomically as PDF and PNG."""
+    from rsdyn.core.store import atomic_file
+    from rsdyn.jacobian.run import read_jacobian
+
+    arrays, attrs = read_jacobian(jacobian_path)
+    figure = fig5(arrays, attrs)
+    for path, kwargs in ((pdf_path, {}), (png_path, {"dpi": dpi})):
+        with atomic_file(path) as temp:
+            figure.savefig(temp, format=Path(path).suffix[1:], **kwargs)
+    plt.close(figure)
+

