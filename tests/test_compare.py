@@ -26,33 +26,34 @@ from rsdyn.report.compare import (
 from rsdyn.report.compare_figure import save_fig_compare
 
 
-def _summary(model: str, rows: dict) -> dict:
-    return {"run": model, "model": {"model_name": model}, "rows": rows}
+def _summary(model: str, rows: dict, claims: list) -> dict:
+    return {"run": model, "model": {"model_name": model}, "rows": rows, "claims": claims}
+
+
+def _claim(claim_id, verdict, value, interval):
+    return {"id": claim_id, "quote": "the | words", "verdict": verdict, "value": value, "interval": interval}
 
 
 SUMMARIES = {
     "a": _summary("model-a", {
         "plain": {"value": 1.5, "paper": 2, "definition": "a plain number"},
-        "claim": {"value": 0.2, "paper": "> 0", "definition": "a difference", "interval": [0.1, 0.3],
-                  "expected": "> 0", "verdict": "reproduced"},
-    }),
+        "diff": {"value": 0.2, "paper": "> 0", "definition": "a difference", "interval": [0.1, 0.3]},
+    }, [_claim("grows", "reproduced", 0.2, [0.1, 0.3]), {"id": "none", "quote": "q", "verdict": None, "not_computed": "x"}]),
     "b": _summary("model-b", {
-        "claim": {"value": -0.1, "paper": "> 0", "definition": "a difference", "interval": [-0.2, 0.05],
-                  "expected": "> 0", "verdict": "inconclusive"},
+        "diff": {"value": -0.1, "paper": "> 0", "definition": "a difference", "interval": [-0.2, 0.05]},
         "only_b": {"value": [1, 2], "paper": None, "definition": "b's own"},
-    }),
+    }, [_claim("grows", "inconclusive", -0.1, [-0.2, 0.05])]),
 }
 
 
 def test_rows_union_in_first_seen_order_with_blanks():
     records = compare_rows(SUMMARIES)
-    assert [record["quantity"] for record in records] == ["plain", "claim", "only_b"]
+    assert [record["quantity"] for record in records] == ["plain", "diff", "only_b"]
     assert records[0]["runs"]["b"] is None and records[2]["runs"]["a"] is None
-    assert records[1]["expected"] == "> 0"
 
 
-def test_cell_has_value_interval_and_verdict():
-    assert format_cell(SUMMARIES["a"]["rows"]["claim"]) == "0.2 [0.1, 0.3] reproduced"
+def test_cell_has_value_and_interval():
+    assert format_cell(SUMMARIES["a"]["rows"]["diff"]) == "0.2 [0.1, 0.3]"
     assert format_cell(SUMMARIES["a"]["rows"]["plain"]) == "1.5"
     assert format_cell(None) == ""
 
@@ -62,16 +63,16 @@ def test_table_has_one_column_per_run(tmp_path):
     write_compare_table(SUMMARIES, path)
     runs, rows = read_compare_table(path)
     assert runs == ["a", "b"]
-    claim = next(row for row in rows if row["quantity"] == "claim")
-    assert claim["a"] == "0.2 [0.1, 0.3] reproduced" and claim["b"] == "-0.1 [-0.2, 0.05] inconclusive"
+    diff = next(row for row in rows if row["quantity"] == "diff")
+    assert diff["a"] == "0.2 [0.1, 0.3]" and diff["b"] == "-0.1 [-0.2, 0.05]"
     assert next(row for row in rows if row["quantity"] == "only_b")["a"] == ""
 
 
-def test_across_models_table_lists_only_claims():
+def test_across_models_table_lists_the_judged_claims():
     table = across_models_markdown(SUMMARIES)
     lines = table.strip().splitlines()
-    assert lines[0] == "| claim | paper says | model-a | model-b |"
-    assert len(lines) == 3 and lines[2].startswith("| `claim` | > 0 | **reproduced** (0.2 [0.1, 0.3])")
+    assert lines[0] == "| claim | the paper's words | model-a | model-b |"
+    assert len(lines) == 3 and lines[2].startswith('| `grows` | "the / words" | **reproduced** (0.2 [0.1, 0.3])')
     assert "**inconclusive** (-0.1 [-0.2, 0.05])" in lines[2]
 
 
@@ -142,6 +143,6 @@ def test_compare_rule_on_two_smoke_runs_of_different_models(smoke_run, tmp_path)
     assert any(row["quantity"] == "jacobian_rotation_index_early_minus_late" and row["tiny"] for row in rows)
     assert (work / "results/compare/fig_compare.png").stat().st_size > 0
     markdown = (work / "results/compare/across_models.md").read_text()
-    assert markdown.splitlines()[0].count("|") == 5  # claim, paper says, two models
+    assert markdown.splitlines()[0].count("|") == 5  # claim, the paper's words, two models
     summary = json.loads((work / "results/tiny/summary.json").read_text())
     assert summary["rows"]["jacobian_cumulative_rank_fraction"]["value"] > 0

@@ -143,7 +143,7 @@ def test_config_checks_jpca_windows_and_k():
         base.update(sections)
         return base
 
-    assert resolve_runs(config())["smoke"]["jpca"] == {"k": 6, "windows": None}
+    assert resolve_runs(config())["smoke"]["jpca"] == {"k": 6, "windows": None, "normalize": "soft"}
     with pytest.raises(ConfigError, match=r"jpca.windows has \[50, 61\].*<= 60"):
         resolve_runs(config(jpca={"windows": [[0, 10], [50, 61]]}))
     with pytest.raises(ConfigError, match="jpca.k = 600 exceeds"):

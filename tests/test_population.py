@@ -40,7 +40,8 @@ def stores(tmp_path_factory):
 
 def test_population_store_holds_jpca_windows_and_tme(stores):
     _, store, _, population, attrs = stores
-    states = read_group(store)["original"].astype(np.float64)
+    raw = read_group(store)["original"].astype(np.float64)
+    states = pop.soft_normalise(raw)  # jpca.normalize: soft (the default); the per-unit TME R uses the raw states
     group = population["original"]
     reference = jpca(states, k=4)
     assert float(group["jpca"]["jpca_ratio"]) == pytest.approx(reference["jpca_ratio"], rel=1e-9)
@@ -57,7 +58,7 @@ def test_population_store_holds_jpca_windows_and_tme(stores):
     window_deviations = states[:, 3:7] - states[:, 3:7].mean(axis=0, keepdims=True)
     assert float(group["window_1_deviations"]["jpca_ratio"]) == pytest.approx(jpca(window_deviations, k=4)["jpca_ratio"], rel=1e-9)
     tme = group["tme_rotations"]
-    np.testing.assert_allclose(tme["observed"], rotation_number(states.mean(axis=0).T), atol=1e-12)
+    np.testing.assert_allclose(tme["observed"], rotation_number(raw.mean(axis=0).T), atol=1e-12)
     assert tme["samples"].shape == (30, 12)
     np.testing.assert_array_equal(tme["fdr"], false_discovery_control(tme["pvalue"]) <= 0.05)
     assert float(tme["tme_constraint_error"]) < 1e-6

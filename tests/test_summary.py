@@ -1,4 +1,4 @@
-"""summary.json rendering: values, intervals, verdicts, table rows, the command line and the README generator."""
+"""summary.json rendering: descriptive rows (never judged), the claims table, TSV files, the command line and the README generator."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ import pytest
 from rsdyn.core.verdicts import comparison_row
 from rsdyn.report import readme
 from rsdyn.report.summary import (
+    descriptive,
     format_value,
     main,
+    markdown_claims,
     markdown_table,
+    write_claims_table,
     write_summary,
     write_table,
 )
@@ -26,6 +29,20 @@ SUMMARY = {"run": "r", "n_samples": 5, "model": {"model_id": "m", "n_layers": 2,
     "corr_first_shuffled": {"value": 0.5, "paper": None, "definition": "shuffled", "interval": [0.4, 0.6]},
     "few": {"value": 0.9, "paper": "> 0.8", "definition": "d", "caveat": "rests on 20 distinct states"},
 }}
+SUMMARY["rows"] = descriptive(SUMMARY["rows"])
+CLAIMS = [
+    {"id": "grows", "source": "paper", "section": "§3.1", "figure": "1B", "quote": "increase in magnitude", "statistic": "units.norm",
+     "definition": "d", "unit": "sequences", "test": "superiority", "direction": ">", "null_value": 0.0, "margin": 0.1,
+     "value": 1.96, "interval": [1.9, 2.0], "p": 0.0005, "p_holm": 0.012, "verdict": "reproduced", "stable": True},
+    {"id": "flat", "source": "paper", "section": "§3.1", "quote": "relatively | constant", "statistic": "units.v",
+     "definition": "d", "unit": "sequences", "test": "equivalence", "direction": ">", "null_value": 0.0, "margin": 0.2,
+     "value": 0.26, "interval": [0.24, 0.28], "p": 1.0, "p_holm": 1.0, "verdict": "opposite", "stable": False},
+    {"id": "pop", "source": "beyond", "section": "beyond the paper", "quote": "Hypothesis", "statistic": "population.j",
+     "definition": "d", "unit": "sequences", "test": "superiority", "direction": ">", "null_value": 0.0, "margin": 0.0,
+     "value": 0.1, "interval": [0.05, 0.15], "p": 0.4, "p_holm": 1.0, "verdict": "inconclusive", "stable": True},
+    {"id": "centres", "source": "paper", "section": "§3.2", "quote": "centered at multiple points", "statistic": None,
+     "verdict": None, "not_computed": "no criterion"},
+]
 
 
 def test_values_render_compactly():
@@ -34,23 +51,47 @@ def test_values_render_compactly():
     assert format_value([23, 7]) == "[23, 7]" and format_value(True) == "True" and format_value(None) == "—"
 
 
-def test_markdown_table_shows_interval_and_verdict_and_escapes_pipes():
+def test_rows_are_descriptive_and_the_table_shows_interval_and_note_and_escapes_pipes():
+    assert all("verdict" not in row and "expected" not in row for row in SUMMARY["rows"].values())
     table = markdown_table(SUMMARY, with_definitions=True).splitlines()
     assert len(table) == 2 + 6
     assert table[-1] == "| `few` | > 0.8 | 0.9 |  | rests on 20 distinct states | d |"
     assert table[2] == "| `corr_first` | > 0.8 | 0.912 |  |  | median r \\| first |"
-    assert table[3].startswith("| `ratio` | > 1 | 1.5 | [1.21, 1.78] | reproduced (> 1) | late / early (interval: sequences")
+    assert table[3].startswith("| `ratio` | > 1 | 1.5 | [1.21, 1.78] |  | late / early (interval: sequences")
 
 
-def test_json_and_tsv_are_written_and_the_cli_prints_the_table(tmp_path, capsys):
-    write_summary(SUMMARY, tmp_path / "summary.json")
+def test_pairs_lose_their_verdicts_too():
+    rows = descriptive({"t": {"value": 1, "verdict": "reproduced", "pairs": {"7 vs 0": {"value": 0.5, "verdict": "opposite"}}}})
+    assert rows == {"t": {"value": 1, "pairs": {"7 vs 0": {"value": 0.5}}}}
+
+
+def test_claims_table_shows_words_statistic_interval_p_and_verdict():
+    lines = markdown_claims({"claims": CLAIMS}).splitlines()
+    assert len(lines) == 2 + 4
+    assert lines[2].startswith('| `grows` | "increase in magnitude" (§3.1, Fig. 1B) | `norm` (> 0 ± 0.1; sequences) | 1.96 [1.9, 2] |')
+    assert "| < 0.001 (0.012) | **reproduced** |" in lines[2]
+    assert "relatively \\| constant" in lines[3] and "`v` (within 0 ± 0.2; sequences)" in lines[3]
+    assert lines[3].endswith("**opposite** (unstable over bootstrap seeds) |")
+    assert lines[4].startswith("| `pop (beyond the paper)` |")
+    assert lines[5].endswith("| — | — |  | not computed: no criterion |")
+
+
+def test_json_and_tsv_are_written_and_the_cli_prints_the_tables(tmp_path, capsys):
+    summary = {**SUMMARY, "claims": CLAIMS}
+    write_summary(summary, tmp_path / "summary.json")
     assert json.loads((tmp_path / "summary.json").read_text())["rows"]["corr_first"]["value"] == 0.91234
-    write_table(SUMMARY, tmp_path / "summary.tsv")
+    write_table(summary, tmp_path / "summary.tsv")
     lines = (tmp_path / "summary.tsv").read_text().splitlines()
+    assert lines[0].split("\t")[:6] == ["quantity", "paper (Llama 3.1 8B)", "ours", "interval_low", "interval_high", "caveat"]
     assert lines[1].split("\t")[:3] == ["corr_first", "> 0.8", "0.912"]
-    assert lines[2].split("\t")[:7] == ["ratio", "> 1", "1.5", "1.21", "1.78", "reproduced", "> 1"]
+    assert lines[2].split("\t")[:5] == ["ratio", "> 1", "1.5", "1.21", "1.78"]
+    write_claims_table(summary, tmp_path / "claims.tsv")
+    claims = [line.split("\t") for line in (tmp_path / "claims.tsv").read_text().splitlines()]
+    assert claims[1][:10] == ["grows", "paper", "§3.1", "units.norm", "1.96", "1.9", "2", "0.0005", "0.012", "reproduced"]
+    assert claims[4][9] == "not computed: no criterion"
     main([str(tmp_path / "summary.json")])
-    assert "| `best_layers` | [7, 15, 23] | [23, 7] |  |  |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| `best_layers` | [7, 15, 23] | [23, 7] |  |  |" in out and "**reproduced**" in out
 
 
 README = """# title
@@ -77,13 +118,17 @@ def test_readme_blocks_are_regenerated_in_place(tmp_path):
     path = tmp_path / "README.md"
     path.write_text(README)
     control = json.loads(json.dumps({**SUMMARY, "run": "keep", "rows": {"corr_first_shuffled": {"value": 0.8, "paper": None, "definition": "d"}}}))
-    summary = json.loads(json.dumps(SUMMARY, default=float))
+    summary = json.loads(json.dumps({**SUMMARY, "claims": CLAIMS, "claims_settings": {"registry": "config/claims.yaml", "resamples": 2000, "stability_seeds": 5, "judged": 3}}, default=float))
     text = readme.update_readme(path, summary, control)
     assert path.read_text() == text
     assert "old table" not in text and "text between" in text and text.endswith("tail\n")
     results = text.split("<!-- BEGIN generated: results -->\n")[1].split("<!-- END")[0]
-    assert "`ratio`" in results and "`corr_first`" in results and "`per_layer`" not in results  # no paper value, no verdict
+    assert "`ratio`" in results and "`corr_first`" in results and "`per_layer`" not in results  # no paper value
     assert "200 bootstrap resamples (seed 0)" in results
+    claims_at, details_at = results.index("| `grows` |"), results.index("<details>")
+    assert claims_at < details_at < results.index("`ratio`"), "the claims table leads, the descriptive rows follow, collapsed"
+    assert "4 claims (3 judged: 1 reproduced, 1 opposite, 1 inconclusive; 1 not computable)" in results
+    assert "verdicts that change with the seed: flat" in results
     controls = text.split("<!-- BEGIN generated: controls -->\n")[1].split("<!-- END")[0]
     assert "| `corr_first` | 0.912 | 0.5 [0.4, 0.6] | 0.8 |" in controls
     definitions = text.split("<!-- BEGIN generated: definitions -->\n")[1].split("<!-- END")[0]

@@ -46,7 +46,8 @@ rule cae:
 
 rule fig3:
     input:
-        run_file("cae"),
+        cae=run_file("cae"),
+        summary=run_file("summary.json"),  # the judged claims, marked on the figure
     output:
         pdf=f"{RESULTS}/{{run}}/figures/fig3.pdf",
         png=report(

@@ -82,6 +82,7 @@ rule fig4:
     input:
         pca=run_file("pca.zarr"),
         teleport=run_file("teleport.zarr"),
+        summary=run_file("summary.json"),  # the judged claims, marked on the figure
     output:
         pdf=f"{RESULTS}/{{run}}/figures/fig4.pdf",
         png=report(

@@ -29,7 +29,8 @@ rule jacobian:
 
 rule fig5:
     input:
-        run_file("jacobian.zarr"),
+        jacobian=run_file("jacobian.zarr"),
+        summary=run_file("summary.json"),  # the judged claims, marked on the figure
     output:
         pdf=f"{RESULTS}/{{run}}/figures/fig5.pdf",
         png=report(

@@ -31,6 +31,7 @@ rule fig2:
     input:
         unit_stats=run_file("unit_stats.zarr"),
         population=run_file("population.zarr"),
+        summary=run_file("summary.json"),  # the judged claims, marked on the figure
     output:
         pdf=f"{RESULTS}/{{run}}/figures/fig2.pdf",
         png=report(

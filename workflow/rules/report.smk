@@ -37,6 +37,8 @@ rule summary:
         teleport=run_file("teleport.zarr"),
         population=run_file("population.zarr"),
         jacobian=run_file("jacobian.zarr"),
+        layer_stats=run_file("layer_stats.csv"),
+        claims=lambda wildcards: RUNS[wildcards.run]["summary"]["claims"],
     output:
         json=f"{RESULTS}/{{run}}/summary.json",
         table=report(
@@ -44,6 +46,12 @@ rule summary:
             caption="../report/summary.rst",
             category="Summary",
             labels={"run": "{run}", "table": "paper vs ours"},
+        ),
+        claims=report(
+            f"{RESULTS}/{{run}}/claims.tsv",
+            caption="../report/claims.rst",
+            category="Summary",
+            labels={"run": "{run}", "table": "judged claims"},
         ),
         config=report(
             f"{RESULTS}/{{run}}/run_config.yaml",

@@ -64,6 +64,7 @@ rule fig1:
     input:
         unit_stats=run_file("unit_stats.zarr"),
         layer_stats=run_file("layer_stats.csv"),
+        summary=run_file("summary.json"),  # the judged claims, marked on the figure
     output:
         pdf=f"{RESULTS}/{{run}}/figures/fig1.pdf",
         png=report(

@@ -11,5 +11,6 @@ save_fig1(
     snakemake.output.png,  # noqa: F821
     dpi=snakemake.params.settings["dpi"],  # noqa: F821
     model=snakemake.wildcards.run,  # noqa: F821
+    summary_path=snakemake.input.summary,  # noqa: F821
 )
 log.info("wrote %s, %s", snakemake.output.pdf, snakemake.output.png)  # noqa: F821

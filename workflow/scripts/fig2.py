@@ -12,5 +12,6 @@ save_fig2(
     n_example_units=snakemake.params.settings["n_example_units"],  # noqa: F821
     dpi=snakemake.params.settings["dpi"],  # noqa: F821
     model=snakemake.wildcards.run,  # noqa: F821
+    summary_path=snakemake.input.summary,  # noqa: F821
 )
 log.info("wrote %s, %s", snakemake.output.pdf, snakemake.output.png)  # noqa: F821

@@ -6,4 +6,10 @@ setup_job(snakemake.log[0], "fig3")  # noqa: F821
 
 from rsdyn.cae.figure import save_fig3  # noqa: E402
 
-save_fig3(snakemake.input[0], snakemake.output.pdf, snakemake.output.png, dpi=snakemake.params.settings["dpi"])  # noqa: F821
+save_fig3(
+    snakemake.input.cae,  # noqa: F821
+    snakemake.output.pdf,  # noqa: F821
+    snakemake.output.png,  # noqa: F821
+    dpi=snakemake.params.settings["dpi"],  # noqa: F821
+    summary_path=snakemake.input.summary,  # noqa: F821
+)

@@ -13,4 +13,5 @@ save_fig4(
     snakemake.output.png,  # noqa: F821
     arrow_sublayers=snakemake.params.arrow_sublayers,  # noqa: F821
     dpi=snakemake.params.dpi,  # noqa: F821
+    summary_path=snakemake.input.summary,  # noqa: F821
 )

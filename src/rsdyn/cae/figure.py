@@ -17,7 +17,9 @@ import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from rsdyn.core.figures import (
+from rsdyn.core.figures import (  # noqa: E402
+    claims_of_figure,
+    mark_claims,
     add_sublayer_colourbar,
     draw_clipped_profile,
     draw_trajectory_bundle,
@@ -181,11 +183,12 @@ def fig3(cae_dir) -> Figure:
     return figure
 
 
-def save_fig3(cae_dir, pdf_path, png_path, dpi: int = 150) -> None:
+def save_fig3(cae_dir, pdf_path, png_path, dpi: int = 150, summary_path=None) -> None:
     """Draw Fig. 3 and write it, atomically, as PDF and PNG."""
     from rsdyn.core.store import atomic_file
 
     figure = fig3(cae_dir)
+    mark_claims(figure, claims_of_figure(summary_path, 3))
     for path, kwargs in ((pdf_path, {}), (png_path, {"dpi": dpi})):
         with atomic_file(path) as temp:
             figure.savefig(temp, format=Path(path).suffix[1:], **kwargs)

@@ -1,5 +1,6 @@
 """Figure helpers shared by the stages' figures: atomic saving, sublayer colours and
-colour bars, bundles of trajectories, and profiles clipped at a floor."""
+colour bars, bundles of trajectories, profiles clipped at a floor, and the footer that
+marks a figure's judged claims with their verdicts."""
 
 from __future__ import annotations
 
@@ -69,3 +70,41 @@ def save_figure(figure: Figure, paths: Sequence[str | Path], dpi: int = 150) -> 
     for path in paths:
         with atomic_path(path) as temp:
             figure.savefig(temp, dpi=dpi, bbox_inches="tight")
+
+
+#: the colour of each verdict in a figure's footer
+VERDICT_COLOURS = {"reproduced": "tab:green", "supported": "tab:green", "opposite": "tab:red", "contradicted": "tab:red",
+                   "equivalent": "tab:blue", "inconclusive": "0.35"}
+
+
+def claims_of_figure(summary_path: str | Path | None, figure: int) -> list[dict]:
+    """The judged claims of ``summary.json`` whose figure panel is in Fig. ``figure``."""
+    import json
+
+    if not summary_path:
+        return []
+    claims = json.loads(Path(summary_path).read_text()).get("claims", [])
+    return [claim for claim in claims if claim.get("verdict") and str(claim.get("figure", "")).split("/")[0].rstrip("ABCDEFGH") == str(figure)]
+
+
+def mark_claims(figure: Figure, claims: Sequence[dict]) -> None:
+    """A footer under the panels: one line per judged claim, its panel, id, value with its
+    interval, Holm-adjusted p and verdict (coloured), so the figure says what was judged."""
+    if not claims:
+        return
+    lines = []
+    for claim in claims:
+        low, high = claim.get("interval") or (None, None)
+        interval = f" [{low:.3g}, {high:.3g}]" if low is not None and high is not None else ""
+        lines.append((f"Fig. {claim.get('figure', '')}  {claim['id']}: {claim.get('value', float('nan')):.3g}{interval}, "
+                      f"Holm p {claim.get('p_holm', float('nan')):.2g}  ", claim["verdict"]))
+    height = figure.get_figheight()
+    step = 0.17 / height  # about 12 pt per line, in figure coordinates
+    figure.text(0.01, -step * 0.5, "Judged claims (config/claims.yaml; the claims table in summary.json):", fontsize=9,
+                ha="left", va="top", fontweight="bold")
+    for index, (text, verdict) in enumerate(lines):
+        y = -step * (index + 1.6)
+        label = figure.text(0.02, y, text, fontsize=8.5, ha="left", va="top")
+        figure.canvas.draw()
+        right = label.get_window_extent().x1 / (figure.get_figwidth() * figure.dpi)
+        figure.text(right, y, verdict, fontsize=8.5, ha="left", va="top", fontweight="bold", color=VERDICT_COLOURS.get(verdict, "black"))

@@ -25,6 +25,7 @@ from matplotlib.colors import LogNorm, Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from rsdyn.geometry.pca_figure import draw_pca_panels  # noqa: E402
+from rsdyn.core.figures import claims_of_figure, mark_claims  # noqa: E402
 
 CONTROL_COLOUR = "0.55"
 SET_STYLE = {"": ("grid", "tab:purple"), "sample_": ("sample control", "tab:green")}
@@ -202,7 +203,7 @@ def fig4(
     return figure
 
 
-def save_fig4(pca_path, teleport_path, pdf_path, png_path, arrow_sublayers: int = 12, dpi: int = 150) -> None:
+def save_fig4(pca_path, teleport_path, pdf_path, png_path, arrow_sublayers: int = 12, dpi: int = 150, summary_path=None) -> None:
     """Read ``pca.zarr`` and ``teleport.zarr``, draw Fig. 4 and write it atomically as PDF and PNG."""
     from rsdyn.core.store import atomic_file, open_group, read_group
     from rsdyn.geometry.run import read_teleport
@@ -217,6 +218,7 @@ def save_fig4(pca_path, teleport_path, pdf_path, png_path, arrow_sublayers: int 
         attrs.get("variance_threshold", 0.9),
         teleport_attrs.get("range_sd") if teleport_attrs.get("range") == "per_layer" else None,
     )
+    mark_claims(figure, claims_of_figure(summary_path, 4))
     for path, kwargs in ((pdf_path, {}), (png_path, {"dpi": dpi})):
         with atomic_file(path) as temp:
             figure.savefig(temp, format=Path(path).suffix[1:], **kwargs)

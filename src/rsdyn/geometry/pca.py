@@ -71,6 +71,11 @@ def quarter_sublayers(n_sublayers: int) -> np.ndarray:
     return np.unique(np.concatenate([np.arange(quarter), np.arange(n_sublayers - quarter, n_sublayers)]))
 
 
+def within_subsample_size(n_samples: int) -> int:
+    """m of the within view's m-out-of-n subsamples: half the sequences (at least 2)."""
+    return max(2, n_samples // 2)
+
+
 def quarter_size(n: int) -> int:
     """How many sublayers make the first (or last) quarter of ``n``: ceil(n / 4), at least 1."""
     return max(1, -(-n // 4))
@@ -90,6 +95,7 @@ def sublayer_pass(
     threshold: float = 0.9,
     counts: np.ndarray | None = None,
     bootstrap_sublayers=(),
+    within_counts: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Everything of ``pca.zarr`` that is computed one sublayer at a time.
 
@@ -102,7 +108,8 @@ def sublayer_pass(
     (2L,). With ``counts`` (B, N) (bootstrap draws per sequence): ``ev_per_sublayer_bootstrap``,
     ``n_components_90_bootstrap`` (B, 2L) (pooled PCs and mean held fixed) and, for the
     sublayers in ``bootstrap_sublayers``, ``participation_ratio_bootstrap`` and
-    ``components_for_90_within_bootstrap`` (B, len(bootstrap_sublayers)).
+    ``components_for_90_within_bootstrap`` (B, len(bootstrap_sublayers)), drawn with
+    ``within_counts`` (m-out-of-n 0/1 subsamples; the bootstrap ``counts`` when None).
     """
     n_samples, n_sublayers, d_model = states.shape
     components = np.asarray(components, dtype=np.float64)
@@ -142,7 +149,7 @@ def sublayer_pass(
             out["ev_per_sublayer_bootstrap"][:, s] = curve[:, -1]
             out["n_components_90_bootstrap"][:, s] = components_needed(curve, threshold)
             if s in resampled:
-                within_spectra[:, resampled.index(s)] = resampled_spectra(block, counts)
+                within_spectra[:, resampled.index(s)] = resampled_spectra(block, counts if within_counts is None else within_counts)
             progress.update(1)
     progress.close()
     spectrum = out["spectrum_within"]
@@ -217,11 +224,15 @@ def pca_of_states(
     fit = fit_pca_streamed(states, n_components, solver)
     counts = None
     resampled = quarter_sublayers(n_sublayers)
+    within_counts = None
     if n_resamples > 0:
+        from rsdyn.core.resampling import subsample_weights
         from rsdyn.core.verdicts import bootstrap_indices
 
         counts = resample_counts(bootstrap_indices(n_samples, n_resamples, seed), n_samples)
-    per_sublayer = sublayer_pass(states, fit["mean"], fit["components"], threshold, counts, resampled)
+        # the within view's dimensionality grows with the number of rows: m-out-of-n subsamples, not the bootstrap
+        within_counts = subsample_weights(n_samples, within_subsample_size(n_samples), n_resamples, seed).astype(np.int64)
+    per_sublayer = sublayer_pass(states, fit["mean"], fit["components"], threshold, counts, resampled, within_counts)
     curve = per_sublayer["ev_per_sublayer_curve"]
     arrays = {key: fit[key] for key in ("mean", "components", "singular_values", "explained_variance", "explained_variance_ratio")}
     arrays.update(
@@ -232,6 +243,7 @@ def pca_of_states(
     )
     if counts is not None:
         arrays["bootstrap_sublayers"] = resampled.astype(np.int32)
+        arrays["within_subsample_size"] = np.int64(within_subsample_size(n_samples))
     return {key: value.astype(np.float32) if key in _FLOAT32 else np.asarray(value) for key, value in arrays.items()}
 
 

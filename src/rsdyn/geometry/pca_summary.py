@@ -73,6 +73,32 @@ def _comparison_rows(
     }
 
 
+def _subsample_rows(
+    name: str, values: np.ndarray, samples: np.ndarray, early: np.ndarray, late: np.ndarray,
+    sample_early: np.ndarray, sample_late: np.ndarray, paper: tuple[str, str, str], definition: str, m: int, label: str,
+) -> dict[str, dict[str, Any]]:
+    """``{name}_early``, ``{name}_late`` (full-N values) and ``{name}_late_minus_early``: a
+    statistic that grows with the number of sequences, so its interval comes from m-out-of-n
+    subsamples (m = ``m``) and describes the statistic at m; its value is the median over
+    the subsamples, the full-N value beside it (``full_n_value``)."""
+    from rsdyn.core.verdicts import percentile_interval, row
+
+    value_early, value_late = _early_late(values, early, late)
+    boot_early, boot_late = _early_late(samples, sample_early, sample_late)
+    difference = boot_late - boot_early
+    interval = percentile_interval(difference)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        at_m = float(np.nanmedian(difference))
+    out = row(at_m, paper[2], f"{definition}; late median minus early median, on subsamples of m = {m} sequences (the value: their median)")
+    out.update(interval=[float(interval[0]), float(interval[1])], resampled=label, full_n_value=float(value_late - value_early), m=int(m))
+    return {
+        f"{name}_early": row(float(value_early), paper[0], f"{definition}; median over the first quarter of sublayers (all sequences)."),
+        f"{name}_late": row(float(value_late), paper[1], f"{definition}; median over the last quarter of sublayers (all sequences)."),
+        f"{name}_late_minus_early": out,
+    }
+
+
 def summary_fig4_pca(pca: Mapping[str, np.ndarray], threshold: float = 0.9, n_resamples: int = 200, seed: int = 0) -> dict[str, dict[str, Any]]:
     """summary.json rows of Fig. 4 A-C from the arrays of ``pca.zarr``.
 
@@ -97,7 +123,9 @@ def summary_fig4_pca(pca: Mapping[str, np.ndarray], threshold: float = 0.9, n_re
     pooled = components_needed(np.cumsum(pca["explained_variance_ratio"]), threshold)
     percent = round(100 * threshold)
     pooled_label = resampled_label("sequences; pooled PCs and pooled mean held fixed, per-sublayer sums re-weighted", n_resamples, seed)
-    within_label = resampled_label("sequences; each resample's own per-sublayer spectra", n_resamples, seed)
+    m = int(pca.get("within_subsample_size", 0)) or None
+    within_label = (resampled_label(f"m-out-of-n subsamples of m = {m} sequences without replacement; each subsample's own per-sublayer spectra", n_resamples, seed)
+                    if m else resampled_label("sequences; each resample's own per-sublayer spectra", n_resamples, seed))
     resampled = np.asarray(pca.get("bootstrap_sublayers", quarter_sublayers(n_sublayers)))
     sample_early = np.flatnonzero(np.isin(resampled, early))
     sample_late = np.flatnonzero(np.isin(resampled, late))
@@ -141,17 +169,19 @@ def summary_fig4_pca(pca: Mapping[str, np.ndarray], threshold: float = 0.9, n_re
     if "rank_within" in pca:
         ranks = np.asarray(pca["rank_within"])
         bound = f"; bounded by the rank of the sublayer's centred states ({int(ranks.min())} to {int(ranks.max())} here)"
-    rows.update(_comparison_rows(
-        "pca_participation_ratio", np.asarray(pca["participation_ratio"], dtype=np.float64),
-        bootstrap("participation_ratio_bootstrap", (1, len(resampled))), early, late, sample_early, sample_late,
-        ("higher in early sublayers", "lower in late sublayers", "< 0 (fewer dimensions in later sublayers)"),
-        "Fig. 4C, within view: participation ratio (sum lambda)^2 / sum lambda^2 of the eigenvalues lambda of sublayer s's own covariance",
-        "<", within_label, shift_note=True,
-    ))
-    rows.update(_comparison_rows(
-        "pca_components_for_90pct_within", within_count, within_boot, early, late, sample_early, sample_late,
-        ("more components in early sublayers", "fewer components in late sublayers", "< 0 (fewer components in later sublayers)"),
-        f"Fig. 4C, within view: fewest PCs of sublayer s's own PCA for {percent} % of its own variance{bound}",
-        "<", within_label, shift_note=True,
-    ))
+    within = [
+        ("pca_participation_ratio", np.asarray(pca["participation_ratio"], dtype=np.float64),
+         bootstrap("participation_ratio_bootstrap", (1, len(resampled))),
+         ("higher in early sublayers", "lower in late sublayers", "< 0 (fewer dimensions in later sublayers)"),
+         "Fig. 4C, within view: participation ratio (sum lambda)^2 / sum lambda^2 of the eigenvalues lambda of sublayer s's own covariance"),
+        ("pca_components_for_90pct_within", within_count, within_boot,
+         ("more components in early sublayers", "fewer components in late sublayers", "< 0 (fewer components in later sublayers)"),
+         f"Fig. 4C, within view: fewest PCs of sublayer s's own PCA for {percent} % of its own variance{bound}"),
+    ]
+    for name, values, samples, paper, definition in within:
+        if m:
+            rows.update(_subsample_rows(name, values, samples, early, late, sample_early, sample_late, paper, definition, m, within_label))
+        else:
+            rows.update(_comparison_rows(name, values, samples, early, late, sample_early, sample_late, paper, definition, "<",
+                                         within_label, shift_note=True))
     return rows

@@ -23,6 +23,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from rsdyn.core.figures import claims_of_figure, mark_claims  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
@@ -144,13 +145,14 @@ def fig5(arrays: Mapping[str, Any], attrs: Mapping[str, Any] | None = None) -> F
     return figure
 
 
-def save_fig5(jacobian_path, pdf_path, png_path, dpi: int = 150) -> None:
+def save_fig5(jacobian_path, pdf_path, png_path, dpi: int = 150, summary_path=None) -> None:
     """Read ``jacobian.zarr``, draw Fig. 5 and write it atomically as PDF and PNG."""
     from rsdyn.core.store import atomic_file
     from rsdyn.jacobian.run import read_jacobian
 
     arrays, attrs = read_jacobian(jacobian_path)
     figure = fig5(arrays, attrs)
+    mark_claims(figure, claims_of_figure(summary_path, 5))
     for path, kwargs in ((pdf_path, {}), (png_path, {"dpi": dpi})):
         with atomic_file(path) as temp:
             figure.savefig(temp, format=Path(path).suffix[1:], **kwargs)

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 import numpy as np
 from matplotlib.figure import Figure
 
-from rsdyn.core.figures import save_figure
+from rsdyn.core.figures import claims_of_figure, mark_claims, save_figure
 from rsdyn.core.store import open_group, read_group
 from rsdyn.units.rotations import phase_portrait, stored_nulls
 
@@ -215,9 +215,11 @@ def make_fig2(unit_stats: Mapping, population: Mapping | None = None, n_example_
     return fig
 
 
-def save_fig2(unit_stats_path, population_path, pdf_path, png_path, n_example_units: int = 6, dpi: int = 150, model: str = "") -> None:
+def save_fig2(unit_stats_path, population_path, pdf_path, png_path, n_example_units: int = 6, dpi: int = 150, model: str = "",
+              summary_path=None) -> None:
     """Rule ``fig2``: Fig. 2 of ``unit_stats.zarr`` and ``population.zarr`` -> PDF and PNG
     (titled with the store's model name, else ``model``)."""
     name = open_group(unit_stats_path).attrs.get("model_name", model)
     figure = make_fig2(read_group(unit_stats_path), read_group(population_path), n_example_units=n_example_units, title=f"Fig. 2 - {name}")
+    mark_claims(figure, claims_of_figure(summary_path, 2))
     save_figure(figure, [pdf_path, png_path], dpi=dpi)

@@ -67,6 +67,16 @@ def deviations(states: np.ndarray) -> np.ndarray:
     return states - states.mean(axis=0, keepdims=True)
 
 
+def soft_normalise(states: np.ndarray) -> np.ndarray:
+    """Churchland et al.'s soft normalisation of states (N, S, D): each unit divided by its
+    range over all N x S states plus a constant, here the median range over units (the
+    constant keeps near-constant units from being blown up; the median sets it on the
+    stream's own scale, where a firing-rate study adds 5 spikes/s)."""
+    flat = np.asarray(states, dtype=np.float64).reshape(-1, states.shape[-1])
+    ranges = flat.max(axis=0) - flat.min(axis=0)
+    return np.asarray(states, dtype=np.float64) / (ranges + np.median(ranges))
+
+
 def percentile_of(observed: float, null: np.ndarray) -> float:
     """100 x (#null < observed + 0.5 #null == observed) / n, NaN draws left out."""
     null = np.asarray(null, dtype=np.float64)
@@ -133,7 +143,8 @@ def condition_population(
     """Every array of one condition's group of ``population.zarr``, from its states (N, S, D)."""
     jpca_settings = {**DEFAULT_JPCA, **jpca_settings}
     tme_settings = {**DEFAULT_TME, **tme_settings}
-    states = np.asarray(states, dtype=np.float64)
+    raw = np.asarray(states, dtype=np.float64)
+    states = soft_normalise(raw) if jpca_settings.get("normalize", "soft") == "soft" else raw
     k = int(jpca_settings["k"])
     windows = resolve_windows(jpca_settings["windows"], states.shape[1])
     began = time.perf_counter()
@@ -151,7 +162,7 @@ def condition_population(
             **jpca_with_tme(pc_scores(deviations(window), k)[0], tme_settings, stream=DEVIATION_STREAM + index + 1),
         }
     LOG.info("jPCA of %d depth windows: %.1f s in all", len(windows), time.perf_counter() - began)
-    out["tme_rotations"] = tme_rotations(states, tme_settings, fdr_q)
+    out["tme_rotations"] = tme_rotations(raw, tme_settings, fdr_q)  # per-unit R: on the states as captured
     LOG.info(
         "per-unit R against TME (%d Newton steps, constraint error %.1e): %.1f s in all",
         int(out["tme_rotations"]["tme_iterations"]), float(out["tme_rotations"]["tme_constraint_error"]), time.perf_counter() - began,

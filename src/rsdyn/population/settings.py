@@ -34,9 +34,9 @@ def resolve_windows(windows: Sequence[Sequence[int]] | None, n_sublayers: int) -
     return resolved
 
 
-DEFAULT_JPCA = {"k": 6, "windows": None}
+DEFAULT_JPCA = {"k": 6, "windows": None, "normalize": "soft"}
 
-DEFAULT_TME = {"n_surrogates": 100, "unit_surrogates": 1000, "seed": 0, "floor": 1e-10, "tol": 1e-9, "max_iter": 200}
+DEFAULT_TME = {"n_surrogates": 1000, "unit_surrogates": 1000, "seed": 0, "floor": 1e-10, "tol": 1e-9, "max_iter": 200}
 
 
 def check_population_settings(jpca_settings: Mapping[str, Any], tme_settings: Mapping[str, Any], n_samples: int, n_sublayers: int, d_model: int) -> None:

@@ -1,5 +1,5 @@
 """Cross-model comparison: every summary row of every run side by side (``summary.tsv``),
-the README's "Across models" table (claim -> verdict per model) and the per-depth curves of
+the README's "Across models" table (judged claim -> verdict per model) and the per-depth curves of
 Figs. 1, 4 and 5 on normalised depth (``fig_compare``, drawn by :mod:`rsdyn.report.compare_figure`).
 
 Normalised depth: a sublayer state s of a model with L layers sits at s / 2L, a transition
@@ -46,15 +46,13 @@ def row_names(summaries: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 
 def format_cell(row: Mapping[str, Any] | None) -> str:
-    """``value [low, high] verdict`` of a row (only the parts it has); empty when absent."""
+    """``value [low, high]`` of a row (only the parts it has); empty when absent."""
     if row is None:
         return ""
     text = format_value(row.get("value"))
     interval = row.get("interval")
     if interval is not None:
         text += f" [{format_value(interval[0])}, {format_value(interval[1])}]"
-    if row.get("verdict"):
-        text += f" {row['verdict']}"
     return text
 
 
@@ -100,37 +98,46 @@ def read_compare_table(path: str | Path) -> tuple[list[str], list[dict[str, str]
     return [field for field in fields if field not in ("quantity", "paper", "expected", "definition")], rows
 
 
+def claim_ids(summaries: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Every claim id of every summary, in first-seen order."""
+    ids: dict[str, None] = {}
+    for summary in summaries.values():
+        ids.update(dict.fromkeys(claim["id"] for claim in summary.get("claims", [])))
+    return list(ids)
+
+
 def across_models_markdown(summaries: Mapping[str, Mapping[str, Any]], models: Mapping[str, str] | None = None) -> str:
-    """The README's "Across models" table: every row with a verdict (a claim of the paper
-    or its follow-up), the direction it states, and per run its verdict with the value
-    and interval. ``models``: column titles per run (default: the summary's model name)."""
+    """The README's "Across models" table: every judged claim of the registry, the paper's
+    words, and per run its verdict with the value and interval. ``models``: column titles
+    per run (default: the summary's model name)."""
     runs = list(summaries)
     titles = [
         (models or {}).get(run) or (summaries[run].get("model") or {}).get("model_name") or run for run in runs
     ]
-    lines = ["| claim | paper says | " + " | ".join(titles) + " |", "|---|---|" + "---|" * len(runs)]
-    for record in compare_rows(summaries):
-        if not any(row and row.get("verdict") for row in record["runs"].values()):
+    claims = {run: {claim["id"]: claim for claim in summary.get("claims", [])} for run, summary in summaries.items()}
+    lines = ["| claim | the paper's words | " + " | ".join(titles) + " |", "|---|---|" + "---|" * len(runs)]
+    for claim_id in claim_ids(summaries):
+        entries = [claims[run].get(claim_id) for run in runs]
+        if not any(entry and entry.get("verdict") for entry in entries):
             continue
+        first = next(entry for entry in entries if entry)
         cells = []
-        for run in runs:
-            row = record["runs"][run]
-            if row is None:
+        for entry in entries:
+            if not entry or not entry.get("verdict"):
                 cells.append("—")
                 continue
-            value = format_cell({**row, "verdict": None})
-            cells.append(f"**{row.get('verdict') or 'no verdict'}** ({value})")
-        paper = str(format_value(record["paper"])).replace("|", "/")
-        lines.append(f"| `{record['quantity']}` | {paper} | " + " | ".join(cells) + " |")
+            cells.append(f"**{entry['verdict']}** ({format_cell({'value': entry.get('value'), 'interval': entry.get('interval')})})")
+        quote = str(first.get("quote", "")).replace("|", "/")
+        lines.append(f"| `{claim_id}` | \"{quote}\" | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def verdict_counts(summaries: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, int]]:
-    """Per run, how many rows are reproduced / opposite / inconclusive."""
+    """Per run, how many judged claims have each verdict."""
     counts = {}
     for run, summary in summaries.items():
-        verdicts = [row.get("verdict") for row in summary["rows"].values() if row.get("verdict")]
-        counts[run] = {word: verdicts.count(word) for word in ("reproduced", "opposite", "inconclusive")}
+        verdicts = [claim.get("verdict") for claim in summary.get("claims", []) if claim.get("verdict")]
+        counts[run] = {word: verdicts.count(word) for word in sorted(set(verdicts))}
     return counts
 
 

@@ -1,13 +1,18 @@
-"""summary.json: the headline numbers of a run beside the paper's, and their tables.
+"""summary.json: the judged claims of a run, and the descriptive rows beside them.
 
-Each stage module contributes rows ``{name: {value, paper, definition}}``; a row that
-compares two things adds ``interval``, ``level``, ``expected``, ``resampled`` and
-``verdict`` (``rsdyn.core.verdicts``). ``summary_fig1.summary_fig1`` (Fig. 1, bootstrap over
-sequences from ``activations.zarr``, its own rule and ``summary_fig1.json``),
-``rotation_summary.summary_rotations`` (Fig. 2),
-``cae.summary_fig3``, ``pca.summary_fig4_pca`` and ``teleport.summary_teleport``; this
-module gathers them and renders them (JSON, TSV, Markdown). ``rsdyn.report.readme`` writes the
-Markdown tables into README.md.
+- ``claims``: the claims table of :mod:`rsdyn.report.claims`, every claim of
+  ``config/claims.yaml`` with its pre-registered statistic, interval, p, Holm-adjusted p
+  and verdict (the only verdicts a run has);
+- ``rows``: descriptive numbers ``{name: {value, paper, definition}}``, some with an
+  ``interval`` and what it ``resampled``: other readings of the claims and everything a
+  reader compares with the paper, never judged. Each stage contributes them:
+  :func:`rsdyn.units.summary.summary_fig1` (Fig. 1, its own rule and
+  ``summary_fig1.json``), :func:`rsdyn.population.summary.summary_rotations` (Fig. 2),
+  :func:`rsdyn.cae.summary.summary_fig3`, :func:`rsdyn.geometry.pca_summary.summary_fig4_pca`,
+  :func:`rsdyn.geometry.teleport_metrics.summary_teleport` and the Jacobian's rows.
+
+This module gathers them and renders them (JSON, TSV, Markdown); ``rsdyn.report.readme``
+writes the Markdown tables into README.md.
 """
 
 from __future__ import annotations
@@ -82,21 +87,50 @@ def collect_rows(
     return rows
 
 
+#: the keys that make a row a judgement; rows are descriptive, only claims are judged
+JUDGEMENT_KEYS = ("verdict", "expected")
+
+
+def descriptive(rows: Mapping[str, dict]) -> dict[str, dict]:
+    """The rows without any verdict (theirs and their pairs'): other readings are reported,
+    never judged; the claims table holds the verdicts."""
+    out = {}
+    for name, row in rows.items():
+        row = {key: value for key, value in row.items() if key not in JUDGEMENT_KEYS}
+        if isinstance(row.get("pairs"), Mapping):
+            row["pairs"] = {pair: {k: v for k, v in entry.items() if k not in JUDGEMENT_KEYS} for pair, entry in row["pairs"].items()}
+        out[name] = row
+    return out
+
+
 def build_summary(
-    run: str, activations_path: str | Path, rows: Mapping[str, dict], settings: Mapping[str, Any] | None = None
+    run: str, activations_path: str | Path, rows: Mapping[str, dict], settings: Mapping[str, Any] | None = None,
+    claims: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The summary document: run, model and data provenance, the bootstrap settings, and the rows."""
+    """The summary document: run, model and data provenance, the bootstrap settings, the
+    judged claims (when given) and the descriptive rows."""
     attrs = dict(open_group(activations_path).attrs)
     settings = {**DEFAULT_SETTINGS, **(settings or {})}
-    return {
+    document = {
         "run": run,
         "model": {key: attrs.get(key) for key in ("model_name", "model_id", "model_revision", "family", "n_layers", "d_model", "dtype")},
         "n_samples": attrs.get("n_samples"),
         "corpus": attrs.get("corpus_source"),
         "paper": "Fernando & Guitchounts 2025, arXiv 2502.12131 (Llama 3.1 8B, N = 1000)",
         "bootstrap": {"resamples": int(settings["bootstrap"]), "seed": int(settings["seed"]), "level": DEFAULT_LEVEL},
-        "rows": dict(rows),
     }
+    if claims is not None:
+        judged = [claim for claim in claims if claim.get("verdict")]
+        document["claims_settings"] = {
+            "registry": str(settings.get("claims", "config/claims.yaml")),
+            "resamples": int(settings.get("claims_resamples", 0)),
+            "stability_seeds": int(settings.get("stability_seeds", 1)),
+            "judged": len(judged),
+            "multiplicity": "Holm step-down across the judged claims, each family (the claim, its opposite, equivalence) separately",
+        }
+        document["claims"] = list(claims)
+    document["rows"] = descriptive(rows)
+    return document
 
 
 def write_summary(summary: Mapping[str, Any], path: str | Path) -> None:
@@ -135,28 +169,21 @@ def format_interval(row: Mapping[str, Any]) -> str:
     return "[" + ", ".join(format_value(v) for v in interval) + "]"
 
 
-def format_verdict(row: Mapping[str, Any]) -> str:
-    """The verdict with the direction it was judged against, e.g. ``reproduced (> 0)``, and
-    the row's caveat if it has one (``reproduced (> 0.8); rests on 20 distinct states``)."""
-    parts = []
-    if row.get("verdict"):
-        parts.append(f"{row['verdict']} ({row['expected']})" if row.get("expected") else str(row["verdict"]))
-    if row.get("caveat"):
-        parts.append(str(row["caveat"]))
-    return "; ".join(parts)
+def format_note(row: Mapping[str, Any]) -> str:
+    """A row's caveat (``rests on 20 distinct states``), or an empty string."""
+    return str(row.get("caveat", ""))
 
 
 def markdown_table(summary: Mapping[str, Any], with_definitions: bool = False, names=None) -> str:
-    """The rows (all, or ``names``) as a Markdown table:
-    quantity | paper | ours | 95 % interval | verdict (| definition; resampled)."""
-    header = "| quantity | paper (Llama 3.1 8B) | ours | 95 % interval | verdict |" + (" definition |" if with_definitions else "")
+    """The descriptive rows (all, or ``names``) as a Markdown table:
+    quantity | paper | ours | 95 % interval | note (| definition; resampled)."""
+    header = "| quantity | paper (Llama 3.1 8B) | ours | 95 % interval | note |" + (" definition |" if with_definitions else "")
     rule = "|---|---|---|---|---|" + ("---|" if with_definitions else "")
     lines = [header, rule]
     for name, row in summary["rows"].items():
         if names is not None and name not in names:
             continue
-        cells = [f"`{name}`", format_value(row.get("paper")), format_value(row.get("value")),
-                 format_interval(row), format_verdict(row)]
+        cells = [f"`{name}`", format_value(row.get("paper")), format_value(row.get("value")), format_interval(row), format_note(row)]
         if with_definitions:
             definition = str(row.get("definition", ""))
             if row.get("resampled"):
@@ -166,12 +193,45 @@ def markdown_table(summary: Mapping[str, Any], with_definitions: bool = False, n
     return "\n".join(lines) + "\n"
 
 
-TABLE_COLUMNS = ["quantity", "paper (Llama 3.1 8B)", "ours", "interval_low", "interval_high", "verdict", "expected", "caveat",
-                 "resampled", "definition"]
+def format_p(value: Any) -> str:
+    """A p-value for a table: 3 significant digits, '< 0.001' below."""
+    if value is None:
+        return ""
+    return "< 0.001" if value < 0.001 else f"{value:.2g}"
+
+
+def markdown_claims(summary: Mapping[str, Any]) -> str:
+    """The claims table: claim | the paper's words | statistic | ours [95 % interval] |
+    p (Holm) | verdict; a claim the registry cannot compute says why."""
+    lines = [
+        "| claim | the paper's words (section, figure) | pre-registered statistic | ours [95 % interval] | p (Holm-adjusted) | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for claim in summary.get("claims", []):
+        where = ", ".join(part for part in (claim.get("section"), f"Fig. {claim['figure']}" if claim.get("figure") else None) if part)
+        words = f"\"{claim['quote']}\" ({where})"
+        if claim.get("verdict"):
+            test = "within" if claim["test"] == "equivalence" else claim["direction"]
+            expected = f"{test} {format_value(float(claim['null_value']))} ± {format_value(float(claim['margin']))}" if claim["test"] == "equivalence" or claim["margin"] else f"{test} {format_value(float(claim['null_value']))}"
+            statistic = f"`{claim['statistic'].split('.', 1)[1]}` ({expected}; {claim['unit'].replace('_', ' ')})"
+            ours = f"{format_value(claim.get('value'))} {format_interval(claim)}"
+            p_text = f"{format_p(claim.get('p'))} ({format_p(claim.get('p_holm'))})"
+            verdict = f"**{claim['verdict']}**" + ("" if claim.get("stable", True) else " (unstable over bootstrap seeds)")
+            if claim.get("baseline") and not claim.get("baseline_beaten", True):
+                verdict += f"; does not beat {claim['baseline'].get('what', 'the baseline')}"
+        else:
+            statistic, ours, p_text, verdict = "—", "—", "", f"not computed: {claim.get('not_computed', '')}"
+        label = claim["id"] + (" (beyond the paper)" if claim["source"] == "beyond" else "")
+        cells = [f"`{label}`", words, statistic, ours, p_text, verdict]
+        lines.append("| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+TABLE_COLUMNS = ["quantity", "paper (Llama 3.1 8B)", "ours", "interval_low", "interval_high", "caveat", "resampled", "definition"]
 
 
 def write_table(summary: Mapping[str, Any], path: str | Path) -> None:
-    """The rows as a tab-separated table (``TABLE_COLUMNS``), atomically."""
+    """The descriptive rows as a tab-separated table (``TABLE_COLUMNS``), atomically."""
     import csv
 
     with atomic_file(path) as temp, open(temp, "w", newline="") as handle:
@@ -181,8 +241,30 @@ def write_table(summary: Mapping[str, Any], path: str | Path) -> None:
             low, high = row.get("interval") or ("", "")
             writer.writerow([name, format_value(row.get("paper")), format_value(row.get("value")),
                              "" if low in ("", None) else format_value(low), "" if high in ("", None) else format_value(high),
-                             row.get("verdict", ""), row.get("expected", ""), row.get("caveat", ""), row.get("resampled", ""),
-                             row.get("definition", "")])
+                             row.get("caveat", ""), row.get("resampled", ""), row.get("definition", "")])
+
+
+CLAIM_COLUMNS = ["claim", "source", "section", "statistic", "value", "interval_low", "interval_high", "p", "p_holm",
+                 "verdict", "stable", "test", "direction", "null_value", "margin", "resampled", "quote"]
+
+
+def write_claims_table(summary: Mapping[str, Any], path: str | Path) -> None:
+    """The claims as a tab-separated table (``CLAIM_COLUMNS``), atomically."""
+    import csv
+
+    with atomic_file(path) as temp, open(temp, "w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(CLAIM_COLUMNS)
+        for claim in summary.get("claims", []):
+            low, high = claim.get("interval") or ("", "")
+            writer.writerow([
+                claim["id"], claim["source"], claim["section"], claim.get("statistic") or "", format_value(claim.get("value")),
+                "" if low in ("", None) else format_value(low), "" if high in ("", None) else format_value(high),
+                "" if claim.get("p") is None else format_value(claim["p"]), "" if claim.get("p_holm") is None else format_value(claim["p_holm"]),
+                claim.get("verdict") or ("not computed: " + claim.get("not_computed", "")), claim.get("stable", ""),
+                claim.get("test", ""), claim.get("direction", ""), claim.get("null_value", ""), claim.get("margin", ""),
+                claim.get("resampled", ""), claim["quote"],
+            ])
 
 
 def run_fig1_summary(
@@ -206,36 +288,44 @@ def run_summary(run: str, inputs: Mapping[str, Any], outputs: Mapping[str, Any],
     """Rule ``summary``: every row of a run (:func:`collect_rows`) -> ``summary.json`` and
     ``summary.tsv``, and the run's resolved ``settings`` -> ``run_config.yaml``.
 
-    ``inputs`` names the stores (``activations``, ``fig1``, ``unit_stats``, ``pca``,
-    ``cae``, ``teleport``, ``population``, ``jacobian``); ``outputs`` the files (``json``,
-    ``table``, ``config``)."""
+    ``inputs`` names the stores (``activations``, ``fig1``, ``unit_stats``, ``layer_stats``,
+    ``pca``, ``cae``, ``teleport``, ``population``, ``jacobian``) and the claims registry
+    (``claims``); ``outputs`` the files (``json``, ``table``, ``claims``, ``config``)."""
     import logging
 
     import yaml
+
+    from rsdyn.report.claims import claims_table
 
     rows = collect_rows(
         inputs["fig1"], inputs["unit_stats"], inputs["pca"], Path(inputs["cae"]) / "embedding.zarr", inputs["teleport"],
         inputs["population"], inputs["jacobian"], settings["summary"],
     )
-    summary = build_summary(run, inputs["activations"], rows, settings["summary"])
+    stores = {key: inputs[key] for key in ("activations", "unit_stats", "layer_stats", "pca", "cae", "teleport", "population", "jacobian")}
+    claims = claims_table(stores, settings["summary"], inputs["claims"])
+    summary = build_summary(run, inputs["activations"], rows, settings["summary"], claims)
     write_summary(summary, outputs["json"])
     write_table(summary, outputs["table"])
+    write_claims_table(summary, outputs["claims"])
     with atomic_file(outputs["config"]) as temp:
         Path(temp).write_text(yaml.safe_dump(dict(settings), sort_keys=False))
-    logging.getLogger(__name__).info(
-        "wrote %d summary rows (%d with a verdict)", len(rows), sum(1 for row in rows.values() if row.get("verdict"))
-    )
+    counts = {verdict: sum(1 for claim in claims if claim.get("verdict") == verdict) for verdict in {c.get("verdict") for c in claims} if verdict}
+    logging.getLogger(__name__).info("wrote %d descriptive rows and %d claims: %s", len(rows), len(claims), counts)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m rsdyn.report.summary results/{run}/summary.json [--definitions]``: the Markdown table."""
+    """``python -m rsdyn.report.summary results/{run}/summary.json [--definitions]``: the
+    claims table, then the descriptive rows, as Markdown."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("summary", help="a summary.json written by the summary rule")
     parser.add_argument("--definitions", action="store_true", help="add each row's definition")
     args = parser.parse_args(argv)
-    print(markdown_table(json.loads(Path(args.summary).read_text()), with_definitions=args.definitions), end="")
+    summary = json.loads(Path(args.summary).read_text())
+    if summary.get("claims"):
+        print(markdown_claims(summary))
+    print(markdown_table(summary, with_definitions=args.definitions), end="")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from rsdyn.core.figures import save_figure
+from rsdyn.core.figures import claims_of_figure, mark_claims, save_figure
 from rsdyn.core.store import open_group, read_group
 
 CONDITION_STYLE = {"original": "-", "shuffled": "--"}
@@ -262,9 +262,10 @@ def _draw_fig1(unit_stats: Mapping, layer_table: pd.DataFrame, title: str) -> Fi
     return fig
 
 
-def save_fig1(unit_stats_path, layer_stats_path, pdf_path, png_path, dpi: int = 150, model: str = "") -> None:
+def save_fig1(unit_stats_path, layer_stats_path, pdf_path, png_path, dpi: int = 150, model: str = "", summary_path=None) -> None:
     """Rule ``fig1``: Fig. 1 of ``unit_stats.zarr`` and ``layer_stats.csv`` -> PDF and PNG
     (titled with the store's model name, else ``model``)."""
     name = open_group(unit_stats_path).attrs.get("model_name", model)
     figure = make_fig1(read_group(unit_stats_path), pd.read_csv(layer_stats_path), title=f"Fig. 1 - {name}")
+    mark_claims(figure, claims_of_figure(summary_path, 1))
     save_figure(figure, [pdf_path, png_path], dpi=dpi)
