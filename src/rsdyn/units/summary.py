@@ -149,8 +149,13 @@ class RowMaker:
     def compare(self, statistic: Callable, point, samples, paper, definition: str, expected: str, null: float,
                 units: bool = False, judge: bool = True) -> dict:
         """A comparing row; with ``judge=False`` (no paper claim for this condition) the
-        interval without ``expected`` and ``verdict``."""
+        interval without ``expected`` and ``verdict``. A statistic that could only be
+        resampled over units (``units``: the KDE and KSG MI, which vary over sequences) gets
+        no interval at all: the judged MI claims resample sequences (rsdyn.units.mi_resample)."""
         value = float(statistic(point))
+        if units:
+            return row(value, paper, definition + "; no interval: an interval over units would leave out the sequences' "
+                       "variation (the judged MI claims resample sequences)")
         out = comparison_row(value, paper, definition, np.asarray(statistic(samples), dtype=np.float64), expected,
                              self.units if units else self.sequences, null=null)
         if not judge:
@@ -382,11 +387,15 @@ def summary_fig1(
 
 def add_caveats(rows: dict[str, dict]) -> dict[str, dict]:
     """Give every row whose definition flags fewer than ``FEW_STATES`` states a short
-    ``caveat`` ("rests on 20 distinct states"), shown beside the verdict in the tables."""
+    ``caveat`` ("rests on 20 distinct states"), shown beside the value in the tables, and
+    drop its interval: resampling sequences that share a few states gives intervals far too
+    narrow (the judged claims that rest on them resample whole clusters of sequences)."""
     for row_ in rows.values():
         found = re.search(r"rests on (\d+) distinct states[^;]*FEWER THAN", row_.get("definition", ""))
         if found:
             row_["caveat"] = f"rests on {found.group(1)} distinct states"
+            for key in ("interval", "level", "resampled", "expected", "verdict"):
+                row_.pop(key, None)
     return rows
 
 
