@@ -96,6 +96,9 @@ def test_json_and_tsv_are_written_and_the_cli_prints_the_tables(tmp_path, capsys
 
 README = """# title
 
+<!-- BEGIN generated: status -->
+<!-- END generated: status -->
+
 intro
 
 <!-- BEGIN generated: results -->
@@ -106,6 +109,9 @@ text between
 
 <!-- BEGIN generated: controls -->
 <!-- END generated: controls -->
+
+<!-- BEGIN generated: readings -->
+<!-- END generated: readings -->
 
 <!-- BEGIN generated: definitions -->
 old
@@ -129,6 +135,10 @@ def test_readme_blocks_are_regenerated_in_place(tmp_path):
     assert claims_at < details_at < results.index("`ratio`"), "the claims table leads, the descriptive rows follow, collapsed"
     assert "4 claims (3 judged: 1 reproduced, 1 opposite, 1 inconclusive; 1 not computable)" in results
     assert "verdicts that change with the seed: flat" in results
+    status = text.split("<!-- BEGIN generated: status -->\n")[1].split("<!-- END")[0]
+    assert "of the paper's 3 registered claims: 1 reproduced, 1 opposite, 1 not computed" in status
+    readings = text.split("<!-- BEGIN generated: readings -->\n")[1].split("<!-- END")[0]
+    assert "- **`grows`** (§3.1, Fig. 1B): **reproduced**." in readings and "not computed (no criterion)" in readings
     controls = text.split("<!-- BEGIN generated: controls -->\n")[1].split("<!-- END")[0]
     assert "| `corr_first` | 0.912 | 0.5 [0.4, 0.6] | 0.8 |" in controls
     definitions = text.split("<!-- BEGIN generated: definitions -->\n")[1].split("<!-- END")[0]

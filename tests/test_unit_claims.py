@@ -80,7 +80,7 @@ def test_weighted_kde_mi_at_unit_weights_is_the_papers_estimator():
         for u in range(2):
             x, y = acts[:, t, u], acts[:, t + 1, u]
             got = weighted_mi(joint_kernel(x, y), marginal_kernel(x), marginal_kernel(y), np.ones((1, 40)), 1e-10)
-            assert got[0] == pytest.approx(reference[t, u], abs=1e-9)
+            assert got[0] == pytest.approx(reference[t, u], abs=1e-6)  # float32 density sums
 
 
 def test_weighted_kde_mi_with_integer_counts_is_the_resubstitution_of_the_repeated_sample():
@@ -96,7 +96,7 @@ def test_weighted_kde_mi_with_integer_counts_is_the_resubstitution_of_the_repeat
     py = ky[np.ix_(rows, rows)].mean(axis=1)
     pxy = kxy[np.ix_(rows, rows)].mean(axis=1)
     slow = np.mean(np.log((pxy + 1e-10) / (px * py + 1e-10)))
-    assert weighted_mi(kxy, kx, ky, w[None], 1e-10)[0] == pytest.approx(slow, rel=1e-10)
+    assert weighted_mi(kxy, kx, ky, w[None], 1e-10)[0] == pytest.approx(slow, rel=1e-6, abs=1e-6)  # float32 density sums
 
 
 def test_mi_claims_at_unit_weights_match_the_per_unit_definition():
@@ -106,9 +106,9 @@ def test_mi_claims_at_unit_weights_match_the_per_unit_definition():
     est = mi.estimate(["mi_kde_early_drop", "mi_kde_steepest_at_cross"], sequence_weights(30, 3, 0), "test")
     reference = mi_kde(acts, device="cpu", precision="float64")  # (9, 5)
     early = reference[:3]  # transitions 0, 1, 2 (max(3, 9 // 3))
-    assert est["mi_kde_early_drop"].value == pytest.approx(np.mean(early[0] - early[1:].mean(axis=0)), abs=1e-8)
+    assert est["mi_kde_early_drop"].value == pytest.approx(np.mean(early[0] - early[1:].mean(axis=0)), abs=1e-6)
     steep = (early[0] - early[1]) - (early[1] - early[2])
-    assert est["mi_kde_steepest_at_cross"].value == pytest.approx(np.mean(steep), abs=1e-8)
+    assert est["mi_kde_steepest_at_cross"].value == pytest.approx(np.mean(steep), abs=1e-6)
 
 
 def test_last_tokens_reads_right_padded_ids():
@@ -177,3 +177,13 @@ def test_calibration_on_null_data_sets():
             false[c["id"]] += entry["verdict"] == "reproduced"
     noise = 2.0 * np.sqrt(0.05 * 0.95 / 100)
     assert all(count / 100 <= 0.05 + noise for count in false.values()), false
+
+
+def test_the_layer_zero_shortcut_equals_the_full_pass():
+    rng = np.random.default_rng(8)
+    acts = rng.standard_normal((25, 8, 10)).cumsum(axis=1)
+    provider = provider_of(acts)
+    weights = sequence_weights(25, 6, 2)
+    alone = provider.evaluate(["corr_earliest_min_median"], weights)["corr_earliest_min_median"]
+    full = provider.evaluate(["corr_earliest_min_median", "norm_log_ratio"], weights)["corr_earliest_min_median"]
+    np.testing.assert_allclose(alone, full, rtol=1e-12)

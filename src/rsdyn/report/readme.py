@@ -18,6 +18,9 @@ Blocks, each between ``<!-- BEGIN generated: NAME -->`` and
   the summary has the rotation rows;
 - ``across_models``: the compare rule's ``across_models.md``; written only with
   ``--compare``;
+- ``status``: one sentence for the top of the README, the tally of the claims table;
+- ``readings``: per claim, the paper's words, the pre-registered reading with its
+  number, interval and p, and every other reading the registry lists with its number;
 - ``definitions``: every row with its definition and what its interval resampled.
 
 Nothing in these blocks is written by hand: rerun the command after the summary changes.
@@ -79,6 +82,67 @@ def claims_line(summary: Mapping[str, Any]) -> str:
         f"{settings.get('stability_seeds')} bootstrap seeds"
     )
     return text + (f" (verdicts that change with the seed: {', '.join(unstable)})." if unstable else ", every verdict the same on each.")
+
+
+def _tally(summary: Mapping[str, Any], source: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for claim in summary.get("claims", []):
+        if claim.get("source") == source or (source == "paper" and claim.get("source") == "blog"):
+            key = claim.get("verdict") or "not computed"
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def status_block(summary: Mapping[str, Any]) -> str:
+    """The README's opening status: how many of the paper's claims this run reproduces."""
+    model = (summary.get("model") or {}).get("model_name") or summary.get("run")
+    paper, beyond = _tally(summary, "paper"), _tally(summary, "beyond")
+
+    def words(counts: Mapping[str, int]) -> str:
+        order = ("reproduced", "supported", "equivalent", "opposite", "contradicted", "inconclusive", "not computed")
+        return ", ".join(f"{counts[key]} {key}" for key in order if counts.get(key))
+
+    return (
+        f"On the default model ({model}, N = {summary.get('n_samples')}), of the paper's {sum(paper.values())} registered "
+        f"claims: {words(paper)}; of {sum(beyond.values())} hypotheses beyond the paper: {words(beyond)} "
+        "(the claims table below; Holm-adjusted across all judged claims).\n"
+    )
+
+
+def readings_block(summary: Mapping[str, Any]) -> str:
+    """Per claim: its verdict and number, and each other reading of the same sentence."""
+    rows = summary.get("rows", {})
+    lines = []
+    for claim in summary.get("claims", []):
+        head = f"- **`{claim['id']}`** ({claim.get('section')}"
+        head += f", Fig. {claim['figure']})" if claim.get("figure") else ")"
+        if claim.get("verdict"):
+            low, high = claim.get("interval") or (None, None)
+            head += (f": **{claim['verdict']}**. {claim.get('definition', '')}: {format_value(claim.get('value'))} "
+                     f"[{format_value(low)}, {format_value(high)}], p {format_value(claim.get('p'))} "
+                     f"(Holm {format_value(claim.get('p_holm'))}); resampled: {claim.get('resampled')}.")
+            if claim.get("left_out_transitions"):
+                head += f" Transitions left out (too few distinct states among the sequences): {claim['left_out_transitions']}."
+            if claim.get("baseline") and not claim.get("baseline_beaten", True):
+                head += f" It does not beat {claim['baseline'].get('what', 'its baseline')}."
+        else:
+            head += f": not computed ({claim.get('not_computed')})."
+        lines.append(head)
+        others = [name for name in claim.get("other_readings") or [] if name in rows]
+        if others:
+            parts = []
+            for name in others:
+                row = rows[name]
+                text = f"`{name}` {format_value(row.get('value'))}"
+                if row.get("interval"):
+                    text += " [" + ", ".join(format_value(v) for v in row["interval"]) + "]"
+                if row.get("full_n_value") is not None:
+                    text += f" (all sequences: {format_value(row['full_n_value'])})"
+                if row.get("caveat"):
+                    text += f" ({row['caveat']})"
+                parts.append(text)
+            lines.append("  Other readings, reported, not judged: " + "; ".join(parts) + ".")
+    return "\n".join(lines) + "\n"
 
 
 def results_block(summary: Mapping[str, Any]) -> str:
@@ -152,6 +216,9 @@ def update_readme(
     compare rule's ``across_models.md`` text); returns the text written."""
     text = Path(readme).read_text()
     text = replace_block(text, "results", results_block(summary))
+    if summary.get("claims"):
+        text = replace_block(text, "status", status_block(summary))
+        text = replace_block(text, "readings", readings_block(summary))
     if control is not None:
         text = replace_block(text, "controls", controls_block(summary, control))
     if "rotations_excess_turns_point_shuffle" in summary["rows"]:

@@ -207,6 +207,8 @@ class UnitsClaims:
 
     def evaluate(self, names: Sequence[str], weights: np.ndarray) -> dict[str, np.ndarray]:
         """Every statistic of ``names`` for each row of count weights (B, N): (B,) each."""
+        if set(names) <= {"corr_earliest_min_median"}:  # the cluster bootstrap's only statistic: layer 0 alone
+            return {"corr_earliest_min_median": self._earliest(weights)}
         acc = _Accumulator(len(weights), self.n_sublayers, self.n_units)
         share = weights / weights.sum(axis=1, keepdims=True)
         squared_norm = np.zeros((self.n_samples, self.n_sublayers))
@@ -233,6 +235,20 @@ class UnitsClaims:
         unit_means = np.concatenate(means, axis=2)
         stats = self._finish(acc, share @ norm, cosine, velocity, unit_means)
         return {name: stats[name] for name in names}
+
+    def _earliest(self, weights: np.ndarray) -> np.ndarray:
+        """``corr_earliest_min_median`` from the first three sublayers only."""
+        import warnings
+
+        medians = [np.empty((len(weights), self.n_units)) for _ in range(2)]
+        for start in range(0, self.n_units, self.unit_chunk):
+            block = np.asarray(self.array[:, :3, start : start + self.unit_chunk], dtype=np.float64)
+            r = _weighted_block_moments(block, weights)[2]
+            for t in (0, 1):
+                medians[t][:, start : start + block.shape[2]] = r[:, t]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.minimum(*(np.nanmedian(m, axis=1) for m in medians))
 
     def _add_correlations(self, acc: _Accumulator, r: np.ndarray, start: int, stop: int) -> None:
         finite = np.isfinite(r)

@@ -65,11 +65,16 @@ def joint_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def weighted_mi(k_xy: np.ndarray, k_x: np.ndarray, k_y: np.ndarray, weights: np.ndarray, eps: float) -> np.ndarray:
-    """Weighted-resubstitution KDE MI (nats) for each row of count weights (B, N): (B,)."""
+    """Weighted-resubstitution KDE MI (nats) for each row of count weights (B, N): (B,).
+
+    The density sums run in float32 (integer counts times kernels in (0, 1/h]: about 7
+    significant digits, as the paper's estimator on the CPU); the logs and the mean in
+    float64."""
     total = weights.sum(axis=1, keepdims=True)
-    p_xy = weights @ k_xy.T / total
-    p_x = weights @ k_x.T / total
-    p_y = weights @ k_y.T / total
+    w32 = weights.astype(np.float32)
+    p_xy = (w32 @ k_xy.T.astype(np.float32)).astype(np.float64) / total
+    p_x = (w32 @ k_x.T.astype(np.float32)).astype(np.float64) / total
+    p_y = (w32 @ k_y.T.astype(np.float32)).astype(np.float64) / total
     pointwise = np.log((p_xy + eps) / (p_x * p_y + eps))
     return (weights * pointwise).sum(axis=1) / total[:, 0]
 
