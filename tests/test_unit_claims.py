@@ -186,4 +186,4 @@ def test_the_layer_zero_shortcut_equals_the_full_pass():
     weights = sequence_weights(25, 6, 2)
     alone = provider.evaluate(["corr_earliest_min_median"], weights)["corr_earliest_min_median"]
     full = provider.evaluate(["corr_earliest_min_median", "norm_log_ratio"], weights)["corr_earliest_min_median"]
-    np.testing.assert_allclose(alone, full, rtol=1e-12)
+    np.testing.assert_allclose(alone, full, rtol=1e-6)  # the full pass keeps r in float32
