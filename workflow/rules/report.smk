@@ -53,6 +53,7 @@ rule summary:
             category="Summary",
             labels={"run": "{run}", "table": "judged claims"},
         ),
+        samples=f"{RESULTS}/{{run}}/claims.npz",
         config=report(
             f"{RESULTS}/{{run}}/run_config.yaml",
             caption="../report/config.rst",

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rsdyn.core.claims import Estimate, judge, judged, load_registry
 
 log = logging.getLogger(__name__)
@@ -119,14 +121,22 @@ def estimates(registry: Mapping[str, Any], stage_providers: Mapping[str, Any], n
 
 
 def claims_table(
-    stores: Mapping[str, Any], settings: Mapping[str, Any] | None = None, registry_path: str | Path | None = None
+    stores: Mapping[str, Any], settings: Mapping[str, Any] | None = None, registry_path: str | Path | None = None,
+    samples: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The judged claims table of one run (see the module docstring). ``settings``: the
     run's ``summary`` section (``claims_resamples``, ``stability_seeds``, ``seed``,
-    ``mi_units``)."""
+    ``mi_units``). ``samples``, when given, receives each judged claim's value and its
+    resamples at the first seed (``{id: (B,) array}``, ``{id}:value``): the same seed and
+    design draw the same resamples in every run of the same sequences, so two runs'
+    samples are paired (the controls compare trained with initial weights this way)."""
     settings = {**DEFAULT_SETTINGS, **(settings or {})}
     registry = load_registry(registry_path)
     stage_providers = providers(stores, settings)
     seeds = [int(settings["seed"]) + k for k in range(max(1, int(settings["stability_seeds"])))]
     per_seed = [estimates(registry, stage_providers, int(settings["claims_resamples"]), seed) for seed in seeds]
+    if samples is not None and per_seed:
+        for claim_id, estimate in per_seed[0].items():
+            samples[claim_id] = np.asarray(estimate.samples, dtype=np.float64)
+            samples[f"{claim_id}:value"] = np.float64(estimate.value)
     return judge(registry, per_seed, int(settings["claims_resamples"]), seeds)

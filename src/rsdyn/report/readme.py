@@ -21,6 +21,7 @@ Blocks, each between ``<!-- BEGIN generated: NAME -->`` and
 - ``status``: one sentence for the top of the README, the tally of the claims table;
 - ``readings``: per claim, the paper's words, the pre-registered reading with its
   number, interval and p, and every other reading the registry lists with its number;
+- ``jacobian``: the Jacobian stage's descriptive rows (when the summary has them);
 - ``definitions``: every row with its definition and what its interval resampled.
 
 Nothing in these blocks is written by hand: rerun the command after the summary changes.
@@ -223,6 +224,9 @@ def update_readme(
         text = replace_block(text, "controls", controls_block(summary, control))
     if "rotations_excess_turns_point_shuffle" in summary["rows"]:
         text = replace_block(text, "rotations", rotations_block(summary))
+    jacobian = [name for name in summary["rows"] if name.startswith("jacobian_")]
+    if jacobian:
+        text = replace_block(text, "jacobian", markdown_table(summary, names=set(jacobian)))
     if compare is not None:
         text = replace_block(text, "across_models", compare if compare.endswith("\n") else compare + "\n")
     text = replace_block(text, "definitions", definitions_block(summary))

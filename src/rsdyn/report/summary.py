@@ -267,6 +267,22 @@ def write_claims_table(summary: Mapping[str, Any], path: str | Path) -> None:
             ])
 
 
+def write_samples(samples: Mapping[str, Any], path: str | Path) -> None:
+    """Each judged claim's value and resamples (``claims.npz``), atomically."""
+    import numpy as np
+
+    with atomic_file(path) as temp, open(temp, "wb") as handle:
+        np.savez(handle, **{key: np.asarray(value) for key, value in samples.items()})
+
+
+def read_samples(path: str | Path) -> dict[str, Any]:
+    """``claims.npz`` as ``{id: (B,) resamples, id:value: value}``."""
+    import numpy as np
+
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}
+
+
 def run_fig1_summary(
     run: str, activations_path, unit_stats_path, layer_stats_path, out_path, settings: Mapping[str, Any], density_threshold: float
 ) -> None:
@@ -290,7 +306,8 @@ def run_summary(run: str, inputs: Mapping[str, Any], outputs: Mapping[str, Any],
 
     ``inputs`` names the stores (``activations``, ``fig1``, ``unit_stats``, ``layer_stats``,
     ``pca``, ``cae``, ``teleport``, ``population``, ``jacobian``) and the claims registry
-    (``claims``); ``outputs`` the files (``json``, ``table``, ``claims``, ``config``)."""
+    (``claims``); ``outputs`` the files (``json``, ``table``, ``claims``, ``samples``,
+    ``config``)."""
     import logging
 
     import yaml
@@ -302,7 +319,9 @@ def run_summary(run: str, inputs: Mapping[str, Any], outputs: Mapping[str, Any],
         inputs["population"], inputs["jacobian"], settings["summary"],
     )
     stores = {key: inputs[key] for key in ("activations", "unit_stats", "layer_stats", "pca", "cae", "teleport", "population", "jacobian")}
-    claims = claims_table(stores, settings["summary"], inputs["claims"])
+    samples: dict[str, Any] = {}
+    claims = claims_table(stores, settings["summary"], inputs["claims"], samples)
+    write_samples(samples, outputs["samples"])
     summary = build_summary(run, inputs["activations"], rows, settings["summary"], claims)
     write_summary(summary, outputs["json"])
     write_table(summary, outputs["table"])
