@@ -100,16 +100,16 @@ def cae_arrays(n_seeds=5, n_test=40, n_sublayers=12, d=6, predictor="cae", seed=
             reconstruction = means + share * (states - means) + 0.05 * rng.standard_normal(states.shape)
         sse.append(np.sum((states - reconstruction) ** 2, axis=2))
     embedding = np.cumsum(rng.standard_normal((n_seeds, n_test, n_sublayers, 2)) * np.linspace(0.1, 2, n_sublayers)[None, None, :, None], axis=2)
-    return {"embedding": embedding, "sequence_sse": np.stack(sse), "sequence_sst": sst}
+    return {"embedding": embedding, "reconstruction_sse": np.stack(sse), "mean_predictor_sse": sst}
 
 
 def test_ev_across_and_steps_against_loops():
     arrays = cae_arrays()
     w = sequence_weights(40, 2, 0)
-    ev = ev_across(arrays["sequence_sse"][0], arrays["sequence_sst"], w)
+    ev = ev_across(arrays["reconstruction_sse"][0], arrays["mean_predictor_sse"], w)
     for b in range(2):
         rows = np.repeat(np.arange(40), w[b].astype(int))
-        assert ev[b, 3] == pytest.approx(1 - arrays["sequence_sse"][0][rows, 3].sum() / arrays["sequence_sst"][rows, 3].sum())
+        assert ev[b, 3] == pytest.approx(1 - arrays["reconstruction_sse"][0][rows, 3].sum() / arrays["mean_predictor_sse"][rows, 3].sum())
     lengths, turning = step_curves(arrays["embedding"][1], w)
     rows = np.repeat(np.arange(40), w[0].astype(int))
     steps = np.diff(arrays["embedding"][1][rows], axis=1)
@@ -131,7 +131,7 @@ def test_the_cae_claim_holds_for_a_cae_and_fails_for_the_sublayer_mean_predictor
     good = _cae_verdict(cae_arrays())
     assert good["verdict"] == "reproduced" and good["baseline_beaten"]
     mean = cae_arrays(predictor="mean")
-    np.testing.assert_allclose(ev_across(mean["sequence_sse"][0], mean["sequence_sst"], np.ones((1, 40))), 0.0, atol=1e-12)
+    np.testing.assert_allclose(ev_across(mean["reconstruction_sse"][0], mean["mean_predictor_sse"], np.ones((1, 40))), 0.0, atol=1e-12)
     bad = _cae_verdict(mean)
     assert bad["verdict"] != "reproduced" and not bad["baseline_beaten"]
 

@@ -32,7 +32,7 @@ from rsdyn.core.resampling import two_level_weights
 EMBEDDING_STATISTICS = ("cae_step_log_ratio", "cae_turning_late_minus_early")
 EV_STATISTICS = ("cae_ev_across_late_minus_early", "cae_ev_across_late")
 #: names of the per-seed, per-test-sequence arrays the EV statistics need
-SSE, SST = "sequence_sse", "sequence_sst"
+SSE, SST = "reconstruction_sse", "mean_predictor_sse"
 
 
 def thirds(n: int) -> tuple[slice, slice]:
