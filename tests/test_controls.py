@@ -1,0 +1,72 @@
+"""Learned or architectural: the controls' reading of each claim against paired resamples."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rsdyn.core.resampling import sequence_weights
+from rsdyn.report.controls import controls_markdown, controls_table, difference_interval, initial_reading
+
+
+def run_samples(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """claims.npz of a run whose per-sequence statistic is a mean of ``values`` (N,)."""
+    weights = sequence_weights(len(next(iter(values.values()))), 400, 0)  # the same draw in every run
+    out = {}
+    for claim_id, per_sequence in values.items():
+        out[claim_id] = weights @ per_sequence / weights.sum(axis=1)
+        out[f"{claim_id}:value"] = np.float64(per_sequence.mean())
+    return out
+
+
+def claim(claim_id, margin=0.05):
+    return {"id": claim_id, "statistic": f"units.{claim_id}", "margin": margin}
+
+
+def test_paired_differences_are_far_narrower_than_either_interval():
+    rng = np.random.default_rng(0)
+    shared = rng.standard_normal(200)
+    a = run_samples({"c": shared + 0.1})
+    b = run_samples({"c": shared})
+    low, high = difference_interval(a["c"], b["c"])
+    assert abs(low - 0.1) < 1e-12 and abs(high - 0.1) < 1e-12  # the same sequences: the difference is 0.1 in every resample
+    assert np.ptp(a["c"]) > 0.1
+
+
+def test_trained_equal_to_initial_is_never_learned():
+    """A model whose trained weights are its initial weights: every claim reads
+    architectural (or inconclusive when its margin is 0), never learned."""
+    rng = np.random.default_rng(1)
+    values = {f"c{i}": rng.standard_normal(120) * (i + 1) for i in range(4)}
+    reference = run_samples(values)
+    initials = [run_samples(values) for _ in range(3)]
+    readings = [initial_reading(claim(f"c{i}", margin=0.05 if i < 3 else 0.0), reference, initials)["reading"] for i in range(4)]
+    assert readings == ["architectural", "architectural", "architectural", "inconclusive"]
+
+
+def test_a_learned_effect_must_differ_from_every_initialisation():
+    rng = np.random.default_rng(2)
+    base = rng.standard_normal(150)
+    reference = run_samples({"c": base + 1.0})
+    far = [run_samples({"c": base + rng.normal(0, 0.01, 150)}) for _ in range(3)]
+    assert initial_reading(claim("c"), reference, far)["reading"] == "learned"
+    one_close = far[:2] + [run_samples({"c": base + 0.99})]
+    assert initial_reading(claim("c"), reference, one_close)["reading"] == "inconclusive"
+    missing = far[:2] + [{}]
+    assert initial_reading(claim("c"), reference, missing)["reading"] == "inconclusive"
+
+
+def test_controls_table_and_markdown():
+    rng = np.random.default_rng(3)
+    values = {"a": rng.standard_normal(100), "b": rng.standard_normal(100)}
+    summary = {"claims": [{"id": "a", "verdict": "reproduced"}, {"id": "b", "verdict": "opposite"}]}
+    requant = {"claims": [{"id": "a", "verdict": "reproduced"}, {"id": "b", "verdict": "inconclusive"}]}
+    controls = {
+        "init-s0": {"kind": "initial", "summary": summary, "samples": run_samples(values)},
+        "requant": {"kind": "quantisation", "summary": requant, "samples": run_samples(values)},
+    }
+    table = controls_table([claim("a"), claim("b"), {"id": "n", "statistic": None}], summary, run_samples(values), controls)
+    assert [row["id"] for row in table] == ["a", "b"]
+    assert table[0]["quantisation"][0]["robust"] and not table[1]["quantisation"][0]["robust"]
+    text = controls_markdown(table).splitlines()
+    assert text[0].startswith("| claim | verdict (trained) | at initialisation |")
+    assert "**architectural**" in text[2] and "reproduced (robust)" in text[2] and "inconclusive (changes)" in text[3]
