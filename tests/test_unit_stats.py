@@ -8,6 +8,7 @@ from scipy.special import digamma
 from scipy.stats import gaussian_kde
 
 from rsdyn.core.store import read_group, write_group
+from rsdyn.core.threads import torch_threads
 from rsdyn.units import correlations, mi, rotations, surrogates
 from rsdyn.units import unit_stats as us
 from rsdyn.units.settings import split_units
@@ -203,9 +204,9 @@ def test_numba_kernel_sums_match_float64_loop(n_dims, n_points):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_mi_kde_of_a_unit_does_not_depend_on_its_batch(kde_backend, threads):
     acts = us.synthetic_activations(150, 3, 5, seed=13).astype(np.float64)
-    with mi.torch_threads(1):
+    with torch_threads(1):
         alone = np.hstack([mi.mi_kde(acts[:, :, [unit]]) for unit in range(5)])
-    with mi.torch_threads(threads):
+    with torch_threads(threads):
         together = mi.mi_kde(acts)
     np.testing.assert_array_equal(together, alone)
 
