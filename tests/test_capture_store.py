@@ -143,22 +143,42 @@ def test_assembly_rejects_shards_that_do_not_tile_the_samples(inputs, tmp_path):
     assert not (tmp_path / "out.zarr").exists()
 
 
-def test_capture_writes_each_block_before_computing_the_next(inputs, tmp_path, monkeypatch):
-    """Streamed: when the second block of a condition is being computed, the first one's
-    chunks are already in the (temporary) store."""
+def test_blocks_are_written_while_the_next_ones_are_computed_and_memory_stays_bounded(inputs, tmp_path, monkeypatch):
+    """Pipelined: block 1 is computed while block 0 is still with the writer (held here at
+    a gate until block 1 has started), and when block k + 3 starts, block k is written
+    (one block computed, one waiting, one being written: memory holds three blocks)."""
+    import threading
+
     model_dir, corpus_path, _ = inputs
     out = tmp_path / "activations.zarr"
-    real = capture._forward_rows
-    seen = []
+    real_forward, real_write = capture._forward_rows, capture_run._ConditionWriter.__call__
+    gate, seen, writers = threading.Event(), [], set()
 
-    def spying(model, recorder, sequences, out_buffer, **kwargs):
+    def written() -> list[str]:
         temporaries = list(tmp_path.glob(".tmp-*-activations.zarr"))
-        seen.append(sorted(p.relative_to(temporaries[0]).as_posix() for p in temporaries[0].rglob("c/*/0/0")) if temporaries else None)
-        return real(model, recorder, sequences, out_buffer, **kwargs)
+        return sorted(p.relative_to(temporaries[0]).as_posix() for p in temporaries[0].rglob("c/*/0/0")) if temporaries else []
+
+    def spying(model, recorder, stage, sequences, **kwargs):
+        seen.append(written())
+        if len(seen) == 2:
+            gate.set()  # block 1 has started while block 0 waits at the gate
+        return real_forward(model, recorder, stage, sequences, **kwargs)
+
+    def gated(self, first, pending):
+        writers.add(threading.current_thread().name)
+        if first == 0 and self.condition == "original":
+            assert gate.wait(timeout=60), "block 1 was never started while block 0 was being written"
+        return real_write(self, first, pending)
 
     monkeypatch.setattr(capture, "_forward_rows", spying)
+    monkeypatch.setattr(capture_run._ConditionWriter, "__call__", gated)
     capture_run.capture_store(str(model_dir), str(corpus_path), str(out), CAPTURE, MODEL)
-    assert seen[0] == [] and seen[1] == ["original/c/0/0/0"] and seen[2] == ["original/c/0/0/0", "original/c/1/0/0"]
+    assert seen[0] == [] and seen[1] == []  # block 0 not yet written when block 1 starts
+    blocks = [f"{condition}/c/{block}/0/0" for condition in ("original", "shuffled") for block in range(3)]
+    for call in range(3, len(seen)):
+        assert set(blocks[: call - 2]) <= set(seen[call]), f"block {call - 3} not written when block {call} started"
+    assert writers == {"rsdyn-capture-writer"}
+    assert not [t for t in threading.enumerate() if t.name == "rsdyn-capture-writer"]
 
 
 def test_interrupted_streamed_capture_leaves_no_store_and_reruns(inputs, tmp_path, monkeypatch):

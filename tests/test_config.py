@@ -18,7 +18,7 @@ def load(name):
     return yaml.safe_load((REPO / "config" / name).read_text())
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "paper.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "paper.yaml", "paper-random.yaml"])
 def test_shipped_configs_validate_with_defaults(name):
     runs = resolve_runs(load(name))
     for settings in runs.values():
@@ -42,6 +42,39 @@ def test_paper_config_is_llama_8b():
     assert settings["model"]["id"] == "meta-llama/Llama-3.1-8B"
     assert settings["corpus"]["n_samples"] == 1000
     assert settings["teleport"]["layers"] == [0, 7, 15, 23, 31]
+
+
+def test_paper_random_config_is_the_paper_at_llama_8b_shape_with_random_weights():
+    """config/paper-random.yaml: config/paper.yaml with the Llama 3.1 8B architecture, random
+    weights and the default tokenizer; one GPU job per capture; its shape known at config time."""
+    from rsdyn.models.settings import model_shape
+
+    settings = resolve_runs(load("paper-random.yaml"))["llama-3.1-8b-random-s0"]
+    paper = resolve_runs(load("paper.yaml"))["llama-3.1-8b"]
+    model = settings["model"]
+    assert (model["weights"], model["init_seed"], model["pypi_key"]) == ("random", 0, "smollm2-135m")
+    assert model["architecture"] == "config/architectures/llama-3.1-8b.json" and model["name"] == "llama-3.1-8b-random-s0"
+    shape = model_shape(model)
+    assert (shape.n_layers, shape.d_model) == (32, 4096)
+    assert settings["capture"]["shards"] == 1 and settings["cae"]["capture_shards"] == 1
+    assert settings["unit_stats"]["device"] == "auto"
+    differences = {
+        (section, key)
+        for section in paper if section not in ("name", "model")
+        for key in set(paper[section]) | set(settings[section])
+        if paper[section].get(key) != settings[section].get(key)
+    }
+    assert differences == {("capture", "shards"), ("cae", "capture_shards"), ("unit_stats", "device")}
+
+
+def test_paper_random_config_plans(tmp_path):
+    """`snakemake -n --configfile config/paper-random.yaml` plans the whole paper DAG."""
+    from conftest import copy_workflow, run_snakemake
+
+    work = copy_workflow(tmp_path)
+    output = run_snakemake(work, "--dry-run", "--cores", "4", "--configfile", "config/paper-random.yaml").stdout
+    for rule, count in (("model", 1), ("capture_shard", 2), ("unit_stats_shard", 64), ("teleport_layer", 5), ("cae", 1), ("jacobian", 1)):
+        assert any(line.split() == [rule, str(count)] for line in output.splitlines()), f"{rule} x {count} not planned"
 
 
 def test_run_overrides_are_merged_over_top_level():

@@ -132,7 +132,7 @@ def test_config_validation_imports_no_stage_computation_and_no_torch():
         import json, sys, yaml
         sys.path.insert(0, {str(REPO / "src")!r})
         from rsdyn.config import resolve_runs
-        for name in ("config.yaml", "paper.yaml", "smoke.yaml"):
+        for name in ("config.yaml", "paper.yaml", "paper-random.yaml", "smoke.yaml"):
             config = yaml.safe_load(open({str(REPO / "config")!r} + "/" + name))
             resolve_runs(config)
         print(json.dumps(sorted(m for m in sys.modules if m.startswith(("rsdyn", "torch")))))

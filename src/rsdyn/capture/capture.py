@@ -1,7 +1,8 @@
 """Capture: record the residual stream of the last real token at the two hook sites of
 every layer (:class:`rsdyn.models.recorder.ResidualRecorder`), for batches of token
 sequences right-padded and bucketed by length (a block's batches depend only on the
-block's rows; see :mod:`rsdyn.capture.run` for why)."""
+block's rows; see :mod:`rsdyn.capture.run` for why). How the states travel from the
+device to the host without stalling the forwards: :mod:`rsdyn.capture.pipeline`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from rsdyn.capture.pipeline import BlockStage, PendingBlock, pad_batch  # noqa: F401 - pad_batch is used by the benchmarks
 from rsdyn.core.jobs import progress
 from rsdyn.models.adapters import base_model
 from rsdyn.models.recorder import ResidualRecorder
@@ -41,45 +43,35 @@ def make_batches(
     return batches
 
 
-def pad_batch(sequences: Sequence[np.ndarray], pad_token: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ``(input_ids, attention_mask, last_position)`` for a list of id arrays."""
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_token, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        input_ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-        attention_mask[row, : len(seq)] = 1
-    last = torch.as_tensor([len(s) - 1 for s in sequences], dtype=torch.long)
-    return input_ids, attention_mask, last
-
-
 def _forward_rows(
     model: torch.nn.Module,
     recorder: ResidualRecorder,
+    stage: BlockStage,
     sequences: Sequence[np.ndarray],
-    out: np.ndarray | None,
     *,
     max_batch_tokens: int,
     max_batch_size: int,
     bucket_by_length: bool,
     pad_token: int,
     bar,
-) -> np.ndarray:
-    """Residual stream of the last real token of ``sequences`` into ``out`` (allocated when
-    None): float32 (n, 2L, D) in input order. Batches are formed from these rows only."""
-    device = next(model.parameters()).device
+) -> PendingBlock:
+    """Residual stream of the last real token of ``sequences`` as one block of ``stage``:
+    float32 (n, 2L, D) in input order, on its way to the host. Batches are formed from
+    these rows only; each batch's inputs are uploaded while the previous forward runs."""
     decoder = base_model(model)
-    for batch in make_batches([len(s) for s in sequences], max_batch_tokens, max_batch_size, bucket_by_length):
-        input_ids, attention_mask, last = pad_batch([sequences[i] for i in batch], pad_token)
+    batches = make_batches([len(s) for s in sequences], max_batch_tokens, max_batch_size, bucket_by_length)
+    stage.start(len(sequences))
+    upcoming = stage.upload(sequences, batches[0], pad_token)
+    for position, batch in enumerate(batches):
+        inputs = upcoming
         recorder.reset()
-        recorder.positions = last.to(device)
-        decoder(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), use_cache=False)
-        states = recorder.states.cpu().numpy()
-        if out is None:
-            out = np.empty((len(sequences), *states.shape[1:]), dtype=np.float32)
-        out[batch] = states
+        recorder.positions = inputs["last"]
+        decoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+        if position + 1 < len(batches):
+            upcoming = stage.upload(sequences, batches[position + 1], pad_token)
+        stage.put(batch, inputs, recorder.states)
         bar.update(len(batch))
-    return out
+    return stage.finish()
 
 
 def _check_sequences(sequences: Sequence[np.ndarray]) -> None:
@@ -87,6 +79,10 @@ def _check_sequences(sequences: Sequence[np.ndarray]) -> None:
         raise ValueError("No sequences to capture.")
     if any(len(s) == 0 for s in sequences):
         raise ValueError("A sequence of length 0 cannot be captured.")
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 @torch.inference_mode()
@@ -100,18 +96,21 @@ def capture_last_token(
     bucket_by_length: bool = True,
     pad_token: int = 0,
     desc: str = "capture",
+    staged: bool | None = None,
 ) -> np.ndarray:
     """Residual stream of the last real token of each sequence: float32 (N, 2L, D), in memory.
 
     Runs the base model only (no LM head) in the model's dtype and device; the result is
-    in the input order whatever the batching. ``capture_blocks`` is the streamed form.
+    in the input order whatever the batching. ``capture_blocks`` is the streamed form;
+    ``staged``: see :class:`rsdyn.capture.pipeline.BlockStage` (default: on CUDA).
     """
     _check_sequences(sequences)
+    stage = BlockStage(_device(model), staged)
     with ResidualRecorder(model, family) as recorder, progress(total=len(sequences), desc=desc, unit="seq") as bar:
         return _forward_rows(
-            model, recorder, sequences, None, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
+            model, recorder, stage, sequences, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
             bucket_by_length=bucket_by_length, pad_token=pad_token, bar=bar,
-        )
+        ).wait()
 
 
 @torch.inference_mode()
@@ -126,26 +125,25 @@ def capture_blocks(
     bucket_by_length: bool = True,
     pad_token: int = 0,
     desc: str = "capture",
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(start, states)`` for each ``(start, stop)`` row range of ``blocks``, in order:
-    float32 (stop - start, 2L, D) of ``sequences[start:stop]``, batched (and bucketed by
-    length) within the block only, so a row's batch never depends on rows outside its block.
-    One block's buffer is reused: copy or write it before asking for the next."""
+    staged: bool | None = None,
+) -> Iterator[tuple[int, PendingBlock]]:
+    """Yield ``(start, pending)`` for each ``(start, stop)`` row range of ``blocks``, in order:
+    ``pending.wait()`` is float32 (stop - start, 2L, D) of ``sequences[start:stop]``,
+    batched (and bucketed by length) within the block only, so a row's batch never
+    depends on rows outside its block. Every block is its own array: the caller may keep
+    it, or hand it to a writer thread and ask for the next block at once (whose forwards
+    then overlap the block's copy to the host and its write)."""
     _check_sequences(sequences)
     total = sum(stop - start for start, stop in blocks)
-    buffer: np.ndarray | None = None
+    stage = BlockStage(_device(model), staged)
     with ResidualRecorder(model, family) as recorder, progress(total=total, desc=desc, unit="seq") as bar:
         for start, stop in blocks:
             rows = sequences[start:stop]
             _check_sequences(rows)
-            out = buffer[: stop - start] if buffer is not None and len(buffer) >= stop - start else None
-            out = _forward_rows(
-                model, recorder, rows, out, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
+            yield start, _forward_rows(
+                model, recorder, stage, rows, max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
                 bucket_by_length=bucket_by_length, pad_token=pad_token, bar=bar,
             )
-            if buffer is None:
-                buffer = out
-            yield start, out
 
 
 # --------------------------------------------------------------------------- layout

@@ -17,6 +17,7 @@ is what makes K invisible.)"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -53,31 +54,57 @@ def _load(model_dir: str, settings: Mapping, model_settings: Mapping):
     return model, family, device, dtype, pad_token
 
 
-def _capture_into(group, model, corpus, start: int, stop: int, settings: Mapping, family: str, pad_token: int, n_total: int,
-                  conditions: Sequence[str] = CONDITIONS) -> tuple[int, int]:
-    """Capture rows ``start..stop`` of ``conditions`` block by block into arrays of ``group``
-    (rows counted from ``start``); returns (2L, D)."""
+class _ConditionWriter:
+    """Writes one condition's blocks into its array of ``group`` (created at the first
+    block, whose shape it takes); runs on the writer thread, in block order."""
+
+    def __init__(self, group, condition: str, start: int, stop: int, n_total: int, settings: Mapping, dtype):
+        self.group, self.condition, self.start, self.stop = group, condition, start, stop
+        self.n_total, self.settings, self.dtype = n_total, settings, dtype
+        self.array = None
+
+    def __call__(self, first: int, pending) -> None:
+        states = pending.wait()
+        finite = np.isfinite(states).all(axis=(1, 2))
+        if not finite.all():
+            bad = first + int(np.flatnonzero(~finite)[0])
+            raise FloatingPointError(f"The {self.condition} capture has non-finite values (sample {bad}, compute dtype {self.dtype}).")
+        if self.array is None:
+            from rsdyn.core.store import create_streamed_array
+
+            shape = states.shape[1:]
+            chunks = store_chunks(self.n_total, *shape, self.settings)
+            self.array = create_streamed_array(self.group, self.condition, (self.stop - self.start, *shape), chunks)
+        self.array[first - self.start : first - self.start + len(states)] = states
+
+
+def capture_into(group, model, corpus, start: int, stop: int, settings: Mapping, family: str, pad_token: int, n_total: int,
+                 conditions: Sequence[str] = CONDITIONS, staged: bool | None = None) -> tuple[int, int]:
+    """Capture rows ``start..stop`` of ``conditions`` of ``corpus`` block by block into
+    arrays of the zarr ``group`` (rows counted from ``start``); returns (2L, D).
+
+    The pipeline: while the device runs the forwards of block k + 1, block k travels to
+    the host (:mod:`rsdyn.capture.pipeline`) and a writer thread checks it for non-finite
+    values, compresses it and writes its chunks (:class:`rsdyn.core.threads.BackgroundWriter`,
+    one block waiting at most). The values written are those of a serial capture, bit for
+    bit. An error of the writer is raised here, and nothing more is written after it."""
+    from rsdyn.core.threads import BackgroundWriter
+
     sample_chunk = effective_sample_chunk(n_total, settings.get("sample_chunk", DEFAULT_SAMPLE_CHUNK))
     blocks = sample_blocks(start, stop, sample_chunk)
     shape = None
-    for condition in conditions:
-        array = None
-        stream = capture_blocks(
-            model, corpus.rows(condition), blocks, family=family, max_batch_tokens=settings["max_batch_tokens"],
-            max_batch_size=settings["max_batch_size"], bucket_by_length=settings["bucket_by_length"],
-            pad_token=pad_token, desc=f"capture {condition}",
-        )
-        for first, states in stream:
-            if not np.isfinite(states).all():
-                bad = first + int(np.flatnonzero(~np.isfinite(states).all(axis=(1, 2)))[0])
-                raise FloatingPointError(f"The {condition} capture has non-finite values (sample {bad}, compute dtype {model.dtype}).")
-            if array is None:
-                from rsdyn.core.store import create_streamed_array
-
-                shape = states.shape[1:]
-                chunks = store_chunks(n_total, *shape, settings)
-                array = create_streamed_array(group, condition, (stop - start, *shape), chunks)
-            array[first - start : first - start + len(states)] = states
+    with BackgroundWriter(depth=1, name="rsdyn-capture-writer") as writer:
+        for condition in conditions:
+            write = _ConditionWriter(group, condition, start, stop, n_total, settings, model.dtype)
+            stream = capture_blocks(
+                model, corpus.rows(condition), blocks, family=family, max_batch_tokens=settings["max_batch_tokens"],
+                max_batch_size=settings["max_batch_size"], bucket_by_length=settings["bucket_by_length"],
+                pad_token=pad_token, desc=f"capture {condition}", staged=staged,
+            )
+            with contextlib.closing(stream):  # the recorder's hooks go as soon as the loop ends
+                for first, pending in stream:
+                    shape = pending.shape[1:]
+                    writer.submit(write, first, pending)
     return shape
 
 
@@ -159,7 +186,7 @@ def capture_store(
     model, family, device, dtype, pad_token = _load(model_dir, settings, model_settings)
     log.info("capturing sequences %d-%d of %d on %s in %s (%s family)", start, stop - 1, n_total, device, dtype, family)
     with streamed_group(out_path) as group:
-        n_sublayers, d_model = _capture_into(group, model, corpus, start, stop, settings, family, pad_token, n_total, conditions)
+        n_sublayers, d_model = capture_into(group, model, corpus, start, stop, settings, family, pad_token, n_total, conditions)
         base = _store_attrs(model_settings, family, dtype, device, n_sublayers // 2, d_model, n_total)
         if shard is None:
             _write_ids(group, corpus, conditions)

@@ -52,9 +52,10 @@ PYPI_GGUF_MODELS: dict[str, PyPIGGUF] = {
 }
 
 
-def _config_value(model_dir: str | Path, key: str) -> int | None:
-    """``key`` of a model directory's ``config.json`` (or of its ``text_config``); None if absent."""
-    config_file = Path(model_dir) / "config.json"
+def config_file_value(config_file: str | Path, key: str) -> int | None:
+    """Integer ``key`` of a ``config.json`` file (or of its ``text_config``); None if the
+    file or the key is absent."""
+    config_file = Path(config_file)
     if not config_file.is_file():
         return None
     config = json.loads(config_file.read_text())
@@ -62,6 +63,11 @@ def _config_value(model_dir: str | Path, key: str) -> int | None:
         config = config.get("text_config", {})
     value = config.get(key)
     return int(value) if value is not None else None
+
+
+def _config_value(model_dir: str | Path, key: str) -> int | None:
+    """``key`` of a model directory's ``config.json`` (or of its ``text_config``); None if absent."""
+    return config_file_value(Path(model_dir) / "config.json", key)
 
 
 def layer_count(model_dir: str | Path) -> int | None:
@@ -89,3 +95,27 @@ def local_model_problem(path: str | Path) -> str | None:
             "the weights and the tokenizer files)"
         )
     return None
+
+
+def architecture_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be a ``model.architecture`` file (the end of a sentence), or
+    None: it must be a JSON object with ``model_type``, ``num_hidden_layers`` and
+    ``hidden_size`` (a transformers ``config.json``)."""
+    path = Path(path)
+    if not path.is_file():
+        return "does not exist" if not path.exists() else "is not a file; give a config.json file"
+    try:
+        config = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        return f"is not JSON ({err})"
+    if not isinstance(config, dict):
+        return "is not a JSON object; give a transformers config.json"
+    missing = [key for key in ("model_type", "num_hidden_layers", "hidden_size") if key not in config]
+    if missing:
+        return f"lacks {', '.join(missing)}; give a transformers config.json"
+    return None
+
+
+def architecture_model_type(path: str | Path) -> str:
+    """``model_type`` of an architecture file (checked with :func:`architecture_problem`)."""
+    return str(json.loads(Path(path).read_text())["model_type"])

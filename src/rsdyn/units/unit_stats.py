@@ -32,6 +32,11 @@ UNIT_AXIS = {"corr_pairs_hist": 0}
 #: units processed together inside a shard (bounds memory; never changes the numbers)
 UNIT_BLOCK = 16
 
+#: units processed together on a GPU (one batch of every unit of a paper-scale shard,
+#: 64 units: the KDE then holds two 256 x N x N float64 buffers, 2 GB each at N = 1000);
+#: on CUDA the numbers are block-invariant up to round-off only
+DEVICE_UNIT_BLOCK = 64
+
 DEFAULT_SETTINGS: dict[str, Any] = {
     "device": "cpu",
     "kde_precision": "auto",
@@ -91,10 +96,17 @@ def resolve_device(device: str) -> torch.device:
 # --------------------------------------------------------------------------- shard / gather
 
 
-def unit_block_stats(acts: np.ndarray, settings: Mapping[str, Any], timings: dict[str, float] | None = None) -> dict[str, np.ndarray]:
-    """Every per-unit quantity for one block of units of one condition, (N, S, U) float64."""
+def unit_block_stats(acts: np.ndarray, settings: Mapping[str, Any], timings: dict[str, float] | None = None,
+                     batched: bool | None = None) -> dict[str, np.ndarray]:
+    """Every per-unit quantity for one block of units of one condition, (N, S, U) float64.
+
+    ``batched`` (default: when ``unit_stats.device`` is not the CPU): the correlations and
+    the rotation numbers with all their nulls run as batched torch operations on the
+    device (:mod:`rsdyn.units.batched`); otherwise in the NumPy/numba kernels. The KDE and
+    KSG kernels run on the device either way."""
     settings = {**DEFAULT_SETTINGS, **settings}
     device = resolve_device(settings["device"])
+    batched = device.type != "cpu" if batched is None else batched
     timings = {} if timings is None else timings
 
     def timed(name, function, *args, **kwargs):
@@ -103,12 +115,20 @@ def unit_block_stats(acts: np.ndarray, settings: Mapping[str, Any], timings: dic
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
         return value
 
-    r = timed("corr_consecutive", corr_consecutive, acts)
+    if batched:
+        from rsdyn.units.batched import correlations, rotation_kernels
+
+        r, pairs = timed("correlations", correlations, acts, settings["corr_bins"], device)
+        kernels = rotation_kernels(device)
+    else:
+        r = timed("corr_consecutive", corr_consecutive, acts)
+        pairs = timed("corr_pairs_hist", corr_pairs_hist, acts, settings["corr_bins"])
+        kernels = None
     out = {
         "mean_activation": acts.mean(axis=0),
         "std_activation": acts.std(axis=0, ddof=1),
         "corr_consecutive": r,
-        "corr_pairs_hist": timed("corr_pairs_hist", corr_pairs_hist, acts, settings["corr_bins"]),
+        "corr_pairs_hist": pairs,
         **timed("mi_kde", mi_kde_estimates, acts, settings["mi_eps"], device, settings["kde_precision"]),
         "mi_ksg": timed("mi_ksg", mi_ksg, acts, settings["ksg_k"], device),
         "mi_gaussian": mi_gaussian(r),
@@ -123,6 +143,7 @@ def unit_block_stats(acts: np.ndarray, settings: Mapping[str, Any], timings: dic
             settings["seed"],
             settings["per_sample"],
             settings["per_sample_shuffles"],
+            kernels,
         )
     )
     return out
@@ -178,12 +199,13 @@ def compute_shard(
         )
     result: dict[str, Any] = {"units": np.arange(unit_start, unit_stop, dtype=np.int64)}
     n_units = unit_stop - unit_start
+    block = UNIT_BLOCK if resolve_device(settings["device"]).type == "cpu" else DEVICE_UNIT_BLOCK
     with torch_threads(1):
         for condition, acts in data.items():
             blocks = []
-            starts = range(0, n_units, UNIT_BLOCK)
+            starts = range(0, n_units, block)
             for first in progress(starts, desc=f"unit_stats {condition} units {unit_start}-{unit_stop - 1}", unit="block"):
-                blocks.append(unit_block_stats(acts[:, :, first : first + UNIT_BLOCK], settings, timings))
+                blocks.append(unit_block_stats(acts[:, :, first : first + block], settings, timings))
             result[condition] = _concat_units(blocks)
     return result
 
