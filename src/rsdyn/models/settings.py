@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from rsdyn.core.paths import NAME_RULE, is_name
 from rsdyn.core.schema import ConfigError
 from rsdyn.models.adapters import UnsupportedModelError, adapter_for
 from rsdyn.models.registry import (
@@ -43,11 +44,18 @@ def check_model(model: dict, key: str, resources_dir: str = "resources") -> None
     elif source == "hf":
         if not model.get("id"):
             raise ConfigError(f"Invalid config: {key}.id is required when source is 'hf' (a hub id such as meta-llama/Llama-3.1-8B).")
+        parts = model["id"].split("/")
+        if len(parts) > 2 or not all(is_name(part) for part in parts):
+            raise ConfigError(
+                f"Invalid config: {key}.id = {model['id']!r} is not a hub id (owner/name, where {NAME_RULE})."
+            )
         model.setdefault("name", model["id"].rstrip("/").split("/")[-1])
+        _check_name(model, key, "id")
     elif source == "local":
         if not model.get("path"):
             raise ConfigError(f"Invalid config: {key}.path is required when source is 'local'.")
         model.setdefault("name", Path(model["path"]).name)
+        _check_name(model, key, "path")
         if not (Path(resources_dir) / "models" / model["name"]).is_dir():  # still to be converted
             problem = local_model_problem(model["path"])
             if problem:
@@ -59,6 +67,16 @@ def check_model(model: dict, key: str, resources_dir: str = "resources") -> None
             adapter_for(model["family"])
         except UnsupportedModelError as err:
             raise ConfigError(f"Invalid config: {key}.family = {model['family']!r}; {str(err).split(': ', 1)[1]}") from None
+
+
+def _check_name(model: dict, key: str, origin: str) -> None:
+    """ConfigError when the model folder name taken from ``model[origin]`` cannot be a
+    folder name (``org/..`` or ``<dir>/..`` would make the model's folder resources/)."""
+    if not is_name(model["name"]):
+        raise ConfigError(
+            f"Invalid config: {key}.{origin} = {model[origin]!r} gives the model folder name {model['name']!r}, "
+            f"but {NAME_RULE}; set {key}.name."
+        )
 
 
 def _model_dirs(model: dict, resources_dir: str) -> list[Path]:
