@@ -93,6 +93,8 @@ def config_cases() -> list[tuple[str, str]]:
         ("`model.source: local` with `path: my-llama/..`", config_error(run(source="local", path="my-llama/.."))),
         ("`model.source: local` with a path that does not exist", config_error(run(source="local", path="/data/models/my-llama"))),
         ("`model.source: local` with a folder that is not a model", config_error(run(source="local", path="my-llama"))),
+        ("`model.source: local` with a folder whose `config.json` has an `auto_map` (custom code)",
+         config_error(run(source="local", path="custom-llama"))),
         ("`model.family: gpt_neox`", config_error(lambda c: c["runs"][0]["model"].update(family="gpt_neox"))),
         ("`corpus.min_chars: 500`, `max_chars: 100`", config_error(lambda c: c["corpus"].update(min_chars=500, max_chars=100))),
         ("`corpus.n_samples: 2`", config_error(lambda c: c["corpus"].update(n_samples=2))),
@@ -180,6 +182,8 @@ def cases(tmp: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     os.chdir(tmp)
     try:
         Path("my-llama").mkdir()
+        Path("custom-llama").mkdir()
+        Path("custom-llama/config.json").write_text('{"model_type": "custom", "auto_map": {"AutoConfig": "configuration_custom.CustomConfig"}}')
         return config_cases(), job_cases(tmp)
     finally:
         os.chdir(cwd)
