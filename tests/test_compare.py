@@ -105,7 +105,7 @@ def _tiny_local_model(directory):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     source = REPO / "resources/models/smollm2-135m"
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     model = tiny_llama(n_layers=2, hidden=32)
     config = LlamaConfig(**{**model.config.to_dict(), "vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
                             "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id})

@@ -139,6 +139,48 @@ def test_bad_values_fail_with_one_sentence_naming_the_key(mutate, message):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        # names that would make a model's folder resources/models/.. = resources/ (a failed
+        # conversion's cleanup deleted the whole folder)
+        (lambda c: c["runs"][0].update(model={"source": "hf", "id": "org/.."}),
+         r"^Invalid config: runs\[0\]\.model\.id = 'org/\.\.' is not a hub id \(owner/name, where a name may contain only letters, digits, '\.', '_' and '-', and may not be '\.' or '\.\.'\)\.$"),
+        (lambda c: c["runs"][0].update(model={"source": "hf", "id": "a/b/c"}), r"model\.id = 'a/b/c' is not a hub id"),
+        (lambda c: c["runs"][0].update(model={"source": "local", "path": str(REPO / "src") + "/.."}),
+         r"^Invalid config: runs\[0\]\.model\.path = '.*/src/\.\.' gives the model folder name '\.\.', but a name may contain only .*; set runs\[0\]\.model\.name\.$"),
+        (lambda c: c["runs"][0].update(model={"source": "local", "path": "/"}), r"model\.path = '/' gives the model folder name ''"),
+        # output folders that would put outputs (and a failed job's cleanup) outside the project
+        (lambda c: c.update(results_dir="/"), r"^Invalid config: results_dir = '/' is the file system's root"),
+        (lambda c: c.update(results_dir=".."), r"^Invalid config: results_dir = '\.\.' is a folder above the project folder"),
+        (lambda c: c.update(results_dir="../elsewhere"), r"^Invalid config: results_dir = '\.\./elsewhere' leads outside the project folder"),
+        (lambda c: c.update(results_dir="results/../.."), r"results_dir = 'results/\.\./\.\.' is a folder above the project folder"),
+        (lambda c: c.update(results_dir="."), r"results_dir = '\.' is the project folder itself"),
+        (lambda c: c.update(results_dir=str(REPO)), r"is the project folder itself"),
+        (lambda c: c.update(results_dir=str(REPO.parent)), r"is a folder above the project folder"),
+        (lambda c: c.update(results_dir="src/out"), r"results_dir = 'src/out' lies in the project's own folder src/"),
+        (lambda c: c.update(results_dir=str(REPO / "workflow")), r"lies in the project's own folder workflow/"),
+        (lambda c: c.update(resources_dir="/"), r"^Invalid config: resources_dir = '/' is the file system's root"),
+        (lambda c: c.update(resources_dir=".."), r"^Invalid config: resources_dir = '\.\.' is a folder above the project folder"),
+        (lambda c: c.update(results_dir="resources/out"), r"results_dir = 'resources/out' and resources_dir = 'resources' overlap"),
+        (lambda c: c.update(results_dir="out", resources_dir="out"), r"overlap; give them two separate folders"),
+    ],
+)
+def test_paths_outside_the_project_are_refused(mutate, message):
+    config = load("smoke.yaml")
+    mutate(config)
+    with pytest.raises(ConfigError, match=message) as info:
+        resolve_runs(config, project=REPO)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("results_dir", ["results", "out/results", "/tmp/rsdyn-elsewhere/results"])
+def test_output_folders_inside_the_project_or_elsewhere_are_accepted(results_dir):
+    config = load("smoke.yaml")
+    config["results_dir"] = results_dir
+    assert list(resolve_runs(config, project=REPO)) == ["smoke"]
+
+
 def test_settings_do_not_depend_on_key_order_in_the_file():
     config = load("config.yaml")
     reordered = {key: config[key] for key in reversed(list(config))}

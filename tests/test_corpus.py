@@ -100,7 +100,8 @@ def fake_datasets(monkeypatch, texts=None, error=None):
     """Replace the ``datasets`` package by a stub whose load_dataset records its calls."""
     calls = []
 
-    def load_dataset(name, config, split):
+    def load_dataset(name, config, split, trust_remote_code=None):
+        assert trust_remote_code is False  # never a dataset's own loading script
         calls.append((name, config, split))
         if error is not None:
             raise error

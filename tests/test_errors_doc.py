@@ -78,14 +78,23 @@ def config_cases() -> list[tuple[str, str]]:
     return [
         ("`results_dir: \"\"`", config_error(lambda c: c.update(results_dir=""))),
         ("`resources_dir: \"\"`", config_error(lambda c: c.update(resources_dir=""))),
+        ("`results_dir: \"/\"` (or `resources_dir`)", config_error(lambda c: c.update(results_dir="/"))),
+        ("`results_dir: \"..\"` (or any folder above the project)", config_error(lambda c: c.update(results_dir=".."))),
+        ("`results_dir: ../elsewhere`", config_error(lambda c: c.update(results_dir="../elsewhere"))),
+        ("`results_dir: src/out` (a code folder of the project)", config_error(lambda c: c.update(results_dir="src/out"))),
+        ("`results_dir` inside `resources_dir` (or the other way round)", config_error(lambda c: c.update(results_dir="resources/out"))),
         ("an unknown key, `colour: red`", config_error(lambda c: c.update(colour="red"))),
         ("a run named `..` (or `.`)", config_error(lambda c: c["runs"][0].update(name=".."))),
         ("two runs with one name", config_error(lambda c: c["runs"].append(copy.deepcopy(c["runs"][0])))),
         ("`model.source: ftp`", config_error(lambda c: c["runs"][0]["model"].update(source="ftp"))),
         ("`model.pypi_key: gpt5`", config_error(lambda c: c["runs"][0]["model"].update(pypi_key="gpt5"))),
         ("`model.source: hf` without `id`", config_error(run(source="hf"))),
+        ("`model: {source: hf, id: \"org/..\"}`", config_error(run(source="hf", id="org/.."))),
+        ("`model.source: local` with `path: my-llama/..`", config_error(run(source="local", path="my-llama/.."))),
         ("`model.source: local` with a path that does not exist", config_error(run(source="local", path="/data/models/my-llama"))),
         ("`model.source: local` with a folder that is not a model", config_error(run(source="local", path="my-llama"))),
+        ("`model.source: local` with a folder whose `config.json` has an `auto_map` (custom code)",
+         config_error(run(source="local", path="custom-llama"))),
         ("`model.family: gpt_neox`", config_error(lambda c: c["runs"][0]["model"].update(family="gpt_neox"))),
         ("`model.architecture` with trained weights",
          config_error(lambda c: c["runs"][0]["model"].update(architecture="config/architectures/llama-3.1-8b.json"))),
@@ -177,6 +186,8 @@ def cases(tmp: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     os.chdir(tmp)
     try:
         Path("my-llama").mkdir()
+        Path("custom-llama").mkdir()
+        Path("custom-llama/config.json").write_text('{"model_type": "custom", "auto_map": {"AutoConfig": "configuration_custom.CustomConfig"}}')
         return config_cases(), job_cases(tmp)
     finally:
         os.chdir(cwd)

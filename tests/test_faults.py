@@ -109,3 +109,78 @@ def test_nan_reaching_the_cae_names_the_store_array_and_chunk(tmp_path):
         f"{store}: array 'original' holds 1 NaN or infinite values (the first at index (5, 2, 9), chunk c/0/0/1); "
         f"only finite states can be analysed: delete {store} and run snakemake again to rebuild it."
     )
+
+
+def custom_code_folder(path):
+    """A model folder whose config maps its classes to the folder's own Python code; the
+    code writes a marker file when it is imported."""
+    path.mkdir()
+    marker = path / "code_was_run"
+    (path / "config.json").write_text(json.dumps({
+        "model_type": "rsdyn-custom-test",
+        "auto_map": {"AutoConfig": "configuration_custom.CustomConfig", "AutoModelForCausalLM": "modeling_custom.CustomModel"},
+    }))
+    code = f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import PretrainedConfig\nclass CustomConfig(PretrainedConfig):\n    model_type = 'rsdyn-custom-test'\n"
+    (path / "configuration_custom.py").write_text(code)
+    (path / "modeling_custom.py").write_text(code)
+    return marker
+
+
+def test_a_model_folder_with_custom_code_is_refused_at_config_time(tmp_path):
+    from rsdyn.config import resolve_runs
+    from rsdyn.core.schema import ConfigError
+    from rsdyn.models.registry import custom_code_files
+
+    marker = custom_code_folder(tmp_path / "custom")
+    assert custom_code_files(tmp_path / "custom") == ["config.json"]
+    config = {"runs": [{"name": "x", "model": {"source": "local", "path": str(tmp_path / "custom")}}]}
+    with pytest.raises(ConfigError) as info:
+        resolve_runs(config, project=tmp_path)
+    assert str(info.value) == (
+        f"Invalid config: runs[0].model.path = '{tmp_path / 'custom'}' holds custom code (auto_map in config.json), "
+        "and rsdyn never runs a model's own code; give a model of a family transformers implements itself."
+    )
+    assert not marker.exists()
+
+
+def test_custom_code_is_never_run_nor_asked_for_when_converting(tmp_path, monkeypatch):
+    """Past the config check (the folder changed afterwards): transformers is told
+    trust_remote_code=False and refuses; no prompt, no code run, one sentence."""
+    from rsdyn.models import weights as models
+
+    marker = custom_code_folder(tmp_path / "custom")
+    (tmp_path / "custom" / "config.json").write_text(json.dumps({"model_type": "rsdyn-custom-test", "auto_map": {
+        "AutoConfig": "configuration_custom.CustomConfig", "AutoModelForCausalLM": "modeling_custom.CustomModel"}}))
+    monkeypatch.setattr(models, "local_model_problem", lambda path: None)  # as if the folder changed after the check
+    monkeypatch.setattr("builtins.input", lambda *args: pytest.fail("a prompt was shown"))
+    with pytest.raises(ModelFetchError) as info:
+        convert_model({"source": "local", "path": str(tmp_path / "custom"), "name": "custom"}, tmp_path / "out")
+    assert str(info.value) == (
+        f"{tmp_path / 'custom'} needs its own Python code to load (auto_map / custom architecture), and rsdyn never "
+        "runs a model's own code; give a model of a family transformers implements itself."
+    )
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_every_model_config_and_tokenizer_load_refuses_remote_code():
+    """Each from_pretrained / from_config call of the package passes trust_remote_code=False
+    (a grep over the source, so that a new call cannot forget it)."""
+    import ast
+
+    from conftest import REPO
+
+    # calls in files that other work in progress owns; the lead adds the argument there
+    pending = {"src/rsdyn/capture/run.py", "src/rsdyn/jacobian/jacobian.py"}
+    missing = []
+    for path in sorted((REPO / "src").rglob("*.py")):
+        if str(path.relative_to(REPO)) in pending:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in (
+                "from_pretrained", "from_config", "load_dataset"
+            ):
+                keywords = {kw.arg: kw.value for kw in node.keywords}
+                value = keywords.get("trust_remote_code")
+                if not (isinstance(value, ast.Constant) and value.value is False):
+                    missing.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not missing, "calls without trust_remote_code=False: " + ", ".join(missing)

@@ -80,3 +80,21 @@ def test_a_failed_job_prints_its_cause_last_on_the_terminal(tmp_path):
 def test_an_error_without_a_telling_type_keeps_its_type(tmp_path):
     result = run_job(tmp_path, "{}['original']\n")
     assert result.stderr.strip().splitlines()[-1] == "[corpus] failed: KeyError: 'original'"
+
+
+def test_a_job_never_waits_for_an_answer(tmp_path):
+    """A library's question (transformers asks "run the custom code? [y/N]") reads EOF at
+    once instead of waiting at the terminal, even when the terminal would answer "y"."""
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(f"""
+        from rsdyn.core.jobs import setup_job
+        setup_job({str(tmp_path / 'logs' / 'model.log')!r})
+        try:
+            input("Do you wish to run the custom code? [y/N] ")
+        except EOFError:
+            print("no answer")
+        else:
+            print("answered")
+    """))
+    result = subprocess.run([sys.executable, str(script)], input="y\n", capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip().endswith("[y/N] no answer")

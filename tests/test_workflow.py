@@ -49,6 +49,35 @@ def test_bad_config_stops_before_any_job(tmp_path, edit, message):
     assert not (work / "results").exists()
 
 
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        ({"runs": [{"name": "x", "model": {"source": "hf", "id": "org/.."}}]}, "model.id = 'org/..' is not a hub id"),
+        ({"runs": [{"name": "x", "model": {"source": "local", "path": "resources/.."}}]}, "gives the model folder name '..'"),
+        ({"results_dir": ".."}, "results_dir = '..' is a folder above the project folder"),
+        ({"results_dir": "/"}, "results_dir = '/' is the file system's root"),
+        ({"resources_dir": "/"}, "resources_dir = '/' is the file system's root"),
+    ],
+)
+def test_paths_outside_the_project_stop_before_anything_is_written_or_deleted(tmp_path, edit, message):
+    """The workflow's own resources folder (not the shared one linked by copy_workflow)
+    holds a marker file that must survive; nothing appears beside the project."""
+    work = copy_workflow(tmp_path)
+    (work / "resources").unlink()
+    (work / "resources" / "models").mkdir(parents=True)
+    (work / "resources" / "marker").write_text("keep")
+    config = yaml.safe_load((work / "config/smoke.yaml").read_text())
+    config.update(edit)
+    (work / "config/bad.yaml").write_text(yaml.safe_dump(config))
+    before = sorted(path.name for path in tmp_path.iterdir())
+    result = run_snakemake(work, "--cores", "1", "--configfile", "config/bad.yaml", check=False)
+    assert result.returncode != 0
+    assert message in result.stdout
+    assert (work / "resources" / "marker").read_text() == "keep"
+    assert not (work / "results").exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == before
+
+
 def test_report_holds_the_five_figures_and_the_summary(smoke_run):
     run_snakemake(smoke_run, "--configfile", "config/smoke.yaml", "--report", "results/report.zip")
     import zipfile

@@ -18,6 +18,7 @@ from typing import Any
 
 from rsdyn.cae import settings as cae
 from rsdyn.capture import settings as capture
+from rsdyn.core.paths import check_folders
 from rsdyn.core.schema import (
     ConfigError,
     canonical,
@@ -40,14 +41,17 @@ STAGES = (capture, units, geometry, cae, population, jacobian, report)
 SECTIONS = tuple(section for stage in STAGES for section in stage.SECTIONS)
 
 
-def resolve_runs(config: dict, schema: dict | None = None) -> dict[str, dict]:
+def resolve_runs(config: dict, schema: dict | None = None, project: str | None = None) -> dict[str, dict]:
     """Validate ``config`` and return ``{run name: complete settings}``.
 
     Each run's settings hold ``name``, ``model`` and every section of ``SECTIONS``
     (top-level defaults, overridden by the run's own keys, defaults filled in).
+    ``project``: the project folder that relative output folders must lie in (default:
+    the working directory, as for snakemake).
     """
     schema = schema or load_schema()
     validate_config(config, schema)
+    check_folders(config, project)
     resources_dir = config.get("resources_dir", "resources")
     runs: dict[str, dict] = {}
     for index, run in enumerate(config["runs"]):

@@ -14,7 +14,7 @@ from rsdyn.config import resolve_runs
 update_config(config, typed_overrides(workflow.config_settings.config))
 
 try:
-    RUNS = resolve_runs(config, load_schema(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"))
+    RUNS = resolve_runs(config, load_schema(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"), Path.cwd())
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 
@@ -33,7 +33,7 @@ RESOURCES = config["resources_dir"]
 
 wildcard_constraints:
     run="|".join(RUNS),
-    model="[A-Za-z0-9._-]+",
+    model=r"(?!\.{1,2}$)[A-Za-z0-9._-]+",
     shard=r"\d+",
     layer=r"\d+",
 

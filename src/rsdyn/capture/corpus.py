@@ -95,7 +95,7 @@ def load_wikitext(
     try:
         import datasets
 
-        rows = datasets.load_dataset(hf_dataset, hf_config, split=split)["text"]
+        rows = datasets.load_dataset(hf_dataset, hf_config, split=split, trust_remote_code=False)["text"]
     except Exception as err:  # no datasets package, no network, unknown dataset or split
         reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no message'}"
         raise CorpusError(

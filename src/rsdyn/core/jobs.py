@@ -73,11 +73,14 @@ def _report_failure(exc_type, error, tb) -> None:
 
 def setup_job(log_path: str | None, name: str = "rsdyn") -> logging.Logger:
     """Send logging, warnings and stderr (tqdm bars) to ``log_path``; make SIGTERM clean up;
-    keep the terminal for :func:`progress` lines and the one-line cause of a failure.
+    keep the terminal for :func:`progress` lines and the one-line cause of a failure; read
+    stdin from /dev/null, so that no library can stop a job with a question (such as
+    transformers' "Do you wish to run the custom code? [y/N]").
 
     Returns the logger to use in the script.
     """
     raise_on_sigterm()
+    sys.stdin = open(os.devnull)  # noqa: SIM115 - a job never asks a question (a library's prompt reads EOF and fails)
     job_name = Path(log_path).stem if log_path else name
     _JOB.update(name=job_name, terminal=sys.stderr)
     if log_path:

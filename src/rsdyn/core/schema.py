@@ -18,6 +18,10 @@ import yaml
 DEFAULT_SCHEMA = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "config.schema.yaml"
 
 
+#: the words that say what a name (of a run, of a model folder) may be
+NAME_RULE = "a name may contain only letters, digits, '.', '_' and '-', and may not be '.' or '..'"
+
+
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the key and what is allowed."""
 
@@ -77,10 +81,7 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator == "minLength":
         return f"Invalid config: {key} = {value!r}; it must not be empty."
     if error.validator == "pattern":  # only names have a pattern
-        return (
-            f"Invalid config: {key} = {value!r}; a name may contain only letters, digits, '.', '_' and '-', "
-            "and may not be '.' or '..'."
-        )
+        return f"Invalid config: {key} = {value!r}; {NAME_RULE}."
     return f"Invalid config: {key}: {error.message}."
 
 

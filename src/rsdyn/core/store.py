@@ -49,6 +49,8 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     is deleted and ``final`` is left absent, never half-written.
     """
     final = Path(final)
+    if final.name in ("", ".", ".."):  # the config refuses such names; never replace a parent folder
+        raise ValueError(f"refusing to write {final}: it names a folder above the output, not an output.")
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(final)
     temp = _temp_sibling(final)

@@ -63,17 +63,15 @@ def teleport_layer_arrays(
     ``teleport`` section (``device``, ``dtype`` optional: auto). The sample control reads
     the capture at ``activations_path`` (its PCA condition).
     """
-    from transformers import AutoTokenizer
-
     from rsdyn.core.store import open_group
     from rsdyn.models.registry import layer_count
-    from rsdyn.models.weights import load_model, resolve_device, resolve_dtype
+    from rsdyn.models.weights import load_model, load_tokenizer, resolve_device, resolve_dtype
 
     n_layers = layer_count(model_dir)
     if n_layers is None:
         raise FileNotFoundError(f"No converted model at {model_dir}: run the model rule first.")
     name = Path(model_dir).name
-    prompt_ids = validate_teleport({**settings, "layers": [layer]}, n_layers, AutoTokenizer.from_pretrained(model_dir), name)
+    prompt_ids = validate_teleport({**settings, "layers": [layer]}, n_layers, load_tokenizer(model_dir), name)
     pca = open_group(pca_path)
     mean, components = pca["mean"][...], pca["components"][:2]
     projection = pca["projection"][...]

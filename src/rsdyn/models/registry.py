@@ -81,9 +81,33 @@ def model_width(model_dir: str | Path) -> int | None:
     return _config_value(model_dir, "hidden_size")
 
 
+#: the files of a model folder whose ``auto_map`` would name Python code in the folder
+CODE_MAPS = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
+
+
+def custom_code_files(model_dir: str | Path) -> list[str]:
+    """The files of ``model_dir`` that map a model, config or tokenizer class to the
+    folder's own Python code (an ``auto_map`` entry), or whose ``*.py`` files would be
+    imported: rsdyn never runs a model's own code."""
+    model_dir = Path(model_dir)
+    found = []
+    for name in CODE_MAPS:
+        path = model_dir / name
+        if not path.is_file():
+            continue
+        try:
+            content = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # a damaged file is reported by whatever reads it
+        if isinstance(content, dict) and (content.get("auto_map") or content.get("text_config", {}).get("auto_map")):
+            found.append(name)
+    return found
+
+
 def local_model_problem(path: str | Path) -> str | None:
     """Why ``path`` cannot be a ``local`` model source (the end of a sentence), or None:
-    it must be a ``.gguf`` file or a transformers folder holding ``config.json``."""
+    it must be a ``.gguf`` file or a transformers folder holding ``config.json`` and no
+    custom code (:func:`custom_code_files`)."""
     path = Path(path)
     if not path.exists():
         return "does not exist"
@@ -93,6 +117,12 @@ def local_model_problem(path: str | Path) -> str | None:
         return (
             "is not a transformers model folder: it has no config.json (a model folder holds config.json, "
             "the weights and the tokenizer files)"
+        )
+    code = custom_code_files(path)
+    if code:
+        return (
+            f"holds custom code (auto_map in {', '.join(code)}), and rsdyn never runs a model's own code; "
+            "give a model of a family transformers implements itself"
         )
     return None
 

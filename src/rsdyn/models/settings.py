@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from rsdyn.core.paths import NAME_RULE, is_name
 from rsdyn.core.schema import ConfigError
 from rsdyn.models.adapters import UnsupportedModelError, adapter_for
 from rsdyn.models.registry import (
@@ -53,11 +54,18 @@ def check_model(model: dict, key: str, resources_dir: str = "resources") -> None
     elif source == "hf":
         if not model.get("id"):
             raise ConfigError(f"Invalid config: {key}.id is required when source is 'hf' (a hub id such as meta-llama/Llama-3.1-8B).")
+        parts = model["id"].split("/")
+        if len(parts) > 2 or not all(is_name(part) for part in parts):
+            raise ConfigError(
+                f"Invalid config: {key}.id = {model['id']!r} is not a hub id (owner/name, where {NAME_RULE})."
+            )
         model.setdefault("name", model["id"].rstrip("/").split("/")[-1])
+        _check_name(model, key, "id")
     elif source == "local":
         if not model.get("path"):
             raise ConfigError(f"Invalid config: {key}.path is required when source is 'local'.")
         model.setdefault("name", Path(model["path"]).name)
+        _check_name(model, key, "path")
     if model["weights"] == "random" and not explicit_name:
         model["name"] = default_model_name(model)
     if source == "local" and not (Path(resources_dir) / "models" / model["name"]).is_dir():  # still to be converted
@@ -107,6 +115,16 @@ def default_model_name(model: Mapping) -> str:
     if model.get("architecture"):
         parts.append(Path(model["architecture"]).stem)
     return "-".join([*parts, f"random-s{model['init_seed']}"])
+
+
+def _check_name(model: dict, key: str, origin: str) -> None:
+    """ConfigError when the model folder name taken from ``model[origin]`` cannot be a
+    folder name (``org/..`` or ``<dir>/..`` would make the model's folder resources/)."""
+    if not is_name(model["name"]):
+        raise ConfigError(
+            f"Invalid config: {key}.{origin} = {model[origin]!r} gives the model folder name {model['name']!r}, "
+            f"but {NAME_RULE}; set {key}.name."
+        )
 
 
 def _model_dirs(model: dict, resources_dir: str) -> list[Path]:

@@ -21,7 +21,7 @@ import torch
 
 from rsdyn.core.store import atomic_path
 from rsdyn.models.adapters import adapter_for, model_family
-from rsdyn.models.registry import PYPI_GGUF_MODELS, local_model_problem
+from rsdyn.models.registry import PYPI_GGUF_MODELS, custom_code_files, local_model_problem
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def _save_float_model(model, tokenizer, out_dir: Path) -> None:
     cfg = model.config
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config
-    plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, trust_remote_code=False)
     missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
     missing = [k for k in missing if "lm_head" not in k]  # tied to embeddings
     if missing or unexpected:
@@ -124,12 +124,16 @@ def convert_model(model_settings: dict, out_dir: str | Path, cache_dir: str | Pa
         location, kwargs, resolved = source_location(model_settings, out_dir, cache_dir)
         log.info("loading %s (%s) to convert", location, source)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, trust_remote_code=False, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False, **kwargs)
         except OSError as err:
             if source != "hf":
                 raise
             raise ModelFetchError(hub_failure(location, err)) from err
+        except ValueError as err:
+            if "trust_remote_code" not in str(err):
+                raise
+            raise ModelFetchError(custom_code_refused(location)) from err
         adapter_for(model_family(model, model_settings.get("family", "auto")))  # fail early
         temp.mkdir(parents=True)
         _save_float_model(model, tokenizer, temp)
@@ -210,12 +214,30 @@ def load_model(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").exists():
         raise FileNotFoundError(f"No converted model at {model_dir}: run the model rule first.")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    tokenizer = load_tokenizer(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=False)
     model.to(device).eval()
     provenance_file = model_dir / "rsdyn_model.json"
     provenance = json.loads(provenance_file.read_text()) if provenance_file.exists() else {}
     return model, tokenizer, provenance
+
+
+def load_tokenizer(model_dir: str | Path):
+    """The tokenizer of a converted directory (never the folder's own code)."""
+    from transformers import AutoTokenizer
+
+    code = custom_code_files(model_dir)
+    if code:
+        raise ModelFetchError(custom_code_refused(str(model_dir)))
+    return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+
+
+def custom_code_refused(location: str) -> str:
+    """One sentence for a model that needs its own Python code to load."""
+    return (
+        f"{location} needs its own Python code to load (auto_map / custom architecture), and rsdyn never runs "
+        "a model's own code; give a model of a family transformers implements itself."
+    )
 
 
 def hub_failure(model_id: str, err: BaseException) -> str:
