@@ -209,7 +209,7 @@ def convert_random_model(model_settings: dict, out_dir: str | Path, cache_dir: s
 
 def load_model(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
     """Load a converted directory: ``(model in eval mode, tokenizer, provenance dict)``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").exists():
