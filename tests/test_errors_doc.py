@@ -118,7 +118,25 @@ def config_cases() -> list[tuple[str, str]]:
         ("`teleport.grid_n: 1`", config_error(lambda c: c["teleport"].update(grid_n=1))),
         ("`figures.n_example_units: 10000`", config_error(lambda c: c.setdefault("figures", {}).update(n_example_units=10000))),
         ("`jacobian.n_samples: 32` with `corpus.n_samples: 16`", config_error(lambda c: c.setdefault("jacobian", {}).update(n_samples=32))),
+        ("`summary.claims: claims.yml` (a registry that does not exist)", config_error(lambda c: c.setdefault("summary", {}).update(claims="claims.yml"))),
+        ("a claims registry whose claim lacks its resampling unit", config_error(_registry_without_unit)),
+        ("a run whose `control.of` names no other run", config_error(_control_of_nothing)),
     ]
+
+
+def _registry_without_unit(config: dict) -> None:
+    registry = yaml.safe_load((REPO / "config" / "claims.yaml").read_text())
+    del registry["claims"][0]["unit"]
+    Path("claims-bad.yaml").write_text(yaml.safe_dump(registry))
+    config.setdefault("summary", {}).update(claims="claims-bad.yaml")
+
+
+def _control_of_nothing(config: dict) -> None:
+    control = copy.deepcopy(config["runs"][0])
+    control.update(name="smoke-init", control={"of": "smoke-trained", "kind": "initial"})
+    control["model"].update(weights="random")
+    config["runs"].append(control)
+    config.setdefault("summary", {}).update(claims=str(REPO / "config" / "claims.yaml"))
 
 
 def job_cases(tmp: Path) -> list[tuple[str, str]]:

@@ -14,6 +14,7 @@ computation, so a config is checked in a fraction of a second at the terminal.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 from rsdyn.cae import settings as cae
@@ -64,6 +65,8 @@ def resolve_runs(config: dict, schema: dict | None = None, project: str | None =
                 raise ConfigError(str(err).replace("Invalid config: ", f"Invalid config: {where} {key}.")) from None
 
         settings: dict[str, Any] = {"name": run["name"], "model": copy.deepcopy(run["model"])}
+        if run.get("control"):
+            settings["control"] = dict(run["control"])
         for section in SECTIONS:
             settings[section] = deep_merge(config.get(section, {}), run.get(section, {}))
             validate(section, settings[section], section)
@@ -79,4 +82,24 @@ def resolve_runs(config: dict, schema: dict | None = None, project: str | None =
                 except ConfigError as err:
                     raise ConfigError(f"Invalid config: {where}: {err}") from None
         runs[run["name"]] = canonical(settings)
+    check_controls(runs)
     return runs
+
+
+def check_controls(runs: Mapping[str, Mapping[str, Any]]) -> None:
+    """A control names another run of the config, which is not a control itself."""
+    for index, (name, settings) in enumerate(runs.items()):
+        control = settings.get("control")
+        if not control:
+            continue
+        target = control["of"]
+        if target == name or target not in runs:
+            others = ", ".join(repr(other) for other in runs if other != name) or "none"
+            raise ConfigError(
+                f"Invalid config: runs[{index}] ({name}) control.of = {target!r}; it must name another run of the config ({others})."
+            )
+        if runs[target].get("control"):
+            raise ConfigError(
+                f"Invalid config: runs[{index}] ({name}) control.of = {target!r}, which is a control itself; "
+                "a control reads against an uncontrolled run."
+            )

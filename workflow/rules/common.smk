@@ -120,4 +120,6 @@ def all_outputs():
         outputs += [f"{RESULTS}/{run}/summary.json", f"{RESULTS}/{run}/population.zarr"]
     if len(RUNS) > 1:
         outputs += [f"{RESULTS}/compare/{name}" for name in ("summary.tsv", "fig_compare.pdf", "fig_compare.png")]
+    if any(settings.get("control") for settings in RUNS.values()):
+        outputs += [f"{RESULTS}/compare/controls.md"]
     return outputs

@@ -116,3 +116,28 @@ if len(RUNS) > 1:
             "../../envs/rsdyn.yaml"
         script:
             "../scripts/compare.py"
+
+
+#: runs that control another run (config ``control: {of, kind}``), and the runs they control
+CONTROLS = {run: settings["control"] for run, settings in RUNS.items() if settings.get("control")}
+CONTROL_RUNS = list(dict.fromkeys([*CONTROLS, *(control["of"] for control in CONTROLS.values())]))
+
+if CONTROLS:
+
+    rule controls:
+        input:
+            summary=expand(f"{RESULTS}/{{run}}/summary.json", run=CONTROL_RUNS),
+            samples=expand(f"{RESULTS}/{{run}}/claims.npz", run=CONTROL_RUNS),
+            claims=RUNS[CONTROL_RUNS[0]]["summary"]["claims"],
+        output:
+            markdown=f"{RESULTS}/{COMPARE_DIR}/controls.md",
+            json=f"{RESULTS}/{COMPARE_DIR}/controls.json",
+        params:
+            runs=CONTROL_RUNS,
+            controls=CONTROLS,
+        log:
+            f"{RESULTS}/{COMPARE_DIR}/logs/controls.log",
+        conda:
+            "../../envs/rsdyn.yaml"
+        script:
+            "../scripts/controls.py"

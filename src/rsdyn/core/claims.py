@@ -69,10 +69,13 @@ def load_registry(path: str | Path | None = None) -> dict[str, Any]:
     """The registry at ``path`` (default ``config/claims.yaml``), checked: one sentence
     naming the claim and the key on any problem."""
     path = Path(path) if path else DEFAULT_REGISTRY
+    if not path.is_file():
+        raise ConfigError(f"the claims registry {path} does not exist; give the path of a YAML registry such as config/claims.yaml.")
     try:
         registry = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"Cannot read the claims registry {path}: {err}") from None
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"the claims registry {path} cannot be read as YAML ({first}); fix or replace it.") from None
     check_registry(registry, str(path))
     return registry
 

@@ -124,3 +124,36 @@ def controls_markdown(table: Sequence[Mapping[str, Any]]) -> str:
                 cells.append(", ".join(str(e["verdict"]) for e in entries))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def run_controls(
+    runs: Sequence[str], summary_paths: Sequence[str], sample_paths: Sequence[str], controls: Mapping[str, Mapping[str, str]],
+    registry_path, markdown_path, json_path,
+) -> dict[str, list[dict[str, Any]]]:
+    """The ``controls`` rule: for every run that has controls, its claims read against them
+    (``controls``: ``{control run: {"of": run, "kind": kind}}``), written as Markdown (one
+    section per controlled run) and JSON."""
+    import json
+    from pathlib import Path
+
+    from rsdyn.core.claims import load_registry
+    from rsdyn.core.store import atomic_file
+    from rsdyn.report.summary import read_samples
+
+    registry = load_registry(registry_path)
+    summaries = {run: json.loads(Path(path).read_text()) for run, path in zip(runs, summary_paths)}
+    samples = {run: read_samples(path) for run, path in zip(runs, sample_paths)}
+    tables: dict[str, list[dict[str, Any]]] = {}
+    for reference in dict.fromkeys(control["of"] for control in controls.values()):
+        mine = {run: {"kind": control["kind"], "summary": summaries[run], "samples": samples[run]}
+                for run, control in controls.items() if control["of"] == reference}
+        tables[reference] = controls_table(registry["claims"], summaries[reference], samples[reference], mine)
+    sections = []
+    for reference, table in tables.items():
+        kinds = ", ".join(f"{run} ({control['kind']})" for run, control in controls.items() if control["of"] == reference)
+        sections.append(f"Run `{reference}` against its controls: {kinds}.\n\n{controls_markdown(table)}")
+    with atomic_file(markdown_path) as temp:
+        Path(temp).write_text("\n".join(sections))
+    with atomic_file(json_path) as temp:
+        Path(temp).write_text(json.dumps(tables, indent=2))
+    return tables

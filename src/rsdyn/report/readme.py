@@ -2,7 +2,7 @@
 
     python -m rsdyn.report.readme README.md results/smollm2-135m/summary.json \
         [--control results/smollm2-135m-keep-last/summary.json] \
-        [--compare results/compare/across_models.md]
+        [--compare results/compare/across_models.md] [--learned results/compare/controls.md]
 
 Blocks, each between ``<!-- BEGIN generated: NAME -->`` and
 ``<!-- END generated: NAME -->`` (a missing block is an error naming it):
@@ -18,6 +18,9 @@ Blocks, each between ``<!-- BEGIN generated: NAME -->`` and
   the summary has the rotation rows;
 - ``across_models``: the compare rule's ``across_models.md``; written only with
   ``--compare``;
+- ``learned``: the controls rule's ``controls.md`` (each claim at initialisation, after one
+  more dose of quantisation, at the last word, with the last token kept); written only
+  with ``--learned``;
 - ``status``: one sentence for the top of the README, the tally of the claims table;
 - ``readings``: per claim, the paper's words, the pre-registered reading with its
   number, interval and p, and every other reading the registry lists with its number;
@@ -211,7 +214,8 @@ def rotations_block(summary: Mapping[str, Any]) -> str:
 
 
 def update_readme(
-    readme: str | Path, summary: Mapping[str, Any], control: Mapping[str, Any] | None = None, compare: str | None = None
+    readme: str | Path, summary: Mapping[str, Any], control: Mapping[str, Any] | None = None, compare: str | None = None,
+    learned: str | None = None,
 ) -> str:
     """Regenerate the README's blocks from ``summary`` (and the ``control`` run's, and the
     compare rule's ``across_models.md`` text); returns the text written."""
@@ -229,6 +233,8 @@ def update_readme(
         text = replace_block(text, "jacobian", markdown_table(summary, names=set(jacobian)))
     if compare is not None:
         text = replace_block(text, "across_models", compare if compare.endswith("\n") else compare + "\n")
+    if learned is not None:
+        text = replace_block(text, "learned", learned if learned.endswith("\n") else learned + "\n")
     text = replace_block(text, "definitions", definitions_block(summary))
     with atomic_file(readme) as temp:
         Path(temp).write_text(text)
@@ -245,6 +251,13 @@ def _load(path: str) -> dict[str, Any]:
     return summary
 
 
+def _read_text(path: str, what: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as err:
+        raise ReadmeError(f"cannot read {what} {path}: {err}.") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m rsdyn.report.readme README.md SUMMARY.json [--control CONTROL.json] [--compare ACROSS_MODELS.md]``."""
     import argparse
@@ -255,15 +268,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("summary", help="summary.json of the run whose rows the README shows")
     parser.add_argument("--control", help="summary.json of the keep-last control run (corpus.shuffle_keep_last: true)")
     parser.add_argument("--compare", help="across_models.md of the compare rule (results/compare/)")
+    parser.add_argument("--learned", help="controls.md of the controls rule (results/compare/)")
     args = parser.parse_args(argv)
     try:
-        compare = None
-        if args.compare:
-            try:
-                compare = Path(args.compare).read_text()
-            except OSError as err:
-                raise ReadmeError(f"cannot read the comparison table {args.compare}: {err}.") from None
-        update_readme(args.readme, _load(args.summary), _load(args.control) if args.control else None, compare)
+        compare = _read_text(args.compare, "the comparison table") if args.compare else None
+        learned = _read_text(args.learned, "the controls table") if args.learned else None
+        update_readme(args.readme, _load(args.summary), _load(args.control) if args.control else None, compare, learned)
     except ReadmeError as err:
         sys.exit(f"rsdyn.report.readme: {err}")
 
