@@ -72,7 +72,7 @@ def test_a_deleted_chunk_fails_the_jobs_that_read_it_with_its_name(finished):
     configfile = write_config(work, lambda c: c.setdefault("layer_stats", {}).update(density_threshold=0.2))
     expected = (
         "[layer_stats] failed: results/smoke/activations.zarr: array 'original' is missing chunk c/0/0/3; "
-        "the store was damaged after it was written: delete results/smoke/activations.zarr and run snakemake again to rebuild it."
+        "the store was damaged after it was written: repair it with `rm -r results/smoke/activations.zarr`, then run snakemake again."
     )
     for _ in range(2):
         result = run(work, configfile=configfile)
