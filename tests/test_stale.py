@@ -140,3 +140,21 @@ def test_settings_that_used_to_fail_late_or_silently_stop_before_any_job(finishe
 def test_one_nested_value_can_be_changed_from_the_command_line(finished):
     rules = planned(finished, "--config", "teleport={grid_n: 4}")
     assert rules == {"teleport_layer", "teleport_gather", "fig4", "summary"}
+
+
+def test_verify_finds_damage_snakemake_cannot_see_and_the_next_run_rebuilds_exactly_that(finished):
+    """A chunk deleted after the fact: Snakemake sees nothing to do (it looks at file
+    times); `snakemake verify` deletes the damaged store, and the next run plans exactly
+    its rebuild and what was computed from it."""
+    work = finished
+    chunk = next((work / RUN_DIR / "unit_stats.zarr" / "original" / "mi_kde").rglob("c/*"))
+    while chunk.is_dir():
+        chunk = next(chunk.iterdir())
+    chunk.unlink()
+    assert planned(work) == set()
+    result = run_snakemake(work, "verify", "--cores", "1", "--configfile", "config/smoke.yaml")
+    assert f"deleted: {RUN_DIR / 'unit_stats.zarr'}" in result.stdout
+    assert not (work / RUN_DIR / "unit_stats.zarr").exists()
+    assert planned(work) == {"unit_stats_gather", "fig1", "fig1_summary", "fig2", "summary"}
+    result = run_snakemake(work, "verify", "--cores", "1", "--configfile", "config/smoke.yaml")
+    assert "0 damaged file(s)" in result.stdout

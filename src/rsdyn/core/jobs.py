@@ -155,6 +155,6 @@ def progress(iterable=None, **kwargs):
     """``tqdm(iterable, **kwargs)`` whose bar goes to the job's log; inside a job started by
     :func:`setup_job` it also prints a progress line on the terminal about every
     ``PROGRESS_INTERVAL_S`` seconds (outside a job it is a plain tqdm bar)."""
-    if terminal() is None:
+    if terminal() is None or kwargs.get("disable"):
         return tqdm(iterable, **kwargs)
     return _JobProgress(iterable, **kwargs)
