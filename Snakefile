@@ -1,7 +1,8 @@
 # rsdyn: residual-stream dynamics of a transformer LM as a Snakemake experiment.
-# Usage: snakemake --cores all                       (embedded default, config/config.yaml)
-#        snakemake --cores 2 --configfile config/smoke.yaml
+# Usage: snakemake --profile workflow/profiles/default                        (embedded default, config/config.yaml)
+#        snakemake --profile workflow/profiles/default --configfile config/smoke.yaml
 #        snakemake --profile workflow/profiles/slurm --configfile config/paper.yaml
+#        snakemake verify --cores 1    (check every output against its checksums; delete what is damaged)
 
 from snakemake.utils import min_version
 

@@ -6,7 +6,8 @@ and C-order bytes of each array and the attributes of each node (wall-clock timi
 left out); for other data files (CSV, JSON, YAML, NPZ, weights) their bytes, or their
 rows and keys without timing fields where a file records a duration; safetensors by
 their tensors and metadata (the header's key order varies between processes). Figures, logs and
-benchmark timings are not numbers of the science and are left out.
+benchmark timings are not numbers of the science and are left out, and so are the
+checksum manifests (``.NAME.rsdyn-manifest.json``) beside the outputs.
 
 A golden list (``tests/fixtures/smoke_hashes.json``) pins the smoke run: a change that
 moves any number fails ``tests/test_layout.py``. After a change meant to move numbers,
@@ -115,7 +116,7 @@ def result_hashes(run_dir: str | Path) -> dict[str, str]:
     def walk(folder: Path) -> None:
         for path in sorted(folder.iterdir()):
             rel = path.relative_to(run_dir).as_posix()
-            if path.name in SKIPPED_DIRS or path.name == ".snakemake_timestamp":
+            if path.name in SKIPPED_DIRS or path.name == ".snakemake_timestamp" or path.name.endswith(".rsdyn-manifest.json"):
                 continue
             if _is_zarr(path):
                 hashes.update(_zarr_hashes(path, rel))

@@ -181,6 +181,162 @@ def test_output_folders_inside_the_project_or_elsewhere_are_accepted(results_dir
     assert list(resolve_runs(config, project=REPO)) == ["smoke"]
 
 
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda c: c.update(teleport={"layer": 1}),
+         "Invalid config: unknown key(s) 'layer' in teleport; allowed keys are arrow_sublayers, device, dtype, grid_n, layers, "
+         "margin, prompt, range, range_sd, sample_control, seed."),
+        (lambda c: c["runs"][0].update(teleport={"layer": 1}),
+         "Invalid config: runs[0] (smoke): unknown key(s) 'layer' in teleport; allowed keys are arrow_sublayers, device, dtype, "
+         "grid_n, layers, margin, prompt, range, range_sd, sample_control, seed."),
+        (lambda c: c["runs"][0].update(teleport={"grid_n": 1}), "Invalid config: runs[0] (smoke): teleport.grid_n = 1; it must be at least 2."),
+        (lambda c: c["runs"][0].update(corpus={"local_candidates": {"tst": []}}),
+         "Invalid config: runs[0] (smoke): unknown key(s) 'tst' in corpus.local_candidates; allowed keys are test, train, validation."),
+        (lambda c: c["runs"][0].update(cae={"corpus": {"splitt": "test"}}),
+         "Invalid config: runs[0] (smoke): unknown key(s) 'splitt' in cae.corpus; allowed keys are hf_config, hf_dataset, "
+         "local_candidates, max_chars, min_chars, n_samples, seed, shuffle_keep_last, split, strip_whitespace."),
+    ],
+)
+def test_a_run_keys_error_is_worded_like_a_top_level_one(mutate, message):
+    config = load("smoke.yaml")
+    mutate(config)
+    with pytest.raises(ConfigError) as info:
+        resolve_runs(config)
+    assert str(info.value) == message
+
+
+@pytest.fixture
+def machine_of(monkeypatch):
+    """Pretend this machine has ``gib`` GiB of memory (the memory checks' fallback)."""
+    from rsdyn.core import resources
+
+    def set_memory(gib):
+        monkeypatch.setattr(resources, "machine_memory", lambda: int(gib * 2**30))
+
+    return set_memory
+
+
+GIB16 = 16 * 2**30
+SMOKE_WEIGHTS = 48 * 30 * 576**2  # float32 decoder weights: 12 L D^2 parameters of 4 B
+
+
+def test_null_draws_that_cannot_fit_a_shard_are_refused(machine_of):
+    """Per draw: 24 B x 2L + 64 B x units per shard (288 of 576 in 2 shards), besides the
+    shard's float64 activations (2 x 8 B x 16 x 60 x 288); the gather holds 64 B x D per
+    draw (float32 samples of four nulls, two conditions, read and written)."""
+    machine_of(16)
+    per_draw, states = 24 * 60 + 64 * 288, 2 * 8 * 16 * 60 * 288
+    most = min((GIB16 - states) // per_draw, GIB16 // (64 * 576))
+    config = load("smoke.yaml")
+    config["unit_stats"]["n_shuffles"] = 10**11
+    with pytest.raises(ConfigError) as info:
+        resolve_runs(config)
+    assert str(info.value) == (
+        "Invalid config: runs[0] (smoke): unit_stats.n_shuffles = 100000000000 needs about 1.8 PiB of memory in each "
+        "unit_stats_shard job (100000000000 null draws of 288 units over 60 sublayers for each of the four nulls), more than "
+        f"the 16.0 GiB of this machine; use at most {most} draws or more unit_stats.shards."
+    )
+    assert 10**11 * per_draw / 2**50 == pytest.approx(1.8, abs=0.05)
+    config["unit_stats"]["n_shuffles"] = most
+    resolve_runs(copy.deepcopy(config))
+    config["unit_stats"]["n_shuffles"] = most + 1
+    with pytest.raises(ConfigError, match=r"unit_stats\.n_shuffles = \d+ needs about 16\.0 GiB of memory in each unit_stats_gather job"):
+        resolve_runs(config)
+
+
+def test_a_grid_that_cannot_fit_a_teleport_job_is_refused(machine_of):
+    """Per point: D x (4 B x 2L + 88 B); the weights besides; 8 sample-control states."""
+    machine_of(16)
+    per_point = 576 * (4 * 60 + 88)
+    config = load("smoke.yaml")
+    config["teleport"]["grid_n"] = 100000
+    with pytest.raises(ConfigError) as info:
+        resolve_runs(config)
+    most = int(((GIB16 - SMOKE_WEIGHTS) // per_point - 8) ** 0.5)
+    assert str(info.value) == (
+        "Invalid config: runs[0] (smoke): teleport.grid_n = 100000 needs about 1.7 PiB of memory in each teleport_layer job "
+        "(100000^2 grid points and 8 sample states teleported in one batch, besides 455.6 MiB of float32 weights), more than "
+        f"the 16.0 GiB of this machine; use a grid_n of at most {most}."
+    )
+    config["teleport"]["grid_n"] = most
+    resolve_runs(config)
+
+
+def test_a_batch_that_cannot_fit_a_capture_job_is_refused(machine_of):
+    machine_of(16)
+    config = load("smoke.yaml")
+    config["capture"]["max_batch_tokens"] = 10**9
+    with pytest.raises(ConfigError) as info:
+        resolve_runs(config)
+    most = (GIB16 - SMOKE_WEIGHTS) // (64 * 576)
+    assert str(info.value) == (
+        "Invalid config: runs[0] (smoke): capture.max_batch_tokens = 1000000000 needs about 33.5 TiB of memory in each "
+        "capture_shard job (the float32 weights, 455.6 MiB, and 1000000000 tokens x 576 units x 64 B), more than the "
+        f"16.0 GiB of this machine; use at most {most} tokens per batch."
+    )
+
+
+def test_a_line_that_could_exceed_the_models_context_is_refused():
+    """A kept line has fewer than max_chars characters, each at most 4 tokens (bytes), plus
+    BOS and a tokenizer's space prefix: (max_chars - 1) x 4 + 2 tokens."""
+    config = load("smoke.yaml")
+    config["corpus"]["max_chars"] = 5000
+    with pytest.raises(ConfigError) as info:
+        resolve_runs(config)
+    assert str(info.value) == (
+        "Invalid config: runs[0] (smoke): corpus.max_chars = 5000 lets a kept line reach 19998 tokens (a token may be a "
+        "single byte of UTF-8), beyond the 8192-token context of smollm2-135m; use max_chars of at most 2048."
+    )
+    assert (2048 - 1) * 4 + 2 <= 8192 < (2049 - 1) * 4 + 2
+    config["corpus"]["max_chars"] = 2048
+    resolve_runs(config)
+
+
+def test_the_shipped_configs_fit_a_small_machine(machine_of):
+    machine_of(8)
+    for name in ("config.yaml", "smoke.yaml", "paper.yaml", "compare.yaml"):
+        assert resolve_runs(load(name))
+
+
+def test_the_profiles_mem_mb_bounds_a_rule(machine_of):
+    from rsdyn.core.resources import set_rule_memory
+
+    machine_of(64)
+    config = load("smoke.yaml")
+    config["teleport"]["grid_n"] = 60
+    resolve_runs(copy.deepcopy(config))
+    set_rule_memory("teleport_layer", 1000)
+    most = int(((1000 * 10**6 - SMOKE_WEIGHTS) // (576 * (4 * 60 + 88)) - 8) ** 0.5)
+    try:
+        with pytest.raises(ConfigError, match=r"teleport\.grid_n = 60 needs about .* more than the 1000 MB \(mem_mb\) the "
+                           rf"profile gives rule teleport_layer; use a grid_n of at most {most}\."):
+            resolve_runs(config)
+    finally:
+        set_rule_memory("teleport_layer", None)
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "wikitext-2-raw" / "wiki.test.raw").is_file(), reason="no local WikiText")
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda c: c["corpus"].update(n_samples=700),
+         r"^Invalid config: runs\[0\] \(smoke\): corpus\.n_samples = 700 but only 661 lines of \.\./shared/data/wikitext-2-raw/"
+         r"wiki\.test\.raw \(test split\) are strictly between corpus\.min_chars = 100 and max_chars = 500 characters; ask for at "
+         r"most 661 or set n_samples to null\.$"),
+        (lambda c: c["corpus"].update(n_samples=500, min_chars=300),
+         r"corpus\.n_samples = 500 but only 410 lines .* between corpus\.min_chars = 300 and max_chars = 500"),
+        (lambda c: c["cae"].update(corpus={"n_samples": 5000}), r"cae\.corpus\.n_samples = 5000 but only 661 lines"),
+    ],
+)
+def test_n_samples_above_the_local_corpus_is_refused_at_config_time(mutate, message, monkeypatch):
+    monkeypatch.chdir(REPO)
+    config = load("smoke.yaml")
+    mutate(config)
+    with pytest.raises(ConfigError, match=message):
+        resolve_runs(config)
+
+
 def test_settings_do_not_depend_on_key_order_in_the_file():
     config = load("config.yaml")
     reordered = {key: config[key] for key in reversed(list(config))}

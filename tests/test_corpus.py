@@ -183,3 +183,33 @@ def test_config_fills_local_candidates_per_split_and_paper_config_asks_for_train
     assert corpus["shuffle_keep_last"] is False
     paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
     assert paper["corpus"]["split"] == "train" and paper["corpus"]["n_samples"] == 1000
+
+
+def test_a_sequence_beyond_the_models_context_stops_the_corpus(small_corpus, char_tokenizer, tmp_path):
+    """The backstop when the config could not know the context (a hub model converted
+    only by the run): the tokenised corpus is checked against the converted config.json."""
+    from conftest import CharTokenizer
+
+    from rsdyn.capture.corpus import CorpusError
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"max_position_embeddings": 300}')
+
+    class FolderTokenizer(CharTokenizer):
+        name_or_path = str(model)
+
+    with pytest.raises(CorpusError) as info:
+        build_corpus(settings(small_corpus), FolderTokenizer())
+    assert str(info.value) == (
+        "1 sequences are longer than the 300-token context of the model (the longest has 500 tokens, BOS included); "
+        "lower corpus.max_chars so that every kept line fits."
+    )
+    (model / "config.json").write_text('{"max_position_embeddings": 500}')
+    assert len(build_corpus(settings(small_corpus), FolderTokenizer()).texts) == 4
+
+
+def test_the_config_counts_the_local_corpus_like_the_corpus_job(small_corpus, char_tokenizer):
+    from rsdyn.capture.settings import kept_lines
+
+    assert kept_lines(str(small_corpus), 100, 500) == len(build_corpus(settings(small_corpus), char_tokenizer).texts) == 4

@@ -35,7 +35,10 @@ FOOTER = """
 | fault | what happens now | tested in |
 |---|---|---|
 | every shard of `unit_stats` (or every `teleport_layer`) fails after a settings change, and `snakemake` is run again | the rerun plans the shards, the gather and everything downstream again and fails with the same sentence; the old `unit_stats.zarr` / `teleport.zarr` is never taken for the new settings (every gather and downstream rule carries the settings its inputs were computed from in its `params`) | `tests/test_stale.py` |
-| a chunk of a store is deleted or damaged after it was written | the first job that opens the store fails with the sentence above naming the array and chunk; a float array's missing chunk reads as NaN (fill value), never as zeros | `tests/test_stale.py`, `tests/test_store.py` |
+| a chunk of a store is deleted or damaged after it was written | the first job that opens the store fails with the sentence above naming the array and chunk; a float array's missing chunk reads as NaN (fill value), never as zeros; every chunk carries a CRC-32C, so a changed chunk cannot be read as other numbers | `tests/test_stale.py`, `tests/test_store.py`, `tests/test_integrity.py` |
+| any output (a store's metadata, the converted model, a CSV, NPZ or JSON file) changed after it was written | every output gets a manifest beside it (`.NAME.rsdyn-manifest.json`: size and CRC-32C of each file, rows of a table) when it is written; every job checks its inputs against theirs before it starts and fails with the sentence above naming the file and the `rm -r` that repairs it | `tests/test_integrity.py` |
+| damage made after the fact, then a plain `snakemake` ("Nothing to be done": Snakemake looks at file times only) | `python -m rsdyn.verify results/RUN` (or `snakemake verify --cores 1` for every run and model of the config) checks every output, chunk and model file against its checksums and deletes what is damaged with every output that shares a damaged file by hard link (a capture shard and `activations.zarr`), so that the next `snakemake` rebuilds exactly that; `--dry-run` only reports | `tests/test_integrity.py`, `tests/test_workflow.py` |
+| a damaged chunk file that `activations.zarr` shares with its capture shard (hard link) | the repair deletes both, and the assembly checks each chunk's CRC-32C before it links it, so a rebuild never links the damaged file again | `tests/test_integrity.py` |
 | a capture job killed (SIGKILL) during `snakemake --forcerun capture_shard capture` | a killed shard leaves the assembled `activations.zarr` untouched (Snakemake deletes it only when the assembly starts); a store that is gone (the assembly killed after deleting it) is rebuilt, with its shards and everything computed from it, by the next plain `snakemake` (every store of the data contract is a target of `rule all`) | `tests/test_stale.py` |
 | `--config teleport.grid_n=12` (a dotted key) | Snakemake itself rejects it ("Config entry must start with a valid identifier"); write `--config teleport="{grid_n: 12}"` (tested) or an overlay file, see the README | `tests/test_stale.py` |
 """
@@ -72,6 +75,18 @@ def job(name: str, message: str) -> str:
     return f"[{name}] failed: {message}"
 
 
+def on_16_gib(make: Callable[[], str]) -> str:
+    """``make()`` as on a machine with 16 GiB of memory (the doc must not depend on this one)."""
+    from rsdyn.core import resources
+
+    machine = resources.machine_memory
+    resources.machine_memory = lambda: 16 * 2**30
+    try:
+        return make()
+    finally:
+        resources.machine_memory = machine
+
+
 def config_cases() -> list[tuple[str, str]]:
     """(bad input, message) of every config-time check, in the order of the config file."""
     run = lambda **model: lambda c: c["runs"][0].update(model=model)  # noqa: E731
@@ -84,6 +99,8 @@ def config_cases() -> list[tuple[str, str]]:
         ("`results_dir: src/out` (a code folder of the project)", config_error(lambda c: c.update(results_dir="src/out"))),
         ("`results_dir` inside `resources_dir` (or the other way round)", config_error(lambda c: c.update(results_dir="resources/out"))),
         ("an unknown key, `colour: red`", config_error(lambda c: c.update(colour="red"))),
+        ("an unknown key in a run's section, `runs: [{..., teleport: {layer: 7}}]`",
+         config_error(lambda c: c["runs"][0].update(teleport={"layer": 7}))),
         ("a run named `..` (or `.`)", config_error(lambda c: c["runs"][0].update(name=".."))),
         ("two runs with one name", config_error(lambda c: c["runs"].append(copy.deepcopy(c["runs"][0])))),
         ("`model.source: ftp`", config_error(lambda c: c["runs"][0]["model"].update(source="ftp"))),
@@ -102,11 +119,16 @@ def config_cases() -> list[tuple[str, str]]:
          config_error(lambda c: c["runs"][0]["model"].update(weights="random", architecture="llama-8b.json"))),
         ("`corpus.min_chars: 500`, `max_chars: 100`", config_error(lambda c: c["corpus"].update(min_chars=500, max_chars=100))),
         ("`corpus.n_samples: 2`", config_error(lambda c: c["corpus"].update(n_samples=2))),
+        ("`corpus.n_samples: 700`, above the 661 lines the local split keeps", config_error(lambda c: c["corpus"].update(n_samples=700))),
+        ("`corpus.max_chars: 5000`, more than the model's context could take", config_error(lambda c: c["corpus"].update(max_chars=5000))),
         ("`corpus.n_samples: 16.0` (any integer key written as a float)", config_error(lambda c: c["corpus"].update(n_samples=16.0))),
         ("`corpus.seed: -1` (any seed)", config_error(lambda c: c["corpus"].update(seed=-1))),
         ("`capture.device: tpu`", config_error(lambda c: c["capture"].update(device="tpu"))),
         ("`unit_stats.shards: 2.0`", config_error(lambda c: c["unit_stats"].update(shards=2.0))),
         ("`unit_stats.shards: 1000` on a model with 576 units", config_error(lambda c: c["unit_stats"].update(shards=1000))),
+        ("`unit_stats.n_shuffles: 100000000000` (on a 16 GiB machine; a profile's `mem_mb` for the rule counts instead)",
+         on_16_gib(lambda: config_error(lambda c: c["unit_stats"].update(n_shuffles=10**11)))),
+        ("`capture.max_batch_tokens: 1000000000` (16 GiB)", on_16_gib(lambda: config_error(lambda c: c["capture"].update(max_batch_tokens=10**9)))),
         ("`unit_stats.ksg_k: 100` with `corpus.n_samples: 16`", config_error(lambda c: c["unit_stats"].update(ksg_k=100))),
         ("`pca.n_components: 1000`", config_error(lambda c: c["pca"].update(n_components=1000))),
         ("`cae.val_fraction: 0.5`, `test_fraction: 0.5`", config_error(lambda c: c["cae"].update(val_fraction=0.5, test_fraction=0.5))),
@@ -116,6 +138,7 @@ def config_cases() -> list[tuple[str, str]]:
         ("`teleport.layers: [0, 30]` on a 30-layer model", config_error(lambda c: c["teleport"].update(layers=[0, 30]))),
         ("`teleport.range: [1, 0]`", config_error(lambda c: c["teleport"].update(range=[1, 0]))),
         ("`teleport.grid_n: 1`", config_error(lambda c: c["teleport"].update(grid_n=1))),
+        ("`teleport.grid_n: 100000` (16 GiB)", on_16_gib(lambda: config_error(lambda c: c["teleport"].update(grid_n=100000)))),
         ("`figures.n_example_units: 10000`", config_error(lambda c: c.setdefault("figures", {}).update(n_example_units=10000))),
         ("`jacobian.n_samples: 32` with `corpus.n_samples: 16`", config_error(lambda c: c.setdefault("jacobian", {}).update(n_samples=32))),
         ("`summary.claims: claims.yml` (a registry that does not exist)", config_error(lambda c: c.setdefault("summary", {}).update(claims="claims.yml"))),
@@ -175,6 +198,8 @@ def job_cases(tmp: Path) -> list[tuple[str, str]]:
 
             raise ValueError(describe_read_failure(err, [corrupt])) from err
 
+    damaged = damaged_outputs()
+
     no_gpu = torch.cuda.is_available
     torch.cuda.is_available = lambda: False
     try:
@@ -195,7 +220,78 @@ def job_cases(tmp: Path) -> list[tuple[str, str]]:
         ("a chunk of a store deleted", job("layer_stats", raised(lambda: open_group(deleted)))),
         ("a chunk of a store truncated or overwritten", job("layer_stats", raised(corrupt_read))),
         ("NaN reaching the CAE", job("cae", raised(lambda: require_finite(with_nan_values, with_nan, open_group(with_nan)["original"], "original")))),
+        *damaged,
     ]
+
+
+def damaged_outputs() -> list[tuple[str, str]]:
+    """(fault, message) of outputs damaged after they were written (checked against the
+    checksums written with them), in a run folder ``results/damaged``."""
+    import zarr
+
+    from rsdyn.capture.corpus import Corpus, load_corpus, save_corpus
+    from rsdyn.core.manifest import check_output
+    from rsdyn.core.store import atomic_path, create_streamed_array, link_chunks, read_group, streamed_group, write_group
+    from rsdyn.units.layer_stats import layer_stats_from_arrays, read_layer_stats
+
+    run = Path("results/damaged")
+    with atomic_path("resources/models/my-llama") as temp:
+        temp.mkdir()
+        (temp / "model.safetensors").write_bytes(bytes(4 << 20))
+    with open("resources/models/my-llama/model.safetensors", "r+b") as handle:
+        handle.seek(1 << 20)
+        handle.write(b"\1" * (2 << 20))
+    acts = np.random.default_rng(0).standard_normal((4, 60, 8))
+    table = layer_stats_from_arrays({"original": acts, "shuffled": acts}, 0.1)
+    with atomic_path(run / "layer_stats.csv") as temp:
+        table.to_csv(temp, index=False)
+    text = (run / "layer_stats.csv").read_text()
+    (run / "layer_stats.csv").write_text(text[: len(text) // 3])
+    unit_stats = write_group(run / "unit_stats.zarr", {"original": {"mi_kde": np.ones((3, 4))}})
+    meta = unit_stats / "original" / "mi_kde" / "zarr.json"
+    meta.write_text(meta.read_text()[:20] + meta.read_text()[40:])
+    ids = np.array([[1, 5, 6], [1, 8, 9]], dtype=np.int32)
+    save_corpus(Corpus(["a b", "c d"], ids, ids, np.array([3, 3], dtype=np.int32), "test"), run / "corpus.npz")
+    data = (run / "corpus.npz").read_bytes()
+    (run / "corpus.npz").write_bytes(data[: len(data) // 2])
+    states = np.random.default_rng(1).standard_normal((8, 60, 16)).astype(np.float32)
+    with streamed_group(run / "capture" / "activations_shard_0.zarr") as group:
+        create_streamed_array(group, "original", states.shape, (4, 60, 8))[...] = states
+    with streamed_group(run / "activations.zarr") as group:
+        target = create_streamed_array(group, "original", states.shape, (4, 60, 8))
+        link_chunks(zarr.open_group(str(run / "capture" / "activations_shard_0.zarr"), mode="r")["original"], target, (0, 0, 0))
+    chunk = run / "activations.zarr" / "original" / "c" / "1" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:100])
+
+    def linked_read():
+        try:
+            read_group(run / "activations.zarr")
+        except Exception as err:
+            from rsdyn.core.store import describe_read_failure
+
+            raise ValueError(describe_read_failure(err, [run / "activations.zarr"])) from err
+
+    cases = [
+        ("bytes changed inside the converted model (2 MB overwritten in `model.safetensors`)",
+         job("capture_activations_shard_0", raised(lambda: check_output("resources/models/my-llama")))),
+        ("`layer_stats.csv` truncated to a third", job("fig1", raised(lambda: read_layer_stats(run / "layer_stats.csv", 60)))),
+        ("a store's `zarr.json` corrupted", job("fig1", raised(lambda: read_group(unit_stats)))),
+        ("`corpus.npz` truncated", job("capture_activations_shard_0", raised(lambda: load_corpus(run / "corpus.npz")))),
+        ("a truncated chunk of `activations.zarr`, whose file the capture shard shares (hard link)",
+         job("layer_stats", raised(linked_read))),
+    ]
+    from rsdyn.core.manifest import manifest_path
+
+    for path in (run / "layer_stats.csv", run / "corpus.npz", unit_stats):
+        manifest_path(path).unlink()  # as written before rsdyn kept checksums
+    cases += [
+        ("`layer_stats.csv` truncated, written before rsdyn kept checksums",
+         job("fig1", raised(lambda: read_layer_stats(run / "layer_stats.csv", 60)))),
+        ("a store's `zarr.json` corrupted, written before rsdyn kept checksums", job("fig1", raised(lambda: read_group(unit_stats)))),
+        ("`corpus.npz` truncated, written before rsdyn kept checksums",
+         job("capture_activations_shard_0", raised(lambda: load_corpus(run / "corpus.npz")))),
+    ]
+    return cases
 
 
 def cases(tmp: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -204,6 +300,8 @@ def cases(tmp: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     os.chdir(tmp)
     try:
         Path("my-llama").mkdir()
+        Path("resources/corpus").mkdir(parents=True)
+        Path("resources/corpus/wiki.test.raw").write_text("".join(f" {'x' * 200} \n" for _ in range(661)))
         Path("custom-llama").mkdir()
         Path("custom-llama/config.json").write_text('{"model_type": "custom", "auto_map": {"AutoConfig": "configuration_custom.CustomConfig"}}')
         return config_cases(), job_cases(tmp)

@@ -107,7 +107,7 @@ def test_nan_reaching_the_cae_names_the_store_array_and_chunk(tmp_path):
         run_cae(store, tmp_path / "cae", CAE_SETTINGS)
     assert str(info.value) == (
         f"{store}: array 'original' holds 1 NaN or infinite values (the first at index (5, 2, 9), chunk c/0/0/1); "
-        f"only finite states can be analysed: delete {store} and run snakemake again to rebuild it."
+        f"only finite states can be analysed: repair it with `rm -r {store}`, then run snakemake again."
     )
 
 

@@ -98,3 +98,21 @@ def test_a_job_never_waits_for_an_answer(tmp_path):
     """))
     result = subprocess.run([sys.executable, str(script)], input="y\n", capture_output=True, text=True, timeout=300)
     assert result.stdout.strip().endswith("[y/N] no answer")
+
+
+def test_pca_and_population_print_progress_lines(fake_terminal, tmp_path):
+    """The two long jobs that printed nothing at the terminal (issue 20)."""
+    from rsdyn.geometry.run import pca_arrays
+    from rsdyn.population.population import population_steps
+    from rsdyn.population.run import population_arrays
+    from rsdyn.population.settings import resolve_windows
+    from rsdyn.units import unit_stats as us
+
+    screen, _ = fake_terminal
+    store = us.write_synthetic_store(tmp_path / "activations.zarr", 20, 4, 8, unit_chunk=4)
+    pca_arrays(store, {"n_components": 4, "solver": "auto", "condition": "original"}, n_resamples=5)
+    population_arrays(store, {"k": 4, "windows": None}, {"n_surrogates": 3, "unit_surrogates": 5, "seed": 0}, 0.05)
+    lines = screen.getvalue().splitlines()
+    assert any(line.startswith("[capture] pca per sublayer: 8/8 sublayer after ") for line in lines), lines
+    fits = 2 * population_steps(len(resolve_windows(None, 8)))  # two conditions
+    assert any(line.startswith(f"[capture] population jPCA and TME fits: {fits}/{fits} fit after ") for line in lines), lines

@@ -30,6 +30,7 @@ ALLOWED = {
     "jacobian": {"core", "models"},
     "report": {"core", "models", "capture", "units", "population", "cae", "geometry", "jacobian"},
     "config": {"core", "models", "capture", "units", "population", "cae", "geometry", "jacobian", "report"},
+    "verify": {"core"},
 }
 STAGES = ("models", "capture", "units", "population", "cae", "geometry", "jacobian", "report")
 

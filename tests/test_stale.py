@@ -72,7 +72,7 @@ def test_a_deleted_chunk_fails_the_jobs_that_read_it_with_its_name(finished):
     configfile = write_config(work, lambda c: c.setdefault("layer_stats", {}).update(density_threshold=0.2))
     expected = (
         "[layer_stats] failed: results/smoke/activations.zarr: array 'original' is missing chunk c/0/0/3; "
-        "the store was damaged after it was written: delete results/smoke/activations.zarr and run snakemake again to rebuild it."
+        "the store was damaged after it was written: repair it with `rm -r results/smoke/activations.zarr`, then run snakemake again."
     )
     for _ in range(2):
         result = run(work, configfile=configfile)
@@ -140,3 +140,21 @@ def test_settings_that_used_to_fail_late_or_silently_stop_before_any_job(finishe
 def test_one_nested_value_can_be_changed_from_the_command_line(finished):
     rules = planned(finished, "--config", "teleport={grid_n: 4}")
     assert rules == {"teleport_layer", "teleport_gather", "fig4", "summary"}
+
+
+def test_verify_finds_damage_snakemake_cannot_see_and_the_next_run_rebuilds_exactly_that(finished):
+    """A chunk deleted after the fact: Snakemake sees nothing to do (it looks at file
+    times); `snakemake verify` deletes the damaged store, and the next run plans exactly
+    its rebuild and what was computed from it."""
+    work = finished
+    chunk = next((work / RUN_DIR / "unit_stats.zarr" / "original" / "mi_kde").rglob("c/*"))
+    while chunk.is_dir():
+        chunk = next(chunk.iterdir())
+    chunk.unlink()
+    assert planned(work) == set()
+    result = run_snakemake(work, "verify", "--cores", "1", "--configfile", "config/smoke.yaml")
+    assert f"deleted: {RUN_DIR / 'unit_stats.zarr'}" in result.stdout
+    assert not (work / RUN_DIR / "unit_stats.zarr").exists()
+    assert planned(work) == {"unit_stats_gather", "fig1", "fig1_summary", "fig2", "summary"}
+    result = run_snakemake(work, "verify", "--cores", "1", "--configfile", "config/smoke.yaml")
+    assert "0 damaged file(s)" in result.stdout

@@ -48,7 +48,7 @@ def test_a_deleted_chunk_is_named_when_the_store_is_opened(store, array, chunk):
     message = str(info.value)
     assert message == (
         f"{store}: array '{array}' is missing chunk {chunk}; the store was damaged after it was written: "
-        f"delete {store} and run snakemake again to rebuild it."
+        f"repair it with `rm -r {store}`, then run snakemake again."
     )
 
 
@@ -69,7 +69,7 @@ def test_a_corrupt_chunk_is_named(store):
         read_group(store)
     message = describe_read_failure(info.value, [store])
     assert message.startswith(f"{store}: chunk c/0/0/2 of array 'original' cannot be read (")
-    assert message.endswith(f"the file is corrupt: delete {store} and run snakemake again to rebuild it.")
+    assert message.endswith(f"the file is corrupt: repair it with `rm -r {store}`, then run snakemake again.")
 
 
 def test_the_advice_names_the_rule_output_that_holds_the_store(tmp_path):
@@ -77,7 +77,7 @@ def test_the_advice_names_the_rule_output_that_holds_the_store(tmp_path):
     store = write_group(output / "embedding.zarr", {"embedding": np.ones((2, 3))})
     (output / ".snakemake_timestamp").touch()
     (store / "embedding" / "c/0/0").unlink()
-    with pytest.raises(StoreError, match=f"delete {output} and run snakemake again"):
+    with pytest.raises(StoreError, match=f"repair it with `rm -r {output}`, then run snakemake again"):
         open_group(store)
 
 

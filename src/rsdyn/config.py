@@ -60,9 +60,9 @@ def resolve_runs(config: dict, schema: dict | None = None, project: str | None =
 
         def validate(definition: str, values: dict, key: str) -> None:
             try:
-                validate_section(values, schema["definitions"][definition], schema)
+                validate_section(values, schema["definitions"][definition], schema, key)
             except ConfigError as err:
-                raise ConfigError(str(err).replace("Invalid config: ", f"Invalid config: {where} {key}.")) from None
+                raise ConfigError(str(err).replace("Invalid config: ", f"Invalid config: {where}: ", 1)) from None
 
         settings: dict[str, Any] = {"name": run["name"], "model": copy.deepcopy(run["model"])}
         if run.get("control"):

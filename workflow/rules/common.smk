@@ -6,12 +6,34 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from snakemake.utils import update_config
 
+from rsdyn.core.resources import set_rule_memory
 from rsdyn.core.schema import ConfigError, load_schema, typed_overrides
 from rsdyn.config import resolve_runs
 
 # `--config section="{key: value}"` changes one nested value: Snakemake reads the nested
 # values as strings, so they get their YAML types back before validation.
 update_config(config, typed_overrides(workflow.config_settings.config))
+
+
+
+def profile_mem_mb(rule):
+    """The mem_mb the profile gives ``rule`` (set-resources, else default-resources) when it
+    is a number (an expression such as ``4000 * attempt`` is known only per job: None)."""
+    settings = workflow.resource_settings
+    for resources in (settings.overwrite_resources.get(rule), settings.default_resources):
+        try:
+            value = resources.get("mem_mb") if resources is not None else None
+            if value is not None and not value.is_evaluable() and value.value is not None:
+                return int(value.value)
+        except (AttributeError, TypeError, ValueError):
+            continue
+    return None
+
+
+# The config's memory checks compare with what a job of each memory-bound rule will have:
+# the profile's mem_mb for that rule, else this machine's memory (rsdyn.core.resources).
+for _rule in ("capture_shard", "unit_stats_shard", "unit_stats_gather", "teleport_layer"):
+    set_rule_memory(_rule, profile_mem_mb(_rule))
 
 try:
     RUNS = resolve_runs(config, load_schema(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"), Path.cwd())
@@ -123,3 +145,17 @@ def all_outputs():
     if any(settings.get("control") for settings in RUNS.values()):
         outputs += [f"{RESULTS}/compare/controls.md"]
     return outputs
+
+
+# `snakemake verify --cores 1`: check every run's outputs and its converted model against
+# the checksums written with them and delete what is damaged, so that the next plain
+# `snakemake` rebuilds exactly that (rsdyn.verify; the same as `python -m rsdyn.verify`).
+rule verify:
+    params:
+        paths=lambda wildcards: [f"{RESULTS}/{run}" for run in RUNS] + [f"{RESOURCES}/models/{name}" for name in MODELS],
+        resources=RESOURCES,
+    localrule: True
+    conda:
+        "../../envs/rsdyn.yaml"
+    script:
+        "../scripts/verify.py"

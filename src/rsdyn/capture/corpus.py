@@ -9,14 +9,15 @@ every later rule reads exactly the same tokens.
 
 from __future__ import annotations
 
-import io
 import logging
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from rsdyn.capture.settings import filter_lengths, text_lines
 from rsdyn.core.store import atomic_path
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def read_lines(path: str | Path) -> list[str]:
             f"The corpus file {path} is not UTF-8 text (byte {err.start}: {err.reason}); "
             "corpus.local_candidates must name WikiText raw text files."
         ) from None
-    return [line.rstrip("\n") for line in io.StringIO(text, newline=None) if line.strip()]
+    return text_lines(text)
 
 
 def split_candidates(local_candidates: Mapping[str, Sequence[str]], split: str) -> list[str]:
@@ -107,11 +108,6 @@ def load_wikitext(
     return lines, f"{hf_dataset}/{hf_config}:{split}"
 
 
-def filter_lengths(lines: Sequence[str], min_chars: int, max_chars: int) -> list[str]:
-    """Lines strictly longer than ``min_chars`` and strictly shorter than ``max_chars``."""
-    return [line for line in lines if min_chars < len(line) < max_chars]
-
-
 def subsample(texts: Sequence[str], n_samples: int | None, seed: int, source: str = "the corpus") -> list[str]:
     """A seeded subsample of ``n_samples`` texts, kept in corpus order (all if None)."""
     if n_samples is None:
@@ -138,6 +134,30 @@ def tokenize(texts: Sequence[str], tokenizer) -> list[np.ndarray]:
     first = bos_id(tokenizer)
     encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
     return [np.asarray([first, *ids], dtype=np.int64) for ids in encoded]
+
+
+def model_context(tokenizer) -> int | None:
+    """The longest sequence the tokenizer's model takes (``max_position_embeddings`` of the
+    model folder it was loaded from), or None when that is not known."""
+    from rsdyn.models.registry import context_length
+
+    folder = getattr(tokenizer, "name_or_path", None)
+    return context_length(folder) if folder and Path(folder).is_dir() else None
+
+
+def check_context(sequences: Sequence[np.ndarray], tokenizer) -> None:
+    """CorpusError when a tokenised sequence is longer than the model's context (the config
+    refuses a corpus.max_chars that allows it whenever the context is known beforehand)."""
+    context = model_context(tokenizer)
+    if context is None:
+        return
+    lengths = np.asarray([len(sequence) for sequence in sequences])
+    too_long = int((lengths > context).sum())
+    if too_long:
+        raise CorpusError(
+            f"{too_long} sequences are longer than the {context}-token context of the model (the longest has "
+            f"{int(lengths.max())} tokens, BOS included); lower corpus.max_chars so that every kept line fits."
+        )
 
 
 def shuffle_positions(sequences: Sequence[np.ndarray], seed: int, keep_last: bool = False) -> list[np.ndarray]:
@@ -187,6 +207,7 @@ def build_corpus(settings: dict, tokenizer) -> Corpus:
         texts = [text.strip() for text in texts]
     log.info("%d lines in %s, %d pass the length filter, %d kept", len(lines), source, len(kept), len(texts))
     original = tokenize(texts, tokenizer)
+    check_context(original, tokenizer)
     shuffled = shuffle_positions(original, settings["seed"], settings.get("shuffle_keep_last", False))
     return Corpus(
         texts=texts,
@@ -212,12 +233,23 @@ def save_corpus(corpus: Corpus, path: str | Path) -> None:
 
 
 def load_corpus(path: str | Path) -> Corpus:
-    """Read a corpus written by :func:`save_corpus`."""
-    with np.load(path, allow_pickle=False) as data:
-        return Corpus(
-            texts=[str(t) for t in data["texts"]],
-            original_ids=data["original_ids"],
-            shuffled_ids=data["shuffled_ids"],
-            lengths=data["lengths"],
-            source=str(data["source"]),
-        )
+    """Read a corpus written by :func:`save_corpus`, checked against the checksum written
+    with it; CorpusError naming the file and the repair when it is damaged."""
+    from rsdyn.core.manifest import check_output, repair_advice
+
+    check_output(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return Corpus(
+                texts=[str(t) for t in data["texts"]],
+                original_ids=data["original_ids"],
+                shuffled_ids=data["shuffled_ids"],
+                lengths=data["lengths"],
+                source=str(data["source"]),
+            )
+    except (zipfile.BadZipFile, ValueError, KeyError, EOFError, OSError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise CorpusError(
+            f"{path} is damaged and cannot be read ({type(err).__name__}: {err}); {repair_advice([path])}."
+        ) from None

@@ -4,9 +4,13 @@ while Snakemake parses them, and the config before any job."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from rsdyn.core.resources import check_memory, format_bytes, memory_limit
 from rsdyn.core.schema import ConfigError
 
 SECTIONS = ("corpus", "capture")
@@ -103,17 +107,112 @@ def shard_job_settings(run_settings: Mapping, dataset: str) -> dict:
     return {**run_settings["capture"], "shards": dataset_shards(run_settings, dataset)}
 
 
-def check_config(section: str, run: Mapping[str, Any], shape) -> None:  # noqa: ARG001 - same signature for every stage
-    """Config-time checks of ``run[section]``: the corpus's length filter keeps lines, and
-    every capture (the run's corpus; the CAE's own corpus when ``cae.corpus`` is set) can
-    give each of its shard jobs at least one whole sample chunk."""
-    if section == "corpus":
-        corpus = run["corpus"]
-        if corpus["min_chars"] + 1 >= corpus["max_chars"]:
+def text_lines(text: str) -> list[str]:
+    """The non-empty lines of a WikiText raw text, without their newline."""
+    return [line.rstrip("\n") for line in io.StringIO(text, newline=None) if line.strip()]
+
+
+def filter_lengths(lines: Sequence[str], min_chars: int, max_chars: int) -> list[str]:
+    """Lines strictly longer than ``min_chars`` and strictly shorter than ``max_chars``."""
+    return [line for line in lines if min_chars < len(line) < max_chars]
+
+
+def first_local_file(corpus: Mapping[str, Any]) -> str | None:
+    """The first existing local file of the corpus settings' split, or None (the hub)."""
+    candidates = corpus.get("local_candidates") or {}
+    listed = candidates.get(corpus.get("split"), []) if isinstance(candidates, Mapping) else candidates
+    return next((str(path) for path in listed if Path(path).is_file()), None)
+
+
+@functools.lru_cache(maxsize=32)
+def _kept_lines(path: str, modified: int, min_chars: int, max_chars: int) -> int | None:  # noqa: ARG001 - modified keys the cache
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None  # the corpus job names the file and the byte
+    return len(filter_lengths(text_lines(text), min_chars, max_chars))
+
+
+def kept_lines(path: str, min_chars: int, max_chars: int) -> int | None:
+    """How many lines of the local corpus file ``path`` pass the length filter (counted
+    without tokenising), or None when the file cannot be read as UTF-8 text."""
+    return _kept_lines(str(path), Path(path).stat().st_mtime_ns, int(min_chars), int(max_chars))
+
+
+#: tokens a character can become at most (a token may be a single byte of UTF-8), and
+#: the tokens a sequence gets besides its characters (BOS, a tokenizer's space prefix)
+TOKENS_PER_CHAR, EXTRA_TOKENS = 4, 2
+
+
+def longest_sequence(max_chars: int) -> int:
+    """Tokens a kept line (shorter than ``max_chars`` characters) can have at most."""
+    return TOKENS_PER_CHAR * (max_chars - 1) + EXTRA_TOKENS
+
+
+def check_corpus(corpus: Mapping[str, Any], key: str, run: Mapping[str, Any], shape) -> None:
+    """Config-time checks of a corpus section (``key``: ``corpus`` or ``cae.corpus``): the
+    length filter keeps lines, ``n_samples`` is at most what the local file's filter keeps,
+    and no kept line can be longer than the model's context."""
+    if corpus["min_chars"] + 1 >= corpus["max_chars"]:
+        raise ConfigError(
+            f"{key}.min_chars = {corpus['min_chars']} and {key}.max_chars = {corpus['max_chars']} keep no line; "
+            "lines strictly between the two are kept, so min_chars must be at most max_chars - 2."
+        )
+    local = first_local_file(corpus)
+    if corpus["n_samples"] is not None and local is not None:
+        kept = kept_lines(local, corpus["min_chars"], corpus["max_chars"])
+        if kept is not None and corpus["n_samples"] > kept:
             raise ConfigError(
-                f"corpus.min_chars = {corpus['min_chars']} and corpus.max_chars = {corpus['max_chars']} keep no line; "
-                "lines strictly between the two are kept, so min_chars must be at most max_chars - 2."
+                f"{key}.n_samples = {corpus['n_samples']} but only {kept} lines of {local} ({corpus['split']} split) are "
+                f"strictly between {key}.min_chars = {corpus['min_chars']} and max_chars = {corpus['max_chars']} "
+                f"characters; ask for at most {kept} or set n_samples to null."
             )
+    context = getattr(shape, "context", None)
+    if context is not None and longest_sequence(corpus["max_chars"]) > context:
+        allowed = (context - EXTRA_TOKENS) // TOKENS_PER_CHAR + 1
+        raise ConfigError(
+            f"{key}.max_chars = {corpus['max_chars']} lets a kept line reach {longest_sequence(corpus['max_chars'])} tokens "
+            f"(a token may be a single byte of UTF-8), beyond the {context}-token context of {run['model']['name']}; "
+            f"use max_chars of at most {allowed}."
+        )
+
+
+#: bytes a batch needs per token and unit of the residual stream in a forward pass
+#: without gradients (hidden state, attention projections and the MLP's hidden layer,
+#: float32), and the float32 weights of a decoder per layer and unit squared
+BATCH_BYTES_PER_TOKEN_UNIT, WEIGHT_BYTES_PER_LAYER_UNIT2 = 64, 48
+
+
+def weights_bytes(shape) -> int:
+    """The float32 weights of the model's decoder layers (12 L D^2 parameters)."""
+    return WEIGHT_BYTES_PER_LAYER_UNIT2 * shape.n_layers * shape.d_model**2
+
+
+def check_capture_memory(capture: Mapping[str, Any], shape) -> None:
+    """``capture.max_batch_tokens`` against the memory of a capture_shard job: the model's
+    float32 weights plus a batch's forward pass (64 B per token and unit)."""
+    if shape.d_model is None or shape.n_layers is None:
+        return
+    weights = weights_bytes(shape)
+    per_token = BATCH_BYTES_PER_TOKEN_UNIT * shape.d_model
+    limit, _ = memory_limit("capture_shard")
+    fits = max(0, (limit - weights) // per_token)
+    check_memory(
+        "capture_shard", "capture.max_batch_tokens", capture["max_batch_tokens"], weights + capture["max_batch_tokens"] * per_token,
+        f"the float32 weights, {format_bytes(weights)}, and {capture['max_batch_tokens']} tokens x {shape.d_model} units x 64 B",
+        f"use at most {fits} tokens per batch" if fits else "the model alone does not fit: give the job more memory (mem_mb)",
+    )
+
+
+def check_config(section: str, run: Mapping[str, Any], shape) -> None:
+    """Config-time checks of ``run[section]``: every corpus (the run's, and the CAE's own
+    when ``cae.corpus`` is set) keeps lines, holds its ``n_samples`` and fits the model's
+    context (:func:`check_corpus`); every capture can give each of its shard jobs at least
+    one whole sample chunk, and a batch fits the job's memory."""
+    if section == "corpus":
+        check_corpus(run["corpus"], "corpus", run, shape)
+        if run["cae"].get("corpus") is not None:
+            check_corpus(run["cae"]["corpus"], "cae.corpus", run, shape)
     if section == "capture":
         cae_corpus = run["cae"].get("corpus")
         captures = [("capture.shards", run["corpus"]["n_samples"], run["capture"]["shards"])]
@@ -125,3 +224,4 @@ def check_config(section: str, run: Mapping[str, Any], shape) -> None:  # noqa: 
                     check_shards(n_samples, shards, run["capture"]["sample_chunk"], key)
                 except CaptureError as err:
                     raise ConfigError(str(err)) from None
+        check_capture_memory(run["capture"], shape)

@@ -19,6 +19,7 @@ from typing import TextIO
 
 from tqdm.auto import tqdm
 
+from rsdyn.core.manifest import check_output
 from rsdyn.core.store import describe_read_failure, raise_on_sigterm
 
 #: seconds between two progress lines on the terminal (RSDYN_PROGRESS_SECONDS overrides)
@@ -75,7 +76,8 @@ def setup_job(log_path: str | None, name: str = "rsdyn") -> logging.Logger:
     """Send logging, warnings and stderr (tqdm bars) to ``log_path``; make SIGTERM clean up;
     keep the terminal for :func:`progress` lines and the one-line cause of a failure; read
     stdin from /dev/null, so that no library can stop a job with a question (such as
-    transformers' "Do you wish to run the custom code? [y/N]").
+    transformers' "Do you wish to run the custom code? [y/N]"); check the job's inputs
+    against their checksums (:func:`check_inputs`).
 
     Returns the logger to use in the script.
     """
@@ -96,7 +98,28 @@ def setup_job(log_path: str | None, name: str = "rsdyn") -> logging.Logger:
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     logging.captureWarnings(True)
+    check_inputs()
     return logging.getLogger(name)
+
+
+def job_inputs() -> list[str]:
+    """The input files of the Snakemake job running this script (its ``snakemake`` object
+    lives in the script's module), or [] outside a Snakemake script."""
+    job = getattr(sys.modules.get("__main__"), "snakemake", None)
+    inputs = getattr(job, "input", None)
+    if inputs is None:
+        return []
+    return [str(path) for path in inputs]
+
+
+def check_inputs(paths: list[str] | None = None) -> None:
+    """Check every input of the job (``paths``, default :func:`job_inputs`) against the
+    checksums written when it was created (:func:`rsdyn.core.manifest.check_output`), before
+    the job reads anything: a damaged input fails the job at once, naming the file and the
+    command that repairs it."""
+    for path in job_inputs() if paths is None else paths:
+        if Path(path).exists():
+            check_output(path)
 
 
 class _JobProgress(tqdm):
@@ -132,6 +155,6 @@ def progress(iterable=None, **kwargs):
     """``tqdm(iterable, **kwargs)`` whose bar goes to the job's log; inside a job started by
     :func:`setup_job` it also prints a progress line on the terminal about every
     ``PROGRESS_INTERVAL_S`` seconds (outside a job it is a plain tqdm bar)."""
-    if terminal() is None:
+    if terminal() is None or kwargs.get("disable"):
         return tqdm(iterable, **kwargs)
     return _JobProgress(iterable, **kwargs)

@@ -20,7 +20,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
+
+from rsdyn.core.jobs import progress
 
 SOLVERS = ("auto", "full", "gram", "randomized")
 
@@ -75,7 +76,7 @@ def _check_matrix(X: np.ndarray, n_components: int) -> None:
 def _centred_chunks(X: np.ndarray, mean: np.ndarray, desc: str):
     """Float64 row blocks of ``X - mean`` (keeps memory at one block above the input)."""
     starts = range(0, X.shape[0], _ROW_CHUNK)
-    for start in tqdm(starts, desc=desc, leave=False, disable=len(starts) < 4):
+    for start in progress(starts, desc=desc, unit="block", leave=False, disable=len(starts) < 4):
         yield start, X[start : start + _ROW_CHUNK].astype(np.float64) - mean
 
 
@@ -174,7 +175,7 @@ def _sample_blocks(states, desc: str):
     """Sample blocks (b, 2L, D) of an (N, 2L, D) array or zarr array in its own dtype, read in turn."""
     step = _sample_step(states)
     starts = range(0, states.shape[0], step)
-    for start in tqdm(starts, desc=desc, leave=False, disable=len(starts) < 4):
+    for start in progress(starts, desc=desc, unit="block", leave=False, disable=len(starts) < 4):
         block = np.asarray(states[start : start + step])
         if not np.isfinite(block).all():
             raise ValueError("PCA input contains NaN or infinite values; the capture must be finite.")

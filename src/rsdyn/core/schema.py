@@ -59,8 +59,10 @@ def _filling_validator(schema: dict):
 _BOUNDS = {"minimum": "at least", "exclusiveMinimum": "above", "maximum": "at most", "exclusiveMaximum": "below"}
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
-    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".") or "(top level)"
+def _describe(error: jsonschema.ValidationError, prefix: str = "") -> str:
+    """One sentence for ``error``; ``prefix``: the dotted key of the validated instance
+    within the config (``teleport``, ``cae.corpus``), empty for the whole config."""
+    key = (prefix + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)).lstrip(".") or "(top level)"
     value = error.instance
     if error.validator == "enum":
         allowed = ", ".join(repr(v) for v in error.validator_value)
@@ -85,16 +87,17 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"Invalid config: {key}: {error.message}."
 
 
-def validate_section(instance: Any, schema: dict, root: dict) -> None:
+def validate_section(instance: Any, schema: dict, root: dict, key: str = "") -> None:
     """Validate ``instance`` against ``schema`` (a section's definition, resolved within
-    ``root``), filling its defaults in place; ConfigError naming the first bad key."""
+    ``root``), filling its defaults in place; ConfigError naming the first bad key
+    (``key``: the instance's dotted key in the config, such as ``teleport``)."""
     full = dict(schema)
     if "definitions" not in full:
         full["definitions"] = root.get("definitions", {})
     validator = _filling_validator(full)
     errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
     if errors:
-        raise ConfigError(_describe(errors[0]))
+        raise ConfigError(_describe(errors[0], key))
 
 
 def deep_merge(base: Mapping, override: Mapping) -> dict:

@@ -6,12 +6,16 @@ only when complete, so a killed job never leaves a store that looks finished.
 Every chunk of every array is written (also one that equals the fill value), and float
 arrays have a NaN fill value: a chunk deleted later is reported by :func:`open_group`
 (naming the array and chunk), and reads as NaN, never as plausible zeros, anywhere else.
-A chunk that cannot be decoded is named by :func:`corrupt_chunks`.
+Every chunk carries a CRC-32C (zarr v3's ``crc32c`` codec): a chunk changed after it was
+written fails to decode, and :func:`corrupt_chunks` names it. Every output also gets a
+manifest (:mod:`rsdyn.core.manifest`) with the checksums of its other files (metadata,
+tables, weights), checked by :func:`open_group` and by every job for its inputs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -20,8 +24,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+from rsdyn.core.manifest import check_output, needs_manifest, repair_advice, write_manifest
 
 
 def _remove(path: Path) -> None:
@@ -35,6 +43,12 @@ def _temp_sibling(final: Path) -> Path:
     return final.with_name(f".tmp-{os.getpid()}-{final.name}")
 
 
+def _inside_temporary(final: Path) -> bool:
+    """Whether ``final`` lies inside the temporary of an enclosing atomic write (whose
+    manifest covers it)."""
+    return any(part.startswith(".tmp-") for part in final.parent.parts)
+
+
 def remove_stale_temporaries(final: Path) -> None:
     """Delete temporaries left next to ``final`` by an earlier, killed job."""
     for stale in final.parent.glob(f".tmp-*-{final.name}"):
@@ -46,7 +60,9 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write to; rename it to ``final`` only on success.
 
     On any exception (including SIGTERM, see :func:`raise_on_sigterm`) the temporary
-    is deleted and ``final`` is left absent, never half-written.
+    is deleted and ``final`` is left absent, never half-written. On success, an output
+    that :func:`rsdyn.core.manifest.needs_manifest` gets its manifest (checksums) beside
+    it, unless it lies inside an enclosing atomic write, whose manifest covers it.
     """
     final = Path(final)
     if final.name in ("", ".", ".."):  # the config refuses such names; never replace a parent folder
@@ -56,6 +72,8 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     temp = _temp_sibling(final)
     try:
         yield temp
+        if needs_manifest(temp) and not _inside_temporary(final):
+            write_manifest(temp, final)
     except BaseException:
         _remove(temp)
         raise
@@ -86,12 +104,16 @@ def fill_value(dtype: np.dtype) -> Any:
 #: fill value, so that a missing chunk always means a deleted one
 ARRAY_CONFIG = {"write_empty_chunks": True}
 
+#: the bytes-to-bytes codecs of every array rsdyn writes: zarr's default compressor, then a
+#: CRC-32C of the compressed chunk, checked whenever the chunk is decoded or linked
+CHUNK_CODECS = (ZstdCodec(level=0, checksum=False), Crc32cCodec())
+
 
 def create_array(group: zarr.Group, name: str, *, data: Any = None, shape=None, dtype=None, chunks="auto") -> zarr.Array:
     """``group.create_array`` with rsdyn's fill value and chunk options (see the module
     docstring); give ``data``, or ``shape`` and ``dtype`` for an array filled later."""
     dtype = np.asarray(data).dtype if data is not None else np.dtype(dtype)
-    options = {"chunks": chunks, "fill_value": fill_value(dtype), "config": ARRAY_CONFIG}
+    options = {"chunks": chunks, "fill_value": fill_value(dtype), "config": ARRAY_CONFIG, "compressors": CHUNK_CODECS}
     if data is not None:
         return group.create_array(name, data=np.asarray(data), **options)
     return group.create_array(name, shape=shape, dtype=dtype, **options)
@@ -132,31 +154,41 @@ OPENED: list[Path] = []
 
 
 def open_group(path: str | os.PathLike, check: bool = True) -> zarr.Group:
-    """Open an existing zarr group read-only; clear error when it is missing and, with
-    ``check``, when a chunk of any of its arrays is missing (:func:`check_chunks`)."""
+    """Open an existing zarr group read-only; clear error when it is missing, when a file
+    differs from its manifest (:func:`rsdyn.core.manifest.check_output`), when a metadata
+    file cannot be read and, with ``check``, when a chunk of any of its arrays is missing
+    (:func:`check_chunks`)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"No zarr store at {path}: run the rule that produces it first.")
-    group = zarr.open_group(str(path), mode="r")
+    check_output(path)
     if path not in OPENED:
         OPENED.append(path)
-    if check:
-        check_chunks(path, group)
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        if check:
+            check_chunks(path, group)
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        described = describe_metadata_failure([path])
+        if described:
+            raise StoreError(described) from err
+        raise
     return group
 
 
-def _arrays(group: zarr.Group, prefix: str = "") -> Iterator[tuple[str, zarr.Array]]:
+def arrays_of(group: zarr.Group, prefix: str = "") -> Iterator[tuple[str, zarr.Array]]:
     """``(name, array)`` of every array of ``group``, recursively (names joined with /)."""
     with ignoring_snakemake_marker():
         members = list(group.members())
     for name, member in members:
         if isinstance(member, zarr.Group):
-            yield from _arrays(member, f"{prefix}{name}/")
+            yield from arrays_of(member, f"{prefix}{name}/")
         else:
             yield f"{prefix}{name}", member
 
 
-def _chunk_keys(array: zarr.Array) -> Iterator[tuple[tuple[int, ...], str]]:
+def chunk_keys(array: zarr.Array) -> Iterator[tuple[tuple[int, ...], str]]:
+    """``(chunk coordinates, chunk key)`` of every chunk of ``array``."""
     encode = array.metadata.chunk_key_encoding.encode_chunk_key
     for coords in np.ndindex(*array.cdata_shape):
         yield coords, encode(coords)
@@ -167,27 +199,17 @@ def missing_chunks(path: str | os.PathLike, array: zarr.Array) -> list[str]:
     root = Path(path) / array.path if array.path else Path(path)
     if array.nchunks_initialized == array.nchunks:
         return []
-    return [key for _, key in _chunk_keys(array) if not (root / key).is_file()]
-
-
-def rule_output(path: str | os.PathLike) -> Path:
-    """The workflow output that holds ``path``: its nearest folder (itself included) that
-    Snakemake marked as a directory() output, else ``path`` itself."""
-    path = Path(path)
-    for folder in (path, *path.parents):
-        if (folder / ".snakemake_timestamp").exists():
-            return folder
-    return path
+    return [key for _, key in chunk_keys(array) if not (root / key).is_file()]
 
 
 def _rebuild_advice(path: str | os.PathLike) -> str:
-    return f"delete {rule_output(path)} and run snakemake again to rebuild it"
+    return repair_advice([path])
 
 
 def check_chunks(path: str | os.PathLike, group: zarr.Group | None = None) -> None:
     """Raise StoreError naming the array and chunk when any chunk of the store is missing."""
     group = group if group is not None else zarr.open_group(str(path), mode="r")
-    for name, array in _arrays(group):
+    for name, array in arrays_of(group):
         missing = missing_chunks(path, array)
         if missing:
             raise StoreError(
@@ -215,18 +237,41 @@ def require_finite(values: np.ndarray, path: str | os.PathLike, array: zarr.Arra
     )
 
 
-def corrupt_chunks(path: str | os.PathLike, limit: int = 1) -> list[tuple[str, str, str]]:
+def has_checksums(array: zarr.Array) -> bool:
+    """Whether the chunks of ``array`` end with a CRC-32C (the ``crc32c`` codec last)."""
+    codecs = array.metadata.codecs
+    return bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
+
+
+def chunk_checksum_ok(chunk_file: str | os.PathLike) -> bool:
+    """Whether a chunk file written with the ``crc32c`` codec last still holds the bytes it
+    was written with (its last 4 bytes are the CRC-32C of the others), without decoding."""
+    data = Path(chunk_file).read_bytes()
+    return len(data) >= 4 and int.from_bytes(data[-4:], "little") == google_crc32c.value(data[:-4])
+
+
+def corrupt_chunks(path: str | os.PathLike, limit: int | None = 1) -> list[tuple[str, str, str]]:
     """``(array, chunk key, error)`` of up to ``limit`` chunks of the store that cannot be
-    read back (truncated or overwritten files); reads every chunk, one at a time."""
+    read back (truncated or overwritten files): a chunk with a CRC-32C is checked against
+    it without decoding, any other is decoded; one chunk at a time."""
     found = []
-    for name, array in _arrays(zarr.open_group(str(path), mode="r")):
-        for coords, key in _chunk_keys(array):
-            try:
-                array.get_block_selection(coords)
-            except Exception as err:  # noqa: BLE001 - any codec error means the chunk is damaged
-                found.append((name, key, f"{type(err).__name__}: {err}"))
-                if len(found) >= limit:
-                    return found
+    for name, array in arrays_of(zarr.open_group(str(path), mode="r")):
+        folder = Path(path) / array.path
+        for coords, key in chunk_keys(array):
+            if has_checksums(array):
+                chunk_file = folder / key
+                if not chunk_file.is_file() or chunk_checksum_ok(chunk_file):
+                    continue  # a missing chunk is check_chunks' to name
+                cause = "its CRC-32C checksum does not match its bytes"
+            else:
+                try:
+                    array.get_block_selection(coords)
+                    continue
+                except Exception as err:  # noqa: BLE001 - any codec error means the chunk is damaged
+                    cause = f"{type(err).__name__}: {err}"
+            found.append((name, key, cause))
+            if limit is not None and len(found) >= limit:
+                return found
     return found
 
 
@@ -238,18 +283,44 @@ def is_read_failure(error: BaseException) -> bool:
     return any(part in frame.filename for frame in frames for part in ("zarr/codecs", "codec_pipeline", "numcodecs"))
 
 
+def chunk_damage_message(path: str | os.PathLike, name: str, key: str, cause: str) -> str:
+    """The sentence for a chunk of array ``name`` of the store at ``path`` that cannot be read."""
+    chunk_file = Path(path) / name / key
+    return f"{path}: chunk {key} of array '{name}' cannot be read ({cause}); the file is corrupt: {_rebuild_advice(chunk_file)}."
+
+
+def unreadable_metadata(path: str | os.PathLike) -> list[tuple[Path, str]]:
+    """``(zarr.json file, cause)`` of every metadata file of the store that is not valid JSON."""
+    found = []
+    for meta in sorted(Path(path).rglob("zarr.json")):
+        try:
+            json.loads(meta.read_text())
+        except (OSError, ValueError) as err:
+            found.append((meta, f"{type(err).__name__}: {err}"))
+    return found
+
+
+def describe_metadata_failure(paths: list[Path] | None = None) -> str | None:
+    """One sentence naming the first metadata file (``zarr.json``) of the stores ``paths``
+    (default: every store opened by this process) that cannot be read, or None."""
+    for path in paths if paths is not None else OPENED:
+        for meta, cause in unreadable_metadata(path):
+            return f"{meta} is damaged ({cause}): the store's metadata cannot be read; {_rebuild_advice(path)}."
+    return None
+
+
 def describe_read_failure(error: BaseException, paths: list[Path] | None = None) -> str | None:
-    """One sentence naming the store, array and chunk behind a chunk that failed to decode
-    (among ``paths``, default every store opened by this process), or None when
-    ``error`` is not such a failure or no damaged chunk is found."""
+    """One sentence naming the store, array and chunk behind a chunk that failed to decode,
+    or the metadata file that cannot be parsed (among ``paths``, default every store
+    opened by this process), or None when ``error`` is not such a failure or no damaged
+    file is found."""
+    if isinstance(error, json.JSONDecodeError):
+        return describe_metadata_failure(paths)
     if not is_read_failure(error):
         return None
     for path in paths if paths is not None else OPENED:
         for name, key, cause in corrupt_chunks(path):
-            return (
-                f"{path}: chunk {key} of array '{name}' cannot be read ({cause}); the file is corrupt: "
-                f"{_rebuild_advice(path)}."
-            )
+            return chunk_damage_message(path, name, key, cause)
     return None
 
 
@@ -314,8 +385,9 @@ def link_chunks(source: zarr.Array, target: zarr.Array, chunk_offset: tuple[int,
     """Place every stored chunk of ``source`` into ``target`` at chunk-grid position
     ``chunk_offset + its own``, by hard-linking the chunk file (copying it where the file
     system has no hard links). The encoded bytes move unchanged: nothing is decoded or
-    recompressed, so the cost is one link per chunk, whatever the data size, and the
-    target holds exactly the bytes the source held. Both arrays must have the same chunk
+    recompressed, so the cost is one link (and one checksum of a chunk that has one: a
+    damaged file is never linked) per chunk, and the target holds exactly the bytes the
+    source held. Both arrays must have the same chunk
     shape, data type, fill value and codecs. Returns the number of chunks placed."""
     same = (
         source.chunks == target.chunks
@@ -329,6 +401,7 @@ def link_chunks(source: zarr.Array, target: zarr.Array, chunk_offset: tuple[int,
     if any(offset + size > total for offset, size, total in zip(chunk_offset, grid, target.cdata_shape)):
         raise ValueError(f"{source.name} (chunk grid {grid}) at offset {chunk_offset} does not fit {target.name} (chunk grid {target.cdata_shape}).")
     source_dir, target_dir = _array_dir(source), _array_dir(target)
+    checked = has_checksums(source)
     encode_source = source.metadata.chunk_key_encoding.encode_chunk_key
     encode_target = target.metadata.chunk_key_encoding.encode_chunk_key
     placed = 0
@@ -336,6 +409,11 @@ def link_chunks(source: zarr.Array, target: zarr.Array, chunk_offset: tuple[int,
         chunk_file = source_dir / encode_source(coords)
         if not chunk_file.is_file():  # never written, or equal to the fill value: absent in both
             continue
+        if checked and not chunk_checksum_ok(chunk_file):  # never link a damaged file into another store
+            raise StoreError(
+                f"{chunk_file} is damaged (its CRC-32C checksum does not match its bytes), so it cannot be linked "
+                f"into {target_dir}; {_rebuild_advice(chunk_file)}."
+            )
         destination = target_dir / encode_target(tuple(o + c for o, c in zip(chunk_offset, coords)))
         destination.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -43,8 +43,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
+from rsdyn.core.jobs import progress
 from rsdyn.core.linalg import choose_solver, fit_pca_streamed, sublayer_groups
 from rsdyn.geometry.sublayer_pca import (
     components_for_fraction,
@@ -126,7 +126,7 @@ def sublayer_pass(
         out["ev_per_sublayer_bootstrap"] = np.zeros((n_resamples, n_sublayers))
         out["n_components_90_bootstrap"] = np.zeros((n_resamples, n_sublayers), dtype=np.int32)
         within_spectra = np.zeros((n_resamples, len(resampled), min(n_samples, d_model)))
-    progress = tqdm(total=n_sublayers, desc="pca per sublayer", leave=False)
+    bar = progress(total=n_sublayers, desc="pca per sublayer", unit="sublayer", leave=False)
     for start, group in sublayer_groups(states):
         for offset in range(group.shape[1]):
             s = start + offset
@@ -141,7 +141,7 @@ def sublayer_pass(
             out["ev_per_sublayer_curve"][s] = _pooled_curve(squared_scores.sum(axis=0), pooled_ss.sum(), own_ss.sum())
             out["spectrum_within"][s] = own_spectrum(block)
             if counts is None:
-                progress.update(1)
+                bar.update(1)
                 continue
             resampled_mean = weights @ own / n_samples  # (B, D), offset of each resample's mean
             resampled_own = weights @ own_ss - n_samples * np.einsum("bd,bd->b", resampled_mean, resampled_mean)
@@ -150,8 +150,8 @@ def sublayer_pass(
             out["n_components_90_bootstrap"][:, s] = components_needed(curve, threshold)
             if s in resampled:
                 within_spectra[:, resampled.index(s)] = resampled_spectra(block, counts if within_counts is None else within_counts)
-            progress.update(1)
-    progress.close()
+            bar.update(1)
+    bar.close()
     spectrum = out["spectrum_within"]
     out["participation_ratio"] = participation_ratio(spectrum)
     out["components_for_90_within"] = components_for_fraction(spectrum, threshold)

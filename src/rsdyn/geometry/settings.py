@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from rsdyn.core.resources import check_memory, format_bytes, memory_limit
 from rsdyn.core.schema import ConfigError
 
 SECTIONS = ("pca", "teleport")
@@ -39,6 +40,28 @@ def check_layers(layers: Sequence[int], n_layers: int, model_name: str = "the mo
     return [int(layer) for layer in layers]
 
 
+#: bytes per teleported point and unit: its residual (float64), its states at every
+#: sublayer (float32) and a forward pass's working set (20 float32 per unit)
+POINT_BYTES_PER_UNIT_EXTRA = 8 + 4 * 20
+
+
+def check_grid_memory(teleport: Mapping[str, Any], n_layers: int, d_model: int) -> None:
+    """``teleport.grid_n`` against the memory of a ``teleport_layer`` job: every grid point
+    and sample-control state goes through the model in one batch (about D x (4 B x 2L + 88 B)
+    per point) besides the float32 weights (48 B x L x D^2)."""
+    per_point = d_model * (4 * 2 * n_layers + POINT_BYTES_PER_UNIT_EXTRA)
+    weights = 48 * n_layers * d_model**2
+    grid_n, control = teleport["grid_n"], teleport["sample_control"]
+    limit, _ = memory_limit("teleport_layer")
+    points = max(0, (limit - weights) // per_point - control)
+    check_memory(
+        "teleport_layer", "teleport.grid_n", grid_n, weights + (grid_n**2 + control) * per_point,
+        f"{grid_n}^2 grid points and {control} sample states teleported in one batch, besides "
+        f"{format_bytes(weights)} of float32 weights",
+        f"use a grid_n of at most {int(points ** 0.5)}" if points >= 4 else "the model alone does not fit: give the job more memory (mem_mb)",
+    )
+
+
 def check_config(section: str, run: Mapping[str, Any], shape) -> None:
     """Config-time checks of ``run[section]`` (``shape``: the model's ``ModelShape``)."""
     model_name = run["model"]["name"]
@@ -52,6 +75,8 @@ def check_config(section: str, run: Mapping[str, Any], shape) -> None:
                 check_layers(teleport["layers"], shape.n_layers, model_name)
             except TeleportError as err:
                 raise ConfigError(str(err)) from None
+        if shape.n_layers is not None and shape.d_model is not None:
+            check_grid_memory(teleport, shape.n_layers, shape.d_model)
     if section == "pca" and shape.d_model is not None:
         n_samples, n_layers, d_model = run["corpus"]["n_samples"], shape.n_layers, shape.d_model
         rows = None if n_samples is None or n_layers is None else n_samples * 2 * n_layers

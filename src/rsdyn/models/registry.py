@@ -19,6 +19,7 @@ class PyPIGGUF:
     n_layers: int
     d_model: int
     family: str
+    context: int | None = None  # max_position_embeddings: the longest sequence the model takes
     description: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -32,6 +33,7 @@ PYPI_GGUF_MODELS: dict[str, PyPIGGUF] = {
         n_layers=30,
         d_model=576,
         family="llama",
+        context=8192,
         description="SmolLM2-135M-Instruct, Q4_1 GGUF, Llama architecture",
     ),
     "gemma3-270m": PyPIGGUF(
@@ -47,6 +49,7 @@ PYPI_GGUF_MODELS: dict[str, PyPIGGUF] = {
         n_layers=18,
         d_model=640,
         family="gemma3_text",
+        context=32768,
         description="Gemma 3 270M, Q4_K_M GGUF in four part packages",
     ),
 }
@@ -102,6 +105,12 @@ def custom_code_files(model_dir: str | Path) -> list[str]:
         if isinstance(content, dict) and (content.get("auto_map") or content.get("text_config", {}).get("auto_map")):
             found.append(name)
     return found
+
+
+def context_length(model_dir: str | Path) -> int | None:
+    """The longest sequence (``max_position_embeddings``) from a model directory's
+    ``config.json`` (None if absent)."""
+    return _config_value(model_dir, "max_position_embeddings")
 
 
 def local_model_problem(path: str | Path) -> str | None:

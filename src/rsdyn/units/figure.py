@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 
 from rsdyn.core.figures import claims_of_figure, mark_claims, save_figure
 from rsdyn.core.store import open_group, read_group
+from rsdyn.units.layer_stats import read_layer_stats
 
 CONDITION_STYLE = {"original": "-", "shuffled": "--"}
 TYPE_COLOR = {"within": "tab:blue", "cross": "tab:orange"}
@@ -265,7 +266,10 @@ def _draw_fig1(unit_stats: Mapping, layer_table: pd.DataFrame, title: str) -> Fi
 def save_fig1(unit_stats_path, layer_stats_path, pdf_path, png_path, dpi: int = 150, model: str = "", summary_path=None) -> None:
     """Rule ``fig1``: Fig. 1 of ``unit_stats.zarr`` and ``layer_stats.csv`` -> PDF and PNG
     (titled with the store's model name, else ``model``)."""
+    stats = read_group(unit_stats_path)
     name = open_group(unit_stats_path).attrs.get("model_name", model)
-    figure = make_fig1(read_group(unit_stats_path), pd.read_csv(layer_stats_path), title=f"Fig. 1 - {name}")
+    n_sublayers = stats["original"]["corr_consecutive"].shape[0] + 1
+    table = read_layer_stats(layer_stats_path, n_sublayers)
+    figure = make_fig1(stats, table, title=f"Fig. 1 - {name}")
     mark_claims(figure, claims_of_figure(summary_path, 1))
     save_figure(figure, [pdf_path, png_path], dpi=dpi)

@@ -178,3 +178,45 @@ def layer_stats(store_path: str | Path, density_threshold: float) -> pd.DataFram
             sums.add(block, start)
         rows += rows_from_sums(sums, condition, names, density_threshold)
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def read_layer_stats(path: str | Path, n_sublayers: int | None = None, conditions=CONDITIONS) -> pd.DataFrame:
+    """``layer_stats.csv`` as written by :func:`rsdyn.units.run.run_layer_stats`, checked:
+    its checksum and row count against its manifest, its columns, and, for each of
+    ``conditions``, every sublayer 0..S-1 and transition 0..S-2 (S = ``n_sublayers`` when
+    given, else the file's own); UnitStatsInputError naming the file and the repair."""
+    from rsdyn.core.manifest import check_output, expected_rows, repair_advice
+
+    path = Path(path)
+    check_output(path)
+    advice = repair_advice([path])
+    try:
+        table = pd.read_csv(path)
+    except (ValueError, OSError, UnicodeDecodeError) as err:  # pandas' parser and empty-data errors are ValueErrors
+        raise UnitStatsInputError(f"{path} cannot be read as a table ({type(err).__name__}: {err}); {advice}.") from None
+    missing = [column for column in COLUMNS if column not in table.columns]
+    if missing:
+        raise UnitStatsInputError(f"{path} lacks the column(s) {', '.join(missing)}; {advice}.")
+    written = expected_rows(path)
+    if written is not None and written != len(table):
+        raise UnitStatsInputError(f"{path} has {len(table)} rows where {written} were written; {advice}.")
+    required = {"sublayer": ["index", "norm_mean", "density"], "transition": ["index", "cosine_mean", "velocity_mean"]}
+    for kind, columns in required.items():
+        lacking = table[(table["kind"] == kind) & table[columns].isna().any(axis=1)]
+        if not lacking.empty:
+            raise UnitStatsInputError(
+                f"{path} is incomplete: row {int(lacking.index[0]) + 2} lacks its {kind} values; {advice}."
+            )
+    for condition in conditions:
+        rows = table[table["condition"] == condition]
+        sublayers = sorted(rows.loc[rows["kind"] == "sublayer", "index"].astype(int))
+        transitions = sorted(rows.loc[rows["kind"] == "transition", "index"].astype(int))
+        if rows.empty:
+            raise UnitStatsInputError(f"{path} is incomplete: it has no rows of condition '{condition}'; {advice}.")
+        count = n_sublayers if n_sublayers is not None else max(sublayers, default=0) + 1
+        if sublayers != list(range(count)) or transitions != list(range(count - 1)):
+            raise UnitStatsInputError(
+                f"{path} is incomplete: condition '{condition}' has {len(sublayers)} sublayer and {len(transitions)} "
+                f"transition rows where {count} and {count - 1} are expected; {advice}."
+            )
+    return table
