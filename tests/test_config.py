@@ -64,7 +64,7 @@ def test_paper_random_config_is_the_paper_at_llama_8b_shape_with_random_weights(
         for key in set(paper[section]) | set(settings[section])
         if paper[section].get(key) != settings[section].get(key)
     }
-    assert differences == {("capture", "shards"), ("cae", "capture_shards"), ("unit_stats", "device")}
+    assert differences == {("capture", "shards"), ("capture", "device"), ("teleport", "device"), ("cae", "capture_shards"), ("unit_stats", "device")}
 
 
 def test_paper_random_config_plans(tmp_path):

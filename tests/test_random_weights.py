@@ -222,6 +222,7 @@ def test_the_config_knows_the_shape_of_a_random_model_without_loading_it():
     architecture = str(REPO / "config" / "architectures" / "llama-3.1-8b.json")
     config = smoke(weights="random", architecture=architecture)
     config["teleport"]["layers"] = [0, 31]
+    config["capture"]["device"] = config["teleport"]["device"] = "cuda"  # 8B-shaped: a GPU's memory, not this machine's
     model = resolve_runs(config)["smoke"]["model"]
     assert model["name"] == "smollm2-135m-llama-3.1-8b-random-s0"
     assert known_n_layers(model) == 32 and known_d_model(model) == 4096

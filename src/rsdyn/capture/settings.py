@@ -190,9 +190,11 @@ def weights_bytes(shape) -> int:
 
 def check_capture_memory(capture: Mapping[str, Any], shape) -> None:
     """``capture.max_batch_tokens`` against the memory of a capture_shard job: the model's
-    float32 weights plus a batch's forward pass (64 B per token and unit)."""
-    if shape.d_model is None or shape.n_layers is None:
-        return
+    float32 weights plus a batch's forward pass (64 B per token and unit). Not with
+    ``capture.device: cuda``: the job's memory is then the GPU's (``auto`` means this
+    machine's device, so it is checked here)."""
+    if shape.d_model is None or shape.n_layers is None or capture.get("device") == "cuda":
+        return  # on a GPU the batches and weights live in device memory, which the config cannot see
     weights = weights_bytes(shape)
     per_token = BATCH_BYTES_PER_TOKEN_UNIT * shape.d_model
     limit, _ = memory_limit("capture_shard")

@@ -76,7 +76,8 @@ def check_config(section: str, run: Mapping[str, Any], shape) -> None:
             except TeleportError as err:
                 raise ConfigError(str(err)) from None
         if shape.n_layers is not None and shape.d_model is not None:
-            check_grid_memory(teleport, shape.n_layers, shape.d_model)
+            if teleport.get("device") != "cuda":  # on a GPU the batch lives in device memory
+                check_grid_memory(teleport, shape.n_layers, shape.d_model)
     if section == "pca" and shape.d_model is not None:
         n_samples, n_layers, d_model = run["corpus"]["n_samples"], shape.n_layers, shape.d_model
         rows = None if n_samples is None or n_layers is None else n_samples * 2 * n_layers
