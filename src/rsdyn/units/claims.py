@@ -52,6 +52,7 @@ import numpy as np
 
 from rsdyn.core.claims import Estimate
 from rsdyn.core.resampling import cluster_weights, sequence_weights
+from rsdyn.units.resample import weighted_moments
 from rsdyn.units.rotations import phase_portrait, rotation_number
 
 #: transitions resting on fewer distinct states than this are left out of depth statistics
@@ -135,25 +136,6 @@ class _Accumulator:
         self.spiral_out = np.zeros(n_weights)
 
 
-def _weighted_block_moments(block: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Weighted means (B, S, U), variances (B, S, U) and Pearson r of consecutive sublayers
-    (B, S - 1, U) of ``block`` (N, S, U) under count weights (B, N)."""
-    n_samples, n_sublayers, n_units = block.shape
-    total = weights.sum(axis=1)[:, None]
-    shift = block.mean(axis=0)
-    centred = block - shift
-    flat = centred.reshape(n_samples, -1)
-    mean = (weights @ flat / total).reshape(-1, n_sublayers, n_units)
-    square = (weights @ (flat * flat) / total).reshape(-1, n_sublayers, n_units)
-    cross = (weights @ (centred[:, :-1] * centred[:, 1:]).reshape(n_samples, -1) / total).reshape(-1, n_sublayers - 1, n_units)
-    variance = np.maximum(square - mean * mean, 0.0)
-    covariance = cross - mean[:, :-1] * mean[:, 1:]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = np.clip(covariance / np.sqrt(variance[:, :-1] * variance[:, 1:]), -1.0, 1.0)
-    r[(variance[:, :-1] == 0) | (variance[:, 1:] == 0)] = np.nan
-    return mean + shift, variance, r
-
-
 class UnitsClaims:
     """The units stage's judged statistics of one capture (module docstring).
 
@@ -230,7 +212,7 @@ class UnitsClaims:
         for start in range(0, self.n_units, self.unit_chunk):
             block = np.asarray(self.array[:, :, start : start + self.unit_chunk], dtype=np.float64)
             stop = start + block.shape[2]
-            mean, variance, r = _weighted_block_moments(block, weights)
+            mean, variance, r = weighted_moments(block, weights)
             self._add_correlations(acc, r, start, stop)
             acc.square_mean += (mean * mean + variance).sum(axis=2)
             means.append(mean.astype(np.float32))
@@ -254,7 +236,7 @@ class UnitsClaims:
         medians = [np.empty((len(weights), self.n_units)) for _ in range(2)]
         for start in range(0, self.n_units, self.unit_chunk):
             block = np.asarray(self.array[:, :3, start : start + self.unit_chunk], dtype=np.float64)
-            r = _weighted_block_moments(block, weights)[2]
+            r = weighted_moments(block, weights)[2]
             for t in (0, 1):
                 medians[t][:, start : start + block.shape[2]] = r[:, t]
         return np.minimum(*(fast_nanmedian(m, axis=1) for m in medians))

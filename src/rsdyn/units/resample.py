@@ -34,16 +34,15 @@ def count_weights(indices: np.ndarray, n: int) -> np.ndarray:
     return weights
 
 
-def weighted_corr_consecutive(block: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Pearson r between consecutive sublayers under each weighting of the samples.
-
-    ``block`` (N, S, U) float64, ``weights`` (B, N) counts -> (B, S - 1, U); NaN where a
-    unit has zero weighted variance at either sublayer. With integer counts this is r of
-    the resampled sequences.
-    """
+def weighted_moments(block: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted means (B, S, U), variances (B, S, U) and Pearson r between consecutive
+    sublayers (B, S - 1, U) of ``block`` (N, S, U) float64 under count weights (B, N); r is
+    NaN where a unit has zero weighted variance at either sublayer. With integer counts
+    these are the moments of the resampled sequences."""
     n_samples, n_sublayers, n_units = block.shape
     total = weights.sum(axis=1)[:, None]
-    centred = block - block.mean(axis=0)  # exact shift: keeps the moments well conditioned
+    shift = block.mean(axis=0)
+    centred = block - shift  # an exact shift: keeps the moments well conditioned
     flat = centred.reshape(n_samples, -1)
     mean = (weights @ flat / total).reshape(-1, n_sublayers, n_units)
     square = (weights @ (flat * flat) / total).reshape(-1, n_sublayers, n_units)
@@ -53,7 +52,13 @@ def weighted_corr_consecutive(block: np.ndarray, weights: np.ndarray) -> np.ndar
     with np.errstate(invalid="ignore", divide="ignore"):
         r = covariance / np.sqrt(variance[:, :-1] * variance[:, 1:])
     constant = (variance[:, :-1] == 0) | (variance[:, 1:] == 0)
-    return np.where(constant, np.nan, np.clip(r, -1.0, 1.0))
+    return mean + shift, variance, np.where(constant, np.nan, np.clip(r, -1.0, 1.0))
+
+
+def weighted_corr_consecutive(block: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Pearson r between consecutive sublayers under each weighting of the samples:
+    ``block`` (N, S, U), ``weights`` (B, N) counts -> (B, S - 1, U) (:func:`weighted_moments`)."""
+    return weighted_moments(block, weights)[2]
 
 
 def per_sequence_geometry(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
