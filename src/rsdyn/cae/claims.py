@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from rsdyn.core.claims import Estimate
-from rsdyn.core.resampling import two_level_weights
+from rsdyn.core.resampling import two_level_weights, with_observed
 
 EMBEDDING_STATISTICS = ("cae_step_log_ratio", "cae_turning_late_minus_early")
 EV_STATISTICS = ("cae_ev_across_late_minus_early", "cae_ev_across_late")
@@ -90,8 +90,8 @@ class CAEClaims:
         if unit != "seeds_sequences":
             raise ValueError(f"the CAE statistics resample training seeds and test sequences, not {unit!r}.")
         seed_counts, sequence_counts = two_level_weights(self.n_seeds, self.n_test, n_resamples, seed)
-        seed_counts = np.vstack([np.ones((1, self.n_seeds)), seed_counts])
-        sequence_counts = np.vstack([np.ones((1, self.n_test)), sequence_counts])
+        seed_counts = with_observed(seed_counts)
+        sequence_counts = with_observed(sequence_counts)
         per_seed = [self._per_seed(names, k, sequence_counts) for k in range(self.n_seeds)]
         share = seed_counts / seed_counts.sum(axis=1, keepdims=True)
         label = (f"{self.n_seeds} training seeds drawn with replacement and the {self.n_test} test sequences "

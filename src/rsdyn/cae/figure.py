@@ -18,11 +18,11 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from rsdyn.core.figures import (  # noqa: E402
-    claims_of_figure,
-    mark_claims,
     add_sublayer_colourbar,
+    claims_of_figure,
     draw_clipped_profile,
     draw_trajectory_bundle,
+    mark_claims,
 )
 
 WITHIN, CROSS = "tab:blue", "tab:orange"

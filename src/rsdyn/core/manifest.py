@@ -168,7 +168,7 @@ def problems(output: str | os.PathLike, limit: int | None = 1) -> list[tuple[Pat
         elif path.stat().st_size != entry["size"]:
             found.append((path, f"{path.stat().st_size} bytes where {entry['size']} were written"))
         elif crc32c_file(path) != entry["crc32c"]:
-            found.append((path, f"its checksum (CRC-32C) differs from the one written at creation: the bytes changed"))
+            found.append((path, "its checksum (CRC-32C) differs from the one written at creation: the bytes changed"))
         if limit is not None and len(found) >= limit:
             break
     return found

@@ -83,3 +83,8 @@ def two_level_weights(n_groups: int, n: int, n_resamples: int, seed: int) -> tup
     groups = counts(rng.integers(0, n_groups, size=(n_resamples, n_groups)), n_groups)
     items = counts(rng.integers(0, n, size=(n_resamples, n)), n)
     return groups, items
+
+
+def with_observed(weights: np.ndarray) -> np.ndarray:
+    """``weights`` (B, n) with the data itself, all weights 1, as row 0: (B + 1, n)."""
+    return np.vstack([np.ones((1, weights.shape[1])), weights])

@@ -29,7 +29,12 @@ import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from rsdyn.core.manifest import check_output, needs_manifest, repair_advice, write_manifest
+from rsdyn.core.manifest import (
+    check_output,
+    needs_manifest,
+    repair_advice,
+    write_manifest,
+)
 
 
 def _remove(path: Path) -> None:

@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from rsdyn.core.claims import Estimate
-from rsdyn.core.resampling import sequence_weights
+from rsdyn.core.resampling import sequence_weights, with_observed
 from rsdyn.geometry.pca import quarter_size
 
 PCA_STATISTICS = ("pca_pooled_ev_late_minus_early",)
@@ -79,7 +79,7 @@ class PCAClaims:
     def estimate(self, names: Sequence[str], unit: str, n_resamples: int, seed: int) -> dict[str, Estimate]:
         if unit != "sequences":
             raise ValueError(f"the PCA statistics resample sequences, not {unit!r}.")
-        weights = np.vstack([np.ones((1, self.n_samples)), sequence_weights(self.n_samples, n_resamples, seed)])
+        weights = with_observed(sequence_weights(self.n_samples, n_resamples, seed))
         ev = self.ev_per_sublayer(weights)
         q = quarter_size(self.n_sublayers)
         values = np.nanmedian(ev[:, -q:], axis=1) - np.nanmedian(ev[:, :q], axis=1)
@@ -136,7 +136,7 @@ class TeleportClaims:
     def estimate(self, names: Sequence[str], unit: str, n_resamples: int, seed: int) -> dict[str, Estimate]:
         if unit != "grid_points":
             raise ValueError(f"the teleport statistics resample grid points, not {unit!r}.")
-        weights = np.vstack([np.ones((1, self.n_points)), sequence_weights(self.n_points, n_resamples, seed)])
+        weights = with_observed(sequence_weights(self.n_points, n_resamples, seed))
         per_layer = self._per_layer(weights)
         mid = np.arange(1, len(self.layers) - 1)
         ends = np.array([0, len(self.layers) - 1])

@@ -24,8 +24,8 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.colors import LogNorm, Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from rsdyn.geometry.pca_figure import draw_pca_panels  # noqa: E402
 from rsdyn.core.figures import claims_of_figure, mark_claims  # noqa: E402
+from rsdyn.geometry.pca_figure import draw_pca_panels  # noqa: E402
 
 CONTROL_COLOUR = "0.55"
 SET_STYLE = {"": ("grid", "tab:purple"), "sample_": ("sample control", "tab:green")}

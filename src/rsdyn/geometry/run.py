@@ -65,7 +65,12 @@ def teleport_layer_arrays(
     """
     from rsdyn.core.store import open_group
     from rsdyn.models.registry import layer_count
-    from rsdyn.models.weights import load_model, load_tokenizer, resolve_device, resolve_dtype
+    from rsdyn.models.weights import (
+        load_model,
+        load_tokenizer,
+        resolve_device,
+        resolve_dtype,
+    )
 
     n_layers = layer_count(model_dir)
     if n_layers is None:

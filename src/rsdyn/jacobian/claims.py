@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from rsdyn.core.claims import Estimate
-from rsdyn.core.resampling import sequence_weights, two_level_weights
+from rsdyn.core.resampling import sequence_weights, two_level_weights, with_observed
 
 STATISTICS = ("rotation_index_early_minus_late", "rotation_gradient_trained_minus_initial", "product_rank_fraction")
 
@@ -57,7 +57,7 @@ class JacobianClaims:
     def estimate(self, names: Sequence[str], unit: str, n_resamples: int, seed: int) -> dict[str, Estimate]:
         out = {}
         if unit == "sequences":
-            weights = np.vstack([np.ones((1, self.n_sequences)), sequence_weights(self.n_sequences, n_resamples, seed)])
+            weights = with_observed(sequence_weights(self.n_sequences, n_resamples, seed))
             share = weights / weights.sum(axis=1, keepdims=True)
             label = f"the {self.n_sequences} sampled sequences ({n_resamples} resamples, seed {seed})"
             per_sequence = {
@@ -70,8 +70,8 @@ class JacobianClaims:
                     out[name] = Estimate(float(values[0]), values[1:], label)
         elif unit == "init_seeds_sequences" and "rotation_gradient_trained_minus_initial" in names:
             groups, weights = two_level_weights(len(self.initial), self.n_sequences, n_resamples, seed)
-            groups = np.vstack([np.ones((1, len(self.initial))), groups])
-            weights = np.vstack([np.ones((1, self.n_sequences)), weights])
+            groups = with_observed(groups)
+            weights = with_observed(weights)
             share = weights / weights.sum(axis=1, keepdims=True)
             trained = share @ gradient(np.asarray(self.trained["rotation_index"], np.float64))
             initial = np.stack([share @ gradient(np.asarray(g["rotation_index"], np.float64)) for g in self.initial], axis=1)

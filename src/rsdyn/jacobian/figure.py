@@ -23,9 +23,10 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from rsdyn.core.figures import claims_of_figure, mark_claims  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from rsdyn.core.figures import claims_of_figure, mark_claims  # noqa: E402
 
 WEIGHT_STYLES = {"trained": {"color": "C0", "label": "trained"}, "initial": {"color": "0.55", "label": "initial"}}
 TYPE_MARKERS = {"within": ("o", "full"), "cross": ("s", "none")}

@@ -22,7 +22,11 @@ import torch
 from rsdyn.core.manifest import check_output
 from rsdyn.core.store import atomic_path
 from rsdyn.models.adapters import adapter_for, model_family
-from rsdyn.models.registry import PYPI_GGUF_MODELS, custom_code_files, local_model_problem
+from rsdyn.models.registry import (
+    PYPI_GGUF_MODELS,
+    custom_code_files,
+    local_model_problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +185,12 @@ def convert_random_model(model_settings: dict, out_dir: str | Path, cache_dir: s
     source: a hub id costs its config and tokenizer files, never its weights."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from rsdyn.models.random_weights import architecture_config, describe, random_model, without_quantization
+    from rsdyn.models.random_weights import (
+        architecture_config,
+        describe,
+        random_model,
+        without_quantization,
+    )
 
     source = model_settings["source"]
     out_dir = Path(out_dir)

@@ -13,7 +13,11 @@ import numpy as np
 
 from rsdyn.core.errors import PopulationInputError
 from rsdyn.core.jobs import progress
-from rsdyn.population.population import CONDITIONS, condition_population, population_steps
+from rsdyn.population.population import (
+    CONDITIONS,
+    condition_population,
+    population_steps,
+)
 from rsdyn.population.settings import (
     DEFAULT_JPCA,
     DEFAULT_TME,

@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from rsdyn.core.claims import Estimate
-from rsdyn.core.resampling import cluster_weights, sequence_weights
+from rsdyn.core.resampling import cluster_weights, sequence_weights, with_observed
 from rsdyn.units.resample import weighted_moments
 from rsdyn.units.rotations import phase_portrait, rotation_number
 
@@ -185,7 +185,7 @@ class UnitsClaims:
         """Each statistic of ``names`` on the data and on ``n_resamples`` resamples of ``unit``."""
         weights = self.weights(unit, n_resamples, seed)
         own = [name for name in names if name in STATISTICS]
-        values = self.evaluate(own, np.vstack([np.ones((1, self.n_samples)), weights])) if own else {}
+        values = self.evaluate(own, with_observed(weights)) if own else {}
         out = {name: Estimate(float(v[0]), v[1:], self.describe(unit, n_resamples, seed), self._extra(name)) for name, v in values.items()}
         mi_names = [name for name in names if name not in STATISTICS]
         if mi_names:

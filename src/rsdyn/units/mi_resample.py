@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from rsdyn.core.claims import Estimate
-from rsdyn.core.resampling import sequence_weights
+from rsdyn.core.resampling import sequence_weights, with_observed
 
 STATISTICS = ("mi_kde_early_drop", "mi_kde_steepest_at_cross")
 
@@ -128,8 +128,8 @@ class MIClaims:
         if unknown:
             raise ValueError(f"unknown MI statistics {unknown}; known: {', '.join(STATISTICS)}.")
         n_resamples = len(weights)
-        all_weights = np.vstack([np.ones((1, self.n_samples)), weights])
-        unit_weights = np.vstack([np.ones((1, len(self.units))), sequence_weights(len(self.units), n_resamples, self.seed + 7919)])
+        all_weights = with_observed(weights)
+        unit_weights = with_observed(sequence_weights(len(self.units), n_resamples, self.seed + 7919))
         transitions = early_transitions(self.n_sublayers - 1)
         mi = self.per_unit_mi(transitions, all_weights)  # (B + 1, k, T)
         out = {}

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rsdyn.core.resampling import with_observed
 from rsdyn.core.store import open_group
 
 
@@ -80,7 +81,7 @@ def resample_condition(
     weights 1), the others follow ``weights``.
     """
     n_samples, n_sublayers, n_units = array.shape
-    weights = np.vstack([np.ones((1, n_samples)), weights])
+    weights = with_observed(weights)
     step = unit_chunk or (array.chunks[2] if hasattr(array, "chunks") else n_units)
     r = np.empty((weights.shape[0], n_sublayers - 1, n_units), dtype=np.float32)
     active = np.zeros((weights.shape[0], n_sublayers))
