@@ -253,3 +253,45 @@ def test_an_architecture_of_an_unsupported_family_fails(tmp_path):
     (tmp_path / "gpt.json").write_text(json.dumps({"model_type": "gpt_neox", "num_hidden_layers": 2, "hidden_size": 8}))
     with pytest.raises(ConfigError, match="has model_type 'gpt_neox'; supported families are"):
         resolve_runs(smoke(weights="random", architecture=str(tmp_path / "gpt.json")))
+
+
+# --------------------------------------------------------------------------- every stage
+
+
+@pytest.mark.workflow
+def test_every_stage_runs_unchanged_on_random_weights(smoke_run, tmp_path):
+    """The whole smoke DAG on a random-weights model whose source folder holds only a
+    config.json (a 3-layer D = 32 Llama at SmolLM2's vocabulary) and SmolLM2's tokenizer:
+    no weights anywhere until the model rule draws them."""
+    import shutil
+
+    from conftest import copy_workflow, run_snakemake
+
+    from rsdyn.core.store import open_group
+
+    work = copy_workflow(tmp_path)
+    source = work / "tiny-source"
+    source.mkdir()
+    from transformers import LlamaConfig
+
+    LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=1, eos_token_id=2,
+                pad_token_id=2).save_pretrained(source)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(REPO / "resources" / "models" / "smollm2-135m" / name, source / name)
+    config = yaml.safe_load((work / "config" / "smoke.yaml").read_text())
+    config["resources_dir"] = "own-resources"  # the converted model stays in this copy
+    config["runs"][0]["model"] = {"source": "local", "path": "tiny-source", "weights": "random", "init_seed": 1}
+    config["teleport"]["layers"] = [0, 2]
+    (work / "config" / "random.yaml").write_text(yaml.safe_dump(config))
+    run_snakemake(work, "--cores", "2", "--configfile", "config/random.yaml")
+    run = work / "results" / "smoke"
+    attrs = dict(open_group(run / "activations.zarr").attrs)
+    assert attrs["model_name"] == "tiny-source-random-s1" and (attrs["n_layers"], attrs["d_model"]) == (3, 32)
+    assert attrs["config"]["model"]["weights"] == "random" and attrs["config"]["model"]["init_seed"] == 1
+    provenance = json.loads((work / "own-resources" / "models" / "tiny-source-random-s1" / "rsdyn_model.json").read_text())
+    assert provenance["random_architecture"]["num_hidden_layers"] == 3
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["norm_late_over_early"]["value"] > 0
+    for figure in range(1, 6):
+        assert (run / "figures" / f"fig{figure}.png").is_file()

@@ -5,8 +5,10 @@
 
 The store is written as it is computed: the sequences are taken in blocks of
 ``capture.sample_chunk`` rows (the store's sample chunk), each block is batched on its
-own rows only and written into its chunks before the next block starts, so memory holds
-the model, one batch and one block whatever N is. ``capture.shards`` = K splits the
+own rows only and handed to a writer thread that checks, compresses and writes it while
+the next block is computed (:func:`capture_into`), so memory holds the model, one batch
+and at most three blocks (one computed, one waiting, one being written) whatever N is.
+``capture.shards`` = K splits the
 blocks into K contiguous sample ranges, one job (and store) each; ``assemble_store``
 joins them by hard-linking their chunk files. Because a block's batches depend only on
 the block's rows, and every shard boundary is a block boundary, every row goes through
