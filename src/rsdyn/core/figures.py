@@ -88,6 +88,18 @@ def letter_titles(axes: Sequence[Axes], letters: str = "ABCDEFGHIJKLMNOPQRSTUVWX
         ax.set_title(f"{letter}  {ax.get_title()}", fontsize=ax.title.get_fontsize())
 
 
+def legend_entries(axes: Sequence[Axes]) -> tuple[list, list[str]]:
+    """``(handles, labels)`` of every labelled artist of ``axes``, each label once (for one
+    legend shared by a row of panels)."""
+    handles, labels = [], []
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    return handles, labels
+
+
 #: where a legend may sit inside its axes, in order of preference after its own
 LEGEND_LOCATIONS = ("upper right", "upper left", "lower left", "lower right", "center right", "center left",
                     "upper center", "lower center", "center")

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 import numpy as np
 from matplotlib.figure import Figure
 
-from rsdyn.core.figures import keep_legends_off_data, save_figure
+from rsdyn.core.figures import keep_legends_off_data, legend_entries, save_figure
 from rsdyn.core.store import open_group, read_group
 from rsdyn.units.rotations import phase_portrait, stored_nulls
 
@@ -120,12 +120,7 @@ def _histograms(fig, rotations, shuffled_rotations, nulls) -> None:
         if index == 0:
             ax.set_ylabel("density")
             _letter(ax, "B")
-    handles, labels = [], []
-    for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            if label not in labels:
-                handles.append(handle)
-                labels.append(label)
+    handles, labels = legend_entries(axes)
     order = [i for i, label in enumerate(labels) if label.startswith("units")] + [i for i, label in enumerate(labels) if not label.startswith("units")]
     fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="outside right upper", fontsize=7, frameon=False)
 
