@@ -22,6 +22,8 @@ from rsdyn.core.figures import (  # noqa: E402
     claims_of_figure,
     draw_clipped_profile,
     draw_trajectory_bundle,
+    keep_legends_off_data,
+    mark_below_floor,
     mark_claims,
 )
 
@@ -112,14 +114,17 @@ def draw_cae_explained_variance(
     1 - var(X_s - Y_s) / var(X_s) over every entry of the sublayer's test block; values
     below -1 are drawn at -1 as open triangles. Grey references: the R^2 against the
     pooled mean of all test states (solid) and against each unit's own mean in the
-    sublayer (dashed), the latter left out (grey crosses at 0) for sublayers of
-    negligible variance (``rsdyn.cae.sublayers_with_variance``)."""
+    sublayer (dashed), clipped at -1 like the black curve (grey open triangles) and left
+    out for sublayers of negligible variance (``rsdyn.cae.sublayers_with_variance``),
+    which grey crosses mark on the x axis (below every value: not an R^2 of 0)."""
     from rsdyn.cae.metrics import NEGLIGIBLE_RELATIVE_VARIANCE, sublayers_with_variance
 
     n_sublayers = len(ev_block_per_sublayer)
     x = np.arange(n_sublayers)
+    references, marked_on_axis = [], False
     if ev_pooled_reference is not None:
         ax.plot(x, np.maximum(ev_pooled_reference, -1.0), color="0.55", lw=1.1, label="reference: vs pooled mean")
+        references.append(np.asarray(ev_pooled_reference, dtype=np.float64))
     if ev_own_mean is not None:
         own = np.asarray(ev_own_mean, dtype=np.float64).copy()
         negligible = np.zeros(n_sublayers, dtype=bool)
@@ -127,12 +132,18 @@ def draw_cae_explained_variance(
             negligible = ~sublayers_with_variance(variance_per_sublayer)
             own[negligible] = np.nan
         ax.plot(x, np.maximum(own, -1.0), color="0.55", lw=1.1, ls="--", label="reference: vs each unit's sublayer mean")
-        if negligible.any():
-            ax.scatter(np.flatnonzero(negligible), np.zeros(negligible.sum()), marker="x", color="0.4", s=24, zorder=3,
-                       label=f"variance < {NEGLIGIBLE_RELATIVE_VARIANCE:g} x mean (no R^2)")
+        references.append(own)
+        marked_on_axis = bool(negligible.any())
+        if marked_on_axis:  # on the x axis, outside the data: no R^2 here, not an R^2 of 0
+            ax.scatter(np.flatnonzero(negligible), np.zeros(negligible.sum()), marker="x", color="0.4", s=24, zorder=4,
+                       transform=ax.get_xaxis_transform(), clip_on=False,
+                       label=f"variance < {NEGLIGIBLE_RELATIVE_VARIANCE:g} x mean: no R^2 (marked on the axis)")
+    if references:
+        mark_below_floor(ax, x, np.fmin.reduce([np.where(np.isnan(r), np.inf, r) for r in references]), -1.0, colour="0.45",
+                         label="reference < -1")
     draw_clipped_profile(ax, np.asarray(ev_block_per_sublayer, dtype=np.float64), floor=-1.0, label="1 - var(X - Y) / var(X), block of sublayer")
     lowest = min(float(np.nanmin(line.get_ydata())) for line in ax.lines if np.isfinite(line.get_ydata()).any())
-    ax.set_ylim(min(0.0, lowest) - 0.05, 1.05)
+    ax.set_ylim(min(0.0, lowest) - (0.15 if marked_on_axis else 0.05), 1.05)  # the axis' crosses apart from a floor at -1
     layer_axis(ax, n_sublayers)
     ax.set_ylabel("explained variance (test)")
     ax.set_title("D  reconstruction per sublayer")
@@ -180,7 +191,7 @@ def fig3(cae_dir) -> Figure:
         + (f", test MSE {info['test_loss']:.3g}, pooled test R^2 {info['test_r2_pooled']:.2f}" if "test_r2_pooled" in info else ""),
         fontsize=12,
     )
-    return figure
+    return keep_legends_off_data(figure)
 
 
 def save_fig3(cae_dir, pdf_path, png_path, dpi: int = 150, summary_path=None) -> None:

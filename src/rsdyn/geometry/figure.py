@@ -23,8 +23,9 @@ import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.colors import LogNorm, Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
-from rsdyn.core.figures import claims_of_figure, mark_claims  # noqa: E402
+from rsdyn.core.figures import claims_of_figure, keep_legends_off_data, mark_claims  # noqa: E402
 from rsdyn.geometry.pca_figure import draw_pca_panels  # noqa: E402
 
 CONTROL_COLOUR = "0.55"
@@ -158,6 +159,8 @@ def draw_recovery_panels(axes: Sequence[Axes], teleport: Mapping[int, Mapping[st
     axes[0].set_ylabel("below 1: nearer the control")
     axes[1].set_ylabel("1: straight back")
     axes[2].set_ylabel("below 1: converging")
+    handles = [Patch(facecolor=SET_STYLE[prefix][1], alpha=0.45, edgecolor=SET_STYLE[prefix][1], label=SET_STYLE[prefix][0]) for prefix in sets]
+    axes[0].legend(handles=handles, frameon=False, loc="upper right")
     axes[2].legend(frameon=False)
 
 
@@ -196,11 +199,12 @@ def fig4(
         axes[0].set_ylim(grids[:, 1, 0].min() - pad[1], grids[:, 1, 1].max() + pad[1])
         axes[0].set_ylabel(f"PC2 ({unit})")
         middle.supxlabel(f"PC1 ({unit})", fontsize=FONT_SIZE)
-        axes[0].legend(loc="lower left", framealpha=0.8)
         middle.colorbar(quiver, ax=list(axes), label=f"displacement over h ({unit})", fraction=0.02, pad=0.01)
+        # the control's legend beside the row, never over the arrows
+        middle.legend(*axes[0].get_legend_handles_labels(), loc="outside lower left", ncols=2, frameon=False)
         middle.suptitle("D  teleportation: grid points written into the residual stream at the input of layer l; arrows: direction over h sublayers")
         draw_recovery_panels(bottom.subplots(1, 3), teleport)
-    return figure
+    return keep_legends_off_data(figure)
 
 
 def save_fig4(pca_path, teleport_path, pdf_path, png_path, arrow_sublayers: int = 12, dpi: int = 150, summary_path=None) -> None:

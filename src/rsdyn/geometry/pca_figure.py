@@ -130,7 +130,7 @@ def draw_dimensionality_per_sublayer(
     ax.set_yscale("log")
     _layer_axis(ax, n_sublayers, sublayer_names)
     ax.set_ylabel("components")
-    ax.set_title("C  each sublayer's own PCs")
+    ax.set_title("C′  each sublayer's own PCs")
     ax.legend(frameon=False, loc="best")
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 
@@ -26,7 +27,7 @@ import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from rsdyn.core.figures import claims_of_figure, mark_claims  # noqa: E402
+from rsdyn.core.figures import claims_of_figure, keep_legends_off_data, letter_titles, mark_claims  # noqa: E402
 
 WEIGHT_STYLES = {"trained": {"color": "C0", "label": "trained"}, "initial": {"color": "0.55", "label": "initial"}}
 TYPE_MARKERS = {"within": ("o", "full"), "cross": ("s", "none")}
@@ -87,13 +88,17 @@ def draw_lyapunov_panel(ax: Axes, groups: Mapping[str, Mapping[str, np.ndarray]]
 
 
 def draw_cloud_panel(ax: Axes, groups: Mapping[str, Mapping[str, np.ndarray]], transition: int, name: str) -> None:
-    """Eigenvalues of J_s of every sequence in the complex plane (trained over initial), unit circle."""
+    """Eigenvalues of J_s of every sequence in the complex plane, unit circle; the initial
+    weights' (usually one tight cloud inside the trained one) drawn over the trained ones,
+    small and dark, so that both stay visible."""
     everything = []
-    for weights in reversed(list(groups)):
+    for weights in groups:
         style = WEIGHT_STYLES.get(weights, {"color": "C1", "label": weights})
         values = np.asarray(groups[weights]["eigenvalues"])[:, transition].ravel()
         everything.append(values)
-        ax.scatter(values.real, values.imag, s=3, color=style["color"], alpha=0.35, lw=0, label=style["label"], rasterized=True)
+        over = weights != "trained"
+        ax.scatter(values.real, values.imag, s=1.5 if over else 3, color="0.2" if weights == "initial" else style["color"],
+                   alpha=0.6 if over else 0.35, lw=0, label=style["label"], rasterized=True, zorder=3 if over else 2)
     circle = np.linspace(0, 2 * np.pi, 400)
     ax.plot(np.cos(circle), np.sin(circle), color="black", lw=0.5, ls=":")
     ax.axvline(1, color="black", lw=0.3)
@@ -127,8 +132,13 @@ def fig5(arrays: Mapping[str, Any], attrs: Mapping[str, Any] | None = None) -> F
             draw_depth_panel(axes[row, column], groups, prefix + key, f"{label} of {operator}")
     draw_depth_panel(axes[2, 0], groups, "cumulative_effective_rank_entropy", "effective rank of J_s … J_0", "exp spectral entropy")
     draw_lyapunov_panel(axes[2, 1], groups)
-    draw_depth_panel(axes[2, 2], groups, "spectral_radius", "spectral radius of J")
-    draw_depth_panel(axes[2, 3], groups, "update_frobenius_norm", "‖J − I‖_F (update size)")
+    draw_depth_panel(axes[2, 2], groups, "spectral_radius", "spectral radius of J (log axis)")
+    draw_depth_panel(axes[2, 3], groups, "update_frobenius_norm", "‖J − I‖_F (update size, log axis)")
+    for ax in (axes[2, 2], axes[2, 3]):  # positive, and one transition far above the rest: a log axis keeps both readable
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     for column, transition in enumerate(cloud_transitions(n_transitions)):
         stage = ("early", "middle", "late")[column]
         draw_cloud_panel(axes[3, column], groups, transition, f"{stage}: {names[transition]}")
@@ -136,6 +146,7 @@ def fig5(arrays: Mapping[str, Any], attrs: Mapping[str, Any] | None = None) -> F
     axes[0, 0].legend(fontsize=7, frameon=False)
     axes[3, 0].legend(fontsize=7, frameon=False, markerscale=4)
     axes[2, 1].legend(fontsize=7, frameon=False)
+    letter_titles(axes.ravel())
     n_samples = np.asarray(groups["trained"]["rotation_index"]).shape[0]
     model = (attrs.get("model") or {}).get("name") or (attrs.get("model") or {}).get("pypi_key") or ""
     figure.suptitle(
@@ -143,7 +154,7 @@ def fig5(arrays: Mapping[str, Any], attrs: Mapping[str, Any] | None = None) -> F
         f"{n_samples} sequences, mean ± s.e.m.",
         fontsize=11,
     )
-    return figure
+    return keep_legends_off_data(figure)
 
 
 def save_fig5(jacobian_path, pdf_path, png_path, dpi: int = 150, summary_path=None) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 import numpy as np
 from matplotlib.figure import Figure
 
-from rsdyn.core.figures import claims_of_figure, mark_claims, save_figure
+from rsdyn.core.figures import claims_of_figure, keep_legends_off_data, legend_entries, mark_claims, save_figure
 from rsdyn.core.store import open_group, read_group
 from rsdyn.units.rotations import phase_portrait, stored_nulls
 
@@ -99,8 +99,12 @@ def _null_samples(original: Mapping, population: Mapping | None) -> dict[str, tu
 
 
 def _histograms(fig, rotations, shuffled_rotations, nulls) -> None:
+    """One panel per null, on one x range that holds every unit and every null draw (the
+    point-shuffle null is symmetric about 0: both its tails are shown), and one legend for
+    the row beside it: every null's colour and the units' outlines."""
     everything = np.concatenate([rotations, shuffled_rotations, *[samples for samples, _, _ in nulls.values()]])
-    bins = np.linspace(np.percentile(everything, 0.5), np.percentile(everything, 99.5), 40)
+    everything = everything[np.isfinite(everything)]
+    bins = np.linspace(everything.min(), everything.max(), 48)
     axes = fig.subplots(1, len(nulls), sharey=True, squeeze=False)[0]
     for index, (null, (samples, fdr, _)) in enumerate(nulls.items()):
         ax = axes[index]
@@ -112,10 +116,13 @@ def _histograms(fig, rotations, shuffled_rotations, nulls) -> None:
         fraction = "" if fdr is None else f"\n{fdr.mean():.0%} of units differ (FDR 0.05)"
         ax.set_title(f"{NULL_NAMES[null]}: null mean {samples.mean():.2f}{fraction}", fontsize=9)
         ax.set_xlabel("R (turns; < 0 = clockwise)")
+        ax.set_xlim(bins[0], bins[-1])
         if index == 0:
             ax.set_ylabel("density")
-            ax.legend(fontsize=7)
             _letter(ax, "B")
+    handles, labels = legend_entries(axes)
+    order = [i for i, label in enumerate(labels) if label.startswith("units")] + [i for i, label in enumerate(labels) if not label.startswith("units")]
+    fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="outside right upper", fontsize=7, frameon=False)
 
 
 def _bands(fig, original, rotations, nulls) -> None:
@@ -190,7 +197,7 @@ def _jpca_panels(fig, population, n_trajectories: int = 40) -> None:
     ax.set(xlabel="jpca_ratio = R² skew-symmetric / R² best linear", ylabel="density",
            title="jpca_ratio vs tensor-maximum-entropy surrogates" + ("\n(dotted: original, per depth window)" if windows else ""))
     ax.title.set_fontsize(9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below the axes: never over the histograms
 
 
 def make_fig2(unit_stats: Mapping, population: Mapping | None = None, n_example_units: int = 6, title: str = "") -> Figure:
@@ -212,7 +219,7 @@ def make_fig2(unit_stats: Mapping, population: Mapping | None = None, n_example_
     if population is not None:
         _jpca_panels(panels[3], population)
     fig.suptitle((title + "\n" if title else "") + "Example units: evenly spaced ranks of R, from most negative to most positive", fontsize=11)
-    return fig
+    return keep_legends_off_data(fig)
 
 
 def save_fig2(unit_stats_path, population_path, pdf_path, png_path, n_example_units: int = 6, dpi: int = 150, model: str = "",

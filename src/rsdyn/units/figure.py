@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from rsdyn.core.figures import claims_of_figure, mark_claims, save_figure
+from rsdyn.core.figures import claims_of_figure, keep_legends_off_data, mark_claims, save_figure
 from rsdyn.core.store import open_group, read_group
 from rsdyn.units.layer_stats import read_layer_stats
 
@@ -37,9 +37,8 @@ STYLE = {"font.size": 13, "axes.titlesize": 14, "axes.labelsize": 13, "legend.fo
 
 
 def _label(ax, letter: str) -> None:
-    """The panel letter inside the top-left corner of the axes (never over a neighbour's colour bar)."""
-    ax.text(0.02, 0.98, letter, transform=ax.transAxes, fontsize=16, fontweight="bold", va="top", ha="left",
-            bbox={"boxstyle": "square,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8}, zorder=10)
+    """The panel letter above the axes' top-left corner (never on its data or legend)."""
+    panel_letter(ax, letter)
 
 
 def _layer_ticks(ax, n_positions: int, per_layer: int = 2, axis: str = "x") -> None:
@@ -51,10 +50,15 @@ def _layer_ticks(ax, n_positions: int, per_layer: int = 2, axis: str = "x") -> N
     set_ticks(layers * per_layer, [str(layer) for layer in layers])
 
 
-def _image(fig, ax, values, cmap, label, vmin=None, vmax=None):
+def _image(fig, ax, values, cmap, label, vmin=None, vmax=None, above: bool = False):
+    """A heat map with its colour bar, labelled on its outer side, or above it (``above``:
+    where the next panel's y label would stand right beside the bar's label)."""
     image = ax.imshow(values, aspect="auto", interpolation="nearest", cmap=cmap, vmin=vmin, vmax=vmax, origin="lower")
     bar = ax.figure.colorbar(image, ax=ax, fraction=0.05, pad=0.02)
-    bar.set_label(label)
+    if above:
+        bar.ax.set_title(label, fontsize=12)
+    else:
+        bar.set_label(label)
     return image
 
 
@@ -125,7 +129,7 @@ def _draw_fig1(unit_stats: Mapping, layer_table: pd.DataFrame, title: str) -> Fi
     r = original["corr_consecutive"]  # (T, D)
     unit_order = np.argsort(np.nanmean(r, axis=0))
     ax = top[1]
-    _image(fig, ax, r[:, unit_order].T, "viridis", "Pearson r", max(0.0, float(np.nanpercentile(r, 1))), 1.0)
+    _image(fig, ax, r[:, unit_order].T, "viridis", "r", max(0.0, float(np.nanpercentile(r, 1))), 1.0, above=True)
     ax.set(title="r(sublayer t, t+1) per unit", xlabel="layer", ylabel="unit (sorted by mean r)")
     _layer_ticks(ax, r.shape[0] + 1)
     _label(ax, "C")
@@ -138,18 +142,24 @@ def _draw_fig1(unit_stats: Mapping, layer_table: pd.DataFrame, title: str) -> Fi
     q25, q75 = np.nanpercentile(r, [25, 75], axis=1)
     for kind, (layers, low) in _by_type(q25).items():
         ax.fill_between(layers, low, _by_type(q75)[kind][1], color=TYPE_COLOR[kind], alpha=0.15, lw=0)
-    ax.set(title="Median r over units", xlabel="layer", ylabel="Pearson r (band: IQR)")
+    ax.set(title="Median r over units", xlabel="layer", ylabel="median Pearson r (band: IQR)")
     _type_legend(ax, loc="lower right")
     _label(ax, "C'")
 
     ax = top[3]
-    hist = original["corr_pairs_hist"]  # (D, bins)
+    hist = original["corr_pairs_hist"]  # (D, bins) over r in [0, 1]; r < 0 and undefined r in no bin
     bins = hist.shape[1]
     pair_order = np.argsort(hist @ (np.arange(bins) + 0.5))
-    image = ax.imshow(hist[pair_order], aspect="auto", interpolation="nearest", cmap="magma", origin="lower", extent=(0, 1, 0, n_units))
+    # a square-root colour scale: the few units whose pairs pile up near r = 1 would leave
+    # every other cell black on a linear one
+    norm = mpl.colors.PowerNorm(0.5, vmin=0.0, vmax=max(float(np.nanmax(hist)), 1e-9))
+    image = ax.imshow(hist[pair_order], aspect="auto", interpolation="nearest", cmap="magma", origin="lower",
+                      extent=(0, 1, 0, n_units), norm=norm)
     bar = ax.figure.colorbar(image, ax=ax, fraction=0.05, pad=0.02)
-    bar.set_label("fraction of pairs")
-    ax.set(title="r over all pairs l < m", xlabel="Pearson r", ylabel="unit (sorted by mean r)")
+    bar.set_label("fraction of pairs (square-root scale)")
+    outside = 1.0 - float(np.nanmean(hist.sum(axis=1)))
+    ax.set(title="r over all pairs l < m", xlabel=f"Pearson r\n(r < 0 or undefined: {outside:.0%} of pairs, not shown)",
+           ylabel="unit (sorted by mean r)")
     _label(ax, "D")
 
     ax = middle[0]
@@ -260,7 +270,7 @@ def _draw_fig1(unit_stats: Mapping, layer_table: pd.DataFrame, title: str) -> Fi
         ax.set_xlim(-0.5, n_layers - 0.5)
     if title:
         fig.suptitle(title, fontsize=16)
-    return fig
+    return keep_legends_off_data(fig)
 
 
 def save_fig1(unit_stats_path, layer_stats_path, pdf_path, png_path, dpi: int = 150, model: str = "", summary_path=None) -> None:
