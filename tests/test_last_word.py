@@ -8,13 +8,22 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import yaml
 import zarr
-from conftest import tiny_llama
+from conftest import REPO, tiny_llama
 from test_capture import reference_states
 from test_capture_store import CAPTURE
 
 from rsdyn.capture import run as capture_run
-from rsdyn.capture.corpus import CorpusError, build_corpus, is_punctuation, save_corpus, strip_trailing_punctuation, tokenize
+from rsdyn.capture.corpus import (
+    CorpusError,
+    build_corpus,
+    is_punctuation,
+    save_corpus,
+    strip_trailing_punctuation,
+    tokenize,
+)
+from rsdyn.config import resolve_runs
 from rsdyn.units.claims import last_tokens
 from rsdyn.units.layer_stats import layer_stats
 
@@ -147,3 +156,17 @@ def test_distinct_states_and_last_token_clusters_count_the_last_words(captured):
         table = layer_stats(stores[label], 0.2)
         first = table[(table["condition"] == "original") & (table["kind"] == "sublayer") & (table["index"] == 0)]
         assert int(first["distinct_states"].iloc[0]) == len(expected)
+
+
+def test_the_option_is_left_out_of_the_resolved_settings_while_it_is_off():
+    """Runs resolved before the option existed keep their settings (no rerun); on, it is
+    kept, in the run's corpus and in the CAE's own corpus merged over it."""
+    for name in ("config.yaml", "smoke.yaml", "paper.yaml"):
+        for settings in resolve_runs(yaml.safe_load((REPO / "config" / name).read_text())).values():
+            assert "strip_trailing_punctuation" not in settings["corpus"]
+            assert "strip_trailing_punctuation" not in (settings["cae"].get("corpus") or {})
+    config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    config.setdefault("corpus", {})["strip_trailing_punctuation"] = True
+    settings = next(iter(resolve_runs(config).values()))
+    assert settings["corpus"]["strip_trailing_punctuation"] is True
+    assert settings["cae"]["corpus"]["strip_trailing_punctuation"] is True

@@ -103,12 +103,29 @@ def shard_job_settings(run_settings: Mapping, dataset: str) -> dict:
     return {**run_settings["capture"], "shards": dataset_shards(run_settings, dataset)}
 
 
+#: corpus options left out of the resolved settings while they are off, so that a run's
+#: corpus (and every store and rule parameter that records it) reads as it did before the
+#: option existed, and results made then are not rerun
+OPTIONAL_CORPUS_KEYS = ("strip_trailing_punctuation",)
+
+
+def drop_unset_options(corpus: dict) -> None:
+    """Remove the :data:`OPTIONAL_CORPUS_KEYS` that are off from a corpus section, in place."""
+    for key in OPTIONAL_CORPUS_KEYS:
+        if not corpus.get(key, False):
+            corpus.pop(key, None)
+
+
 def check_config(section: str, run: Mapping[str, Any], shape) -> None:  # noqa: ARG001 - same signature for every stage
     """Config-time checks of ``run[section]``: the corpus's length filter keeps lines, and
     every capture (the run's corpus; the CAE's own corpus when ``cae.corpus`` is set) can
-    give each of its shard jobs at least one whole sample chunk."""
+    give each of its shard jobs at least one whole sample chunk. The corpus options that
+    are off leave both corpus sections (:func:`drop_unset_options`)."""
     if section == "corpus":
         corpus = run["corpus"]
+        for settings in (corpus, run["cae"].get("corpus")):
+            if settings is not None:
+                drop_unset_options(settings)
         if corpus["min_chars"] + 1 >= corpus["max_chars"]:
             raise ConfigError(
                 f"corpus.min_chars = {corpus['min_chars']} and corpus.max_chars = {corpus['max_chars']} keep no line; "

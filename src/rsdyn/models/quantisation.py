@@ -167,7 +167,10 @@ def column_permutation(seed: int, tensor_name: str, n_columns: int) -> np.ndarra
 def gguf_to_model_names(model) -> dict[str, str]:
     """GGUF tensor name -> the model's parameter name, as transformers maps them when it
     loads a GGUF."""
-    from transformers.modeling_gguf_pytorch_utils import TensorProcessor, get_gguf_hf_weights_map
+    from transformers.modeling_gguf_pytorch_utils import (
+        TensorProcessor,
+        get_gguf_hf_weights_map,
+    )
 
     try:
         return get_gguf_hf_weights_map(model, TensorProcessor())
