@@ -19,18 +19,19 @@ def random_sequences(lengths, vocab=128, seed=0):
     return [np.concatenate([[1], rng.integers(3, vocab, size=n - 1)]) for n in lengths]
 
 
-def reference_states(model, sequence, pre_mlp_from):
+def reference_states(model, sequence, pre_mlp_from, position=-1):
     """One unbatched forward: pre-attn from output_hidden_states, pre-MLP rebuilt as
-    (layer input) + (the attention branch's output as added to the residual)."""
+    (layer input) + (the attention branch's output as added to the residual), both read
+    at ``position`` (the last token by default)."""
     layer_inputs, branch_outputs = {}, {}
     handles = []
     for index, layer in enumerate(decoder_layers(model)):
         handles.append(layer.register_forward_pre_hook(
-            lambda m, args, kwargs, i=index: layer_inputs.__setitem__(i, (args[0] if args else kwargs["hidden_states"])[0, -1].clone()),
+            lambda m, args, kwargs, i=index: layer_inputs.__setitem__(i, (args[0] if args else kwargs["hidden_states"])[0, position].clone()),
             with_kwargs=True))
         branch = getattr(layer, pre_mlp_from)
         handles.append(branch.register_forward_hook(
-            lambda m, args, out, i=index: branch_outputs.__setitem__(i, (out[0] if isinstance(out, tuple) else out)[0, -1].clone())))
+            lambda m, args, out, i=index: branch_outputs.__setitem__(i, (out[0] if isinstance(out, tuple) else out)[0, position].clone())))
     try:
         with torch.inference_mode():
             output = model.model(input_ids=torch.as_tensor(sequence)[None], output_hidden_states=True)
@@ -38,7 +39,7 @@ def reference_states(model, sequence, pre_mlp_from):
         for handle in handles:
             handle.remove()
     n_layers = len(layer_inputs)
-    pre_attn = torch.stack([output.hidden_states[l][0, -1] for l in range(n_layers)])
+    pre_attn = torch.stack([output.hidden_states[l][0, position] for l in range(n_layers)])
     pre_mlp = torch.stack([layer_inputs[l] + branch_outputs[l] for l in range(n_layers)])
     return pre_attn.numpy(), pre_mlp.numpy()
 

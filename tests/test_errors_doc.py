@@ -117,6 +117,10 @@ def config_cases() -> list[tuple[str, str]]:
          config_error(lambda c: c["runs"][0]["model"].update(architecture="config/architectures/llama-3.1-8b.json"))),
         ("`model.architecture` that does not exist (`weights: random`)",
          config_error(lambda c: c["runs"][0]["model"].update(weights="random", architecture="llama-8b.json"))),
+        ("`model.requantise: true` with `source: hf` (or a local folder: not a GGUF file)",
+         config_error(run(source="hf", id="org/model", requantise=True))),
+        ("`model.requantise: true` with `weights: random`",
+         config_error(lambda c: c["runs"][0]["model"].update(weights="random", requantise=True))),
         ("`corpus.min_chars: 500`, `max_chars: 100`", config_error(lambda c: c["corpus"].update(min_chars=500, max_chars=100))),
         ("`corpus.n_samples: 2`", config_error(lambda c: c["corpus"].update(n_samples=2))),
         ("`corpus.n_samples: 700`, above the 661 lines the local split keeps", config_error(lambda c: c["corpus"].update(n_samples=700))),
@@ -162,13 +166,20 @@ def _control_of_nothing(config: dict) -> None:
     config.setdefault("summary", {}).update(claims=str(REPO / "config" / "claims.yaml"))
 
 
+class MarksOnly:
+    """A tokenizer whose tokens 5 and 6 are " ." and '"'."""
+
+    def decode(self, ids):
+        return "".join({5: " .", 6: '"'}.get(i, "x") for i in ids)
+
+
 def job_cases(tmp: Path) -> list[tuple[str, str]]:
     """(fault, message) of every check only a job can make; files are made under ``tmp``
     (the working directory while this runs)."""
     import torch
     from huggingface_hub import errors
 
-    from rsdyn.capture.corpus import read_lines, subsample
+    from rsdyn.capture.corpus import read_lines, strip_trailing_punctuation, subsample
     from rsdyn.core.store import open_group, read_group, require_finite, write_group
     from rsdyn.models import weights as models
     from rsdyn.models.weights import convert_model, hub_failure
@@ -212,6 +223,8 @@ def job_cases(tmp: Path) -> list[tuple[str, str]]:
         ("a corpus file that is not UTF-8 text", job("corpus", raised(lambda: read_lines("data/wiki.test.raw")))),
         ("`corpus.n_samples` above the lines that pass the length filter",
          job("corpus", raised(lambda: subsample(["a"] * 661, 700, 0, "../shared/data/wikitext-2-raw/wiki.test.raw")))),
+        ("`corpus.strip_trailing_punctuation: true` and a sequence with no word (only punctuation)",
+         job("corpus", raised(lambda: strip_trailing_punctuation([np.array([1, 5, 6])], MarksOnly(), ['. ."'])))),
         ("`source: hf` with no network", job("model_Llama-3.1-8B", hub_failure("meta-llama/Llama-3.1-8B", offline))),
         ("`source: hf`, a gated model without access", job("model_Llama-3.1-8B", hub_failure("meta-llama/Llama-3.1-8B", gated))),
         ("a local model folder that is not a model (made after the config was checked)",

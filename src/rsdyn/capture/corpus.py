@@ -1,7 +1,8 @@
 """Corpus stage: WikiText-2 raw (the configured split, from a local file listed for that
-split or from the hub), length filter, seeded subsample, BOS tokenisation and the
-shuffled condition (positions 1..n permuted, BOS kept first; optionally the last token
-kept too).
+split or from the hub), length filter, seeded subsample, BOS tokenisation, optionally
+the trailing punctuation tokens removed (so that every sequence ends with its last word),
+and the shuffled condition (positions 1..n permuted, BOS kept first; optionally the last
+token kept too).
 
 The output (one ``.npz``) holds the texts and the token ids of both conditions, so that
 every later rule reads exactly the same tokens.
@@ -10,6 +11,7 @@ every later rule reads exactly the same tokens.
 from __future__ import annotations
 
 import logging
+import unicodedata
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -160,6 +162,35 @@ def check_context(sequences: Sequence[np.ndarray], tokenizer) -> None:
         )
 
 
+def is_punctuation(text: str) -> bool:
+    """Whether a token's text is only punctuation and whitespace (Unicode categories P*
+    and spaces; the empty text counts): no word, number or symbol in it."""
+    return all(char.isspace() or unicodedata.category(char).startswith("P") for char in text)
+
+
+def strip_trailing_punctuation(sequences: Sequence[np.ndarray], tokenizer, texts: Sequence[str] | None = None) -> list[np.ndarray]:
+    """Each sequence without its trailing tokens whose text (``tokenizer.decode`` of the
+    token alone) is punctuation or whitespace (:func:`is_punctuation`), so that it ends
+    with its last word. BOS is never removed; CorpusError when a sequence has no other
+    token left (``texts`` name it).
+
+    In a causal model the state at a position depends only on the tokens up to it, so
+    the last state of a stripped sequence is the full sequence's state at its last word."""
+    stripped = []
+    for row, seq in enumerate(sequences):
+        stop = len(seq)
+        while stop > 1 and is_punctuation(tokenizer.decode([int(seq[stop - 1])])):
+            stop -= 1
+        if stop == 1:
+            shown = f" ({texts[row][:60]!r})" if texts is not None else ""
+            raise CorpusError(
+                f"corpus.strip_trailing_punctuation: sequence {row}{shown} has no token that is not punctuation or "
+                "whitespace; raise corpus.min_chars or set strip_trailing_punctuation to false."
+            )
+        stripped.append(seq[:stop])
+    return stripped
+
+
 def shuffle_positions(sequences: Sequence[np.ndarray], seed: int, keep_last: bool = False) -> list[np.ndarray]:
     """Each sequence with its tokens after BOS randomly permuted (seeded), BOS kept first.
 
@@ -190,7 +221,11 @@ def build_corpus(settings: dict, tokenizer) -> Corpus:
 
     The length filter applies to each line as stored; with ``strip_whitespace`` the kept
     lines then lose their leading and trailing spaces (every WikiText line ends with
-    " "), so that the last token is the sequence's own final word or punctuation.
+    " "), so that the last token is the sequence's own final word or punctuation. With
+    ``strip_trailing_punctuation`` the token sequences then lose their trailing
+    punctuation tokens (:func:`strip_trailing_punctuation`), so that they end with their
+    last word; the texts stay whole, and the shuffled condition permutes the stripped
+    tokens (the punctuation is in neither condition).
     """
     lines, source = load_wikitext(
         settings["local_candidates"], settings["hf_dataset"], settings["hf_config"], settings["split"]
@@ -208,6 +243,8 @@ def build_corpus(settings: dict, tokenizer) -> Corpus:
     log.info("%d lines in %s, %d pass the length filter, %d kept", len(lines), source, len(kept), len(texts))
     original = tokenize(texts, tokenizer)
     check_context(original, tokenizer)
+    if settings.get("strip_trailing_punctuation", False):
+        original = strip_trailing_punctuation(original, tokenizer, texts)
     shuffled = shuffle_positions(original, settings["seed"], settings.get("shuffle_keep_last", False))
     return Corpus(
         texts=texts,

@@ -128,6 +128,22 @@ def _store_attrs(model_settings: Mapping, family: str, dtype, device: str, n_lay
     }
 
 
+#: what the converted folder's rsdyn_model.json records of the weights' origin, copied into
+#: the store's attributes when present: the GGUF's provenance, the extra quantisation dose
+PROVENANCE_ATTRS = ("gguf", "requantisation")
+
+
+def weights_provenance_attrs(model_dir: str | Path) -> dict:
+    """The :data:`PROVENANCE_ATTRS` entries of a converted model folder's ``rsdyn_model.json``
+    (``gguf``: the GGUF's metadata, tensor types and SHA-256; ``requantisation``: the
+    record of ``model.requantise``); none for other sources or older conversions."""
+    import json
+
+    path = Path(model_dir) / "rsdyn_model.json"
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    return {key: recorded[key] for key in PROVENANCE_ATTRS if key in recorded}
+
+
 def _contract_attrs(base: Mapping, corpus, settings: Mapping, model_settings: Mapping, corpus_settings: Mapping | None) -> dict:
     return {
         **base,
@@ -189,7 +205,8 @@ def capture_store(
     log.info("capturing sequences %d-%d of %d on %s in %s (%s family)", start, stop - 1, n_total, device, dtype, family)
     with streamed_group(out_path) as group:
         n_sublayers, d_model = capture_into(group, model, corpus, start, stop, settings, family, pad_token, n_total, conditions)
-        base = _store_attrs(model_settings, family, dtype, device, n_sublayers // 2, d_model, n_total)
+        base = {**_store_attrs(model_settings, family, dtype, device, n_sublayers // 2, d_model, n_total),
+                **weights_provenance_attrs(model_dir)}
         if shard is None:
             _write_ids(group, corpus, conditions)
             group.attrs.update(_contract_attrs(base, corpus, settings, model_settings, corpus_settings))

@@ -149,6 +149,19 @@ def longest_sequence(max_chars: int) -> int:
     return TOKENS_PER_CHAR * (max_chars - 1) + EXTRA_TOKENS
 
 
+#: corpus options left out of the resolved settings while they are off, so that a run's
+#: corpus (and every store and rule parameter that records it) reads as it did before the
+#: option existed, and results made then are not rerun
+OPTIONAL_CORPUS_KEYS = ("strip_trailing_punctuation",)
+
+
+def drop_unset_options(corpus: dict) -> None:
+    """Remove the :data:`OPTIONAL_CORPUS_KEYS` that are off from a corpus section, in place."""
+    for key in OPTIONAL_CORPUS_KEYS:
+        if not corpus.get(key, False):
+            corpus.pop(key, None)
+
+
 def check_corpus(corpus: Mapping[str, Any], key: str, run: Mapping[str, Any], shape) -> None:
     """Config-time checks of a corpus section (``key``: ``corpus`` or ``cae.corpus``): the
     length filter keeps lines, ``n_samples`` is at most what the local file's filter keeps,
@@ -209,9 +222,13 @@ def check_capture_memory(capture: Mapping[str, Any], shape) -> None:
 def check_config(section: str, run: Mapping[str, Any], shape) -> None:
     """Config-time checks of ``run[section]``: every corpus (the run's, and the CAE's own
     when ``cae.corpus`` is set) keeps lines, holds its ``n_samples`` and fits the model's
-    context (:func:`check_corpus`); every capture can give each of its shard jobs at least
+    context (:func:`check_corpus`), and the corpus options that are off leave both corpus
+    sections (:func:`drop_unset_options`); every capture can give each of its shard jobs at least
     one whole sample chunk, and a batch fits the job's memory."""
     if section == "corpus":
+        for settings in (run["corpus"], run["cae"].get("corpus")):
+            if settings is not None:
+                drop_unset_options(settings)
         check_corpus(run["corpus"], "corpus", run, shape)
         if run["cae"].get("corpus") is not None:
             check_corpus(run["cae"]["corpus"], "cae.corpus", run, shape)

