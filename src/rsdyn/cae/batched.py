@@ -182,7 +182,7 @@ class BatchedAutoencoder(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B, D) or (S, B, D) states -> (S, B, 2) embedding."""
-        return self._side("encoder", (self._per_seed(x) - self.input_mean) / self.input_scale)
+        return self._side("encoder", self._per_seed((x - self.input_mean) / self.input_scale))  # a shared batch is scaled once
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(S, B, 2) embedding -> (S, B, D) reconstruction, in the units of the states."""
