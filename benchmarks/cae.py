@@ -3,15 +3,20 @@
 Uses the real capture (``--store``, default results/smollm2-135m/activations.zarr) when
 it exists, else a synthetic store of the default size (661 sequences x 60 sublayers x
 576 units). Reports (1) the time of one training epoch at several batch sizes as a ratio
-to batch 256, (2) the full default training (on by default): seconds, epochs run, best
-epoch, best validation MSE, test MSE and pooled test R^2, and (3) with ``--compare``, the
-full training of every option in ``OPTIONS`` (input scaling x gradient clipping) for
-seeds 0, 1, 2 (about 30 min on 2 cores), which is how the defaults were chosen, and (4)
-with ``--seeds 0,1,2,3,4`` (and ``--reuse`` of finished runs), the default training per seed: the spread of the README's CAE
-numbers, with what they depend on (CPU, threads, library versions). Writes
+to batch 256, (2) ``--batched``: in the same process, one epoch of all default training
+seeds (``cae.seeds``) trained at once as one batched model against one epoch of the
+single-seed CAE as it was before (``rsdyn.cae.model.train_cae``), alternated, best of
+``--repeats``: the ratio, next to the ratio of their matrix-product FLOPs (the seeds'
+count), (3) the full default training (on by default; every seed of ``cae.seeds``):
+seconds, epochs run and best epoch per seed, validation and test MSE, pooled test R^2,
+(4) with ``--compare``, the full training of every option in ``OPTIONS`` (input scaling
+x gradient clipping) for seeds 0, 1, 2 (about 30 min on 2 cores), which is how the
+defaults were chosen, and (5) with ``--seeds 0,1,2,3,4`` (and ``--reuse`` of finished
+runs), the default training of each seed alone: the spread of the README's CAE numbers,
+with what they depend on (CPU, threads, library versions). Writes
 benchmarks/results/cae.json.
 
-    python benchmarks/cae.py [--store PATH] [--threads 2] [--no-full] [--compare] [--seeds 1,2,3,4 --reuse results/smollm2-135m/cae]
+    python benchmarks/cae.py [--store PATH] [--threads 2] [--no-full] [--batched] [--compare] [--seeds 1,2,3,4 --reuse results/smollm2-135m/cae]
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import numpy as np
 import torch
 from common import write_report
 
-from rsdyn.cae.model import build_model
+from rsdyn.cae.batched import BatchedAutoencoder, train_seeds
+from rsdyn.cae.model import build_model, layer_widths, train_cae
 from rsdyn.cae.run import run_cae
 from rsdyn.cae.settings import split_by_sequence
 from rsdyn.core.schema import load_schema
@@ -75,6 +81,43 @@ def epoch_seconds(train: torch.Tensor, batch_size: int, d_model: int, n_layers: 
     return min(timings) * len(train) / len(subset)
 
 
+def step_flops(d_model: int, n_layers: int) -> int:
+    """Matrix-product FLOPs of one training sample of one seed: forward 2 x sum d_in d_out,
+    backward twice that, less the input gradient of the first layer (not needed)."""
+    widths = layer_widths(d_model, n_layers)
+    dims = [d_model, *widths, *widths[-2::-1], d_model]
+    forward = 2 * sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+    return 3 * forward - 2 * d_model * widths[0]
+
+
+def batched_vs_single(train: torch.Tensor, val: torch.Tensor, seeds: list[int], settings: dict, repeats: int) -> dict:
+    """Seconds of one epoch (validation included) of the single-seed CAE as it was
+    (``train_cae``) and of ``seeds`` trained at once (``train_seeds``), alternated,
+    fastest of ``repeats`` each, and their ratio."""
+    d_model, n_layers, batch = train.shape[1], settings["n_layers"], settings["batch_size"]
+
+    def single() -> float:
+        model = build_model(d_model, n_layers, seeds[0])
+        began = time.perf_counter()
+        train_cae(model, train, val, max_epochs=1, batch_size=batch, seed=seeds[0], progress=False)
+        return time.perf_counter() - began
+
+    def batched() -> float:
+        model = BatchedAutoencoder.from_seeds(d_model, n_layers, seeds)
+        began = time.perf_counter()
+        train_seeds(model, train, val, max_epochs=1, batch_size=batch, progress=False)
+        return time.perf_counter() - began
+
+    times = {"single": [], "batched": []}
+    for _ in range(repeats):
+        times["single"].append(single())
+        times["batched"].append(batched())
+    best = {name: min(values) for name, values in times.items()}
+    return {"seeds": seeds, "single_epoch_seconds": best["single"], "batched_epoch_seconds": best["batched"],
+            "ratio": best["batched"] / best["single"], "flop_ratio": len(seeds), "all_seconds": times,
+            "gflop_per_epoch_per_seed": step_flops(d_model, n_layers) * len(train) / 1e9}
+
+
 OPTIONS = {
     "global, no clip": {"input_scaling": "global", "grad_clip": None},
     "global, clip 1": {"input_scaling": "global", "grad_clip": 1.0},
@@ -82,20 +125,23 @@ OPTIONS = {
     "unit, clip 1": {"input_scaling": "unit", "grad_clip": 1.0},
 }
 SEEDS = (0, 1, 2)
-FULL_KEYS = ("epochs_run", "best_epoch", "stopped_early", "train_seconds", "seconds_per_epoch", "best_val_loss", "test_loss", "test_r2_pooled")
+FULL_KEYS = ("seeds", "epochs", "epochs_run", "best_epoch", "stopped_early", "train_seconds", "seconds_per_epoch", "best_val_loss", "test_loss", "test_r2_pooled")
 
 
 def full_training(store: Path, out: Path, settings: dict, threads: int) -> dict:
-    """Train with ``settings`` and return the headline numbers, the median per-sublayer
-    test R^2 (own mean) and the validation curve."""
+    """Train with ``settings`` (every seed of ``cae.seeds``) and return the headline numbers,
+    the median per-sublayer test R^2 (own mean; mean over seeds) and each seed's validation curve."""
     info = run_cae(store, out, settings, threads=threads)
     arrays = read_group(out / "embedding.zarr")
     row = {key: info[key] for key in FULL_KEYS}
-    row["median_ev_per_sublayer"] = float(np.nanmedian(arrays["ev_per_sublayer"]))
-    row["median_ev_pooled_reference"] = float(np.nanmedian(arrays["ev_per_sublayer_pooled_reference"]))
+    row["median_ev_per_sublayer"] = float(np.nanmedian(arrays["ev_per_sublayer"].mean(axis=0)))
+    row["median_ev_pooled_reference"] = float(np.nanmedian(arrays["ev_per_sublayer_pooled_reference"].mean(axis=0)))
+    curves: dict[int, list[float]] = {}
     with open(out / "training_curve.csv") as handle:
-        row["val_curve"] = [float(record["val_loss"]) for record in csv.DictReader(handle)]
-    row["worst_val_jump"] = worst_jump(row["val_curve"])
+        for record in csv.DictReader(handle):
+            curves.setdefault(int(record["seed"]), []).append(float(record["val_loss"]))
+    row["val_curve"] = curves
+    row["worst_val_jump"] = max(worst_jump(curve) for curve in curves.values())
     return row
 
 
@@ -110,8 +156,8 @@ def environment(threads: int) -> dict:
 
 
 def seed_row(store: Path, out: Path, settings: dict, threads: int) -> dict:
-    """Full default training of one seed: headline numbers and the Fig. 3 summary rows."""
-    run_cae(store, out, settings, threads=threads)
+    """Full default training of one seed alone: headline numbers and the Fig. 3 summary rows."""
+    run_cae(store, out, dict(settings, seeds=[settings["seed"]]), threads=threads)
     return summarise(out)
 
 
@@ -120,10 +166,11 @@ def summarise(out: Path) -> dict:
     from rsdyn.cae.summary import summary_fig3
 
     info = json.loads((out / "training.json").read_text())
-    row = {key: info[key] for key in FULL_KEYS}
+    row = {key: value[0] if isinstance(value, list) and len(value) == 1 else value for key, value in ((k, info[k]) for k in FULL_KEYS)}
     row.update(seed=info["settings"]["seed"], threads=info["threads"])
     rows = summary_fig3(read_group(out / "embedding.zarr"))
     for name in ("cae_ev_block_early", "cae_ev_block_late", "cae_ev_block_late_minus_early", "cae_step_distance_late_over_early",
+                 "cae_ev_across_early", "cae_ev_across_late", "cae_ev_across_minus_mean_predictor",
                  "cae_ev_own_mean_early", "cae_ev_own_mean_late", "cae_test_r2_pooled"):
         row[name] = rows[name]["value"]
         if "verdict" in rows[name]:
@@ -149,6 +196,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="", help="comma-separated seeds to train with the default settings (the README's spread), e.g. 0,1,2,3,4")
     parser.add_argument("--reuse", nargs="*", default=[], help="finished CAE output folders (e.g. the DAG's results/smollm2-135m/cae) to add to the spread")
     parser.add_argument("--no-epochs", action="store_true", help="skip the per-batch-size epoch timings")
+    parser.add_argument("--batched", action="store_true", help="time one epoch of all default seeds at once against one epoch of the single-seed CAE")
+    parser.add_argument("--repeats", type=int, default=3, help="alternated timings of --batched (the fastest of each counts)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/cae.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -173,25 +222,35 @@ def main() -> None:
             baseline = baseline or seconds
             report["epoch_seconds"][batch] = {"seconds": seconds, "ratio_to_256": seconds / baseline}
             print(f"{batch:>6} {seconds:>8.2f} {seconds / baseline:>12.2f}")
+        if args.batched:
+            val = torch.from_numpy(states[split["val"]].reshape(-1, d))
+            row = batched_vs_single(train, val, settings["seeds"], settings, args.repeats)
+            report["batched"] = row
+            print(
+                f"one epoch: single seed (before) {row['single_epoch_seconds']:.2f} s, {len(row['seeds'])} seeds at once "
+                f"{row['batched_epoch_seconds']:.2f} s: ratio {row['ratio']:.2f} (FLOP ratio {row['flop_ratio']}; "
+                f"{row['gflop_per_epoch_per_seed']:.0f} GFLOP of products per seed and epoch)", flush=True,
+            )
         if not args.no_full:
             row = full_training(store, Path(tmp) / "cae", settings, args.threads)
             report["full"] = row
             print(
-                f"full default training: {row['train_seconds']:.0f} s, {row['epochs_run']} epochs "
-                f"(best {row['best_epoch']}, early stop {row['stopped_early']}), {row['seconds_per_epoch']:.2f} s/epoch "
-                f"at batch {settings['batch_size']} (validation included); best val MSE {row['best_val_loss']:.2f}, "
-                f"test MSE {row['test_loss']:.2f}, pooled test R^2 {row['test_r2_pooled']:.3f}"
+                f"full default training, seeds {row['seeds']}: {row['train_seconds']:.0f} s, {row['epochs']} epochs "
+                f"(per seed {row['epochs_run']}, best {row['best_epoch']}, early stop {row['stopped_early']}), "
+                f"{row['seconds_per_epoch']:.2f} s/epoch at batch {settings['batch_size']} (validation included); "
+                f"best val MSE {[round(v, 2) for v in row['best_val_loss']]}, test MSE {[round(v, 2) for v in row['test_loss']]}, "
+                f"pooled test R^2 {[round(v, 3) for v in row['test_r2_pooled']]}"
             )
         if args.compare:
             report["compare"] = {}
             print(f"{'option':>16} {'seed':>4} {'epochs':>6} {'best':>4} {'val MSE':>8} {'test MSE':>8} {'R^2':>6} {'med R^2 own':>11} {'worst jump':>10}")
             for name, option in OPTIONS.items():
                 for seed in SEEDS:
-                    row = full_training(store, Path(tmp) / f"cae_{len(report['compare'])}", dict(settings, **option, seed=seed), args.threads)
+                    row = full_training(store, Path(tmp) / f"cae_{len(report['compare'])}", dict(settings, **option, seed=seed, seeds=[seed]), args.threads)
                     report["compare"][f"{name}, seed {seed}"] = row
                     print(
-                        f"{name:>16} {seed:>4} {row['epochs_run']:>6} {row['best_epoch']:>4} {row['best_val_loss']:>8.2f} "
-                        f"{row['test_loss']:>8.2f} {row['test_r2_pooled']:>6.3f} {row['median_ev_per_sublayer']:>11.3f} "
+                        f"{name:>16} {seed:>4} {row['epochs_run'][0]:>6} {row['best_epoch'][0]:>4} {row['best_val_loss'][0]:>8.2f} "
+                        f"{row['test_loss'][0]:>8.2f} {row['test_r2_pooled'][0]:>6.3f} {row['median_ev_per_sublayer']:>11.3f} "
                         f"{row['worst_val_jump']:>10.2f}"
                     )
         if args.seeds or args.reuse:

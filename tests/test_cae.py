@@ -7,7 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from rsdyn.cae.metrics import explained_variance_per_sublayer, step_distances
+from rsdyn.cae.metrics import (
+    explained_variance_block,
+    explained_variance_per_sublayer,
+    step_distances,
+)
 from rsdyn.cae.model import (
     CompressingAutoencoder,
     build_model,
@@ -264,6 +268,7 @@ def test_explained_variance_and_step_distances_match_loops():
 SETTINGS = {
     "n_layers": 3, "lr": 1e-3, "max_epochs": 2, "patience": 10, "batch_size": 32, "grad_clip": 1.0, "warmup_epochs": 1,
     "val_fraction": 0.2, "test_fraction": 0.2, "device": "cpu", "seed": 0, "condition": "original", "input_scaling": "unit",
+    "seeds": [0, 1],
 }
 
 
@@ -282,18 +287,25 @@ def test_run_cae_writes_every_output(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["embedding.zarr", "model.safetensors", "training.json", "training_curve.csv"]
     arrays = read_group(out / "embedding.zarr")
     n_test = info["n_sequences"]["test"]
-    assert arrays["embedding"].shape == (n_test, 4, 2)
-    assert arrays["ev_per_sublayer"].shape == (4,) and arrays["step_distance"].shape == (3,)
+    assert info["seeds"] == [0, 1] and arrays["training_seeds"].tolist() == [0, 1]
+    assert arrays["embedding"].shape == (2, n_test, 4, 2) and arrays["reconstruction_sse"].shape == (2, n_test, 4)
+    assert arrays["ev_per_sublayer"].shape == (2, 4) and arrays["step_distance"].shape == (2, 3)
+    assert arrays["mean_predictor_sse"].shape == (n_test, 4) and arrays["step_distance_per_sequence"].shape == (2, n_test, 3)
     test = states[arrays["test_sequences"]].astype(np.float64)
     np.testing.assert_allclose(arrays["test_variance_per_sublayer"], [test[:, s].var(axis=0).mean() for s in range(4)], rtol=1e-5)
-    assert float(arrays["test_r2_pooled"]) == pytest.approx(info["test_r2_pooled"])
-    assert info["test_r2_pooled"] == pytest.approx(1 - info["test_loss"] / test.reshape(-1, 16).var(axis=0).mean(), rel=1e-5)
-    assert json.loads((out / "training.json").read_text())["epochs_run"] == 2
-    model = load_cae(out)
-    with torch.no_grad():
-        again = model.encode(torch.from_numpy(states[arrays["test_sequences"]])).numpy()
-    np.testing.assert_allclose(again, arrays["embedding"], rtol=1e-5, atol=1e-5)
-    assert len((out / "training_curve.csv").read_text().splitlines()) == 3
+    np.testing.assert_allclose(arrays["test_r2_pooled"], info["test_r2_pooled"])
+    for k in range(2):
+        assert info["test_r2_pooled"][k] == pytest.approx(1 - info["test_loss"][k] / test.reshape(-1, 16).var(axis=0).mean(), rel=1e-5)
+    assert json.loads((out / "training.json").read_text())["epochs_run"] == [2, 2]
+    for k in range(2):
+        model = load_cae(out, k)
+        with torch.no_grad():
+            again = model.encode(torch.from_numpy(states[arrays["test_sequences"]])).numpy()
+        np.testing.assert_allclose(again, arrays["embedding"][k], rtol=1e-5, atol=1e-5)
+    train_rows = np.setdiff1d(np.arange(10), np.concatenate([arrays["test_sequences"], split_by_sequence(10, 0.2, 0.2, 0)["val"]]))
+    np.testing.assert_allclose(arrays["train_sublayer_mean"], states[train_rows].astype(np.float64).mean(axis=0), rtol=1e-10, atol=1e-10)
+    lines = (out / "training_curve.csv").read_text().splitlines()
+    assert lines[0] == "seed,epoch,train_loss,val_loss,grad_norm_max,lr,seconds" and len(lines) == 1 + 2 * 2
 
 
 def test_run_cae_rejects_bad_settings_before_writing(tmp_path):
@@ -314,34 +326,47 @@ def test_run_cae_rejects_bad_settings_before_writing(tmp_path):
 
 
 def test_summary_rows_follow_their_definitions():
+    from test_cae_metrics import full_arrays, synthetic
+
     from rsdyn.cae.summary import summary_fig3
 
-    ev = np.linspace(0, 1, 8)
-    block = np.linspace(-2, 0.9, 8)
-    steps = np.arange(1.0, 8.0)
-    rows = summary_fig3({"ev_per_sublayer": ev, "ev_block_per_sublayer": block, "step_distance": steps})
+    states, recon, embedding, train_mean = synthetic(n=20, n_sublayers=8)
+    arrays = full_arrays(states, recon, embedding, train_mean)
+    rows = summary_fig3(arrays, n_resamples=20, seed=0)
+    block = np.mean([explained_variance_block(states, y) for y in recon], axis=0)
     assert rows["cae_ev_block_early"]["value"] == pytest.approx(np.median(block[:2]))
     assert rows["cae_ev_block_late"]["value"] == pytest.approx(np.median(block[6:]))
-    assert rows["cae_ev_own_mean_early"]["value"] == pytest.approx(np.median(ev[:2]))
-    assert rows["cae_ev_own_mean_late"]["value"] == pytest.approx(np.median(ev[6:]))
-    assert rows["cae_step_distance_late_over_early"]["value"] == pytest.approx(steps[5:].mean() / steps[:2].mean())
-    assert all(set(row) == {"value", "paper", "definition"} for row in rows.values())
+    across = np.mean([[1 - ((states[:, s] - y[:, s]) ** 2).sum() / ((states[:, s] - train_mean[s]) ** 2).sum() for s in range(8)] for y in recon], axis=0)
+    assert rows["cae_ev_across_early"]["value"] == pytest.approx(np.median(across[:3]))  # thirds: ceil(8 / 3) = 3
+    assert rows["cae_ev_across_late"]["value"] == pytest.approx(np.median(across[5:]))
+    assert rows["cae_ev_across_minus_mean_predictor"]["value"] == pytest.approx(np.median(across))
+    assert rows["cae_sublayers_beating_mean_predictor"]["value"] == pytest.approx(np.mean(across > 0))
+    own = arrays["ev_per_sublayer"].mean(axis=0)
+    assert rows["cae_ev_own_mean_early"]["value"] == pytest.approx(np.median(own[:2]))
+    assert rows["cae_ev_own_mean_late"]["value"] == pytest.approx(np.median(own[6:]))
+    steps = step_distances(embedding).mean(axis=1)  # (S, 7) over test sequences
+    assert rows["cae_step_distance_late_over_early"]["value"] == pytest.approx(np.mean(steps[:, 5:].mean(axis=1) / steps[:, :2].mean(axis=1)))
+    assert rows["cae_test_r2_pooled"]["value"] == pytest.approx(arrays["test_r2_pooled"].mean())
+    plain = {"cae_ev_block_early", "cae_ev_block_late", "cae_sublayers_beating_mean_predictor", "cae_ev_own_mean_early", "cae_ev_own_mean_late",
+             "cae_ev_pooled_reference_early", "cae_ev_pooled_reference_late", "cae_test_r2_pooled"}
+    assert all(set(row) == {"value", "paper", "definition"} for name, row in rows.items() if name in plain)
+    assert all("verdict" in row for name, row in rows.items() if name not in plain)
 
 
-def test_summary_skips_sublayers_of_negligible_variance_and_adds_pooled_rows():
+def test_summary_skips_sublayers_of_negligible_variance():
+    from test_cae_metrics import full_arrays, synthetic
+
     from rsdyn.cae.summary import summary_fig3
 
-    ev = np.array([-70.0, -0.5, 0.2, 0.4, 0.5, 0.6, 0.7, 0.9])
-    variance = np.array([1e-4, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 5.0])  # the first is below 1e-3 x mean
-    pooled = np.linspace(0.5, 0.9, 8)
-    rows = summary_fig3({"ev_per_sublayer": ev, "step_distance": np.ones(7), "test_variance_per_sublayer": variance,
-                         "ev_per_sublayer_pooled_reference": pooled, "test_r2_pooled": np.asarray(0.75)})
-    assert rows["cae_ev_own_mean_early"]["value"] == pytest.approx(-0.5)  # only sublayer 1 of the first quarter counts
-    assert rows["cae_ev_own_mean_late"]["value"] == pytest.approx(np.median(ev[6:]))
+    arrays = full_arrays(*synthetic(n=20, n_sublayers=8))
+    arrays["ev_per_sublayer"][:, 0] = -70.0
+    arrays["test_variance_per_sublayer"] = np.array([1e-4, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 5.0])  # the first is below 1e-3 x mean
+    rows = summary_fig3(arrays, n_resamples=20, seed=0)
+    assert rows["cae_ev_own_mean_early"]["value"] == pytest.approx(arrays["ev_per_sublayer"][:, 1].mean())  # only sublayer 1 counts
+    pooled = arrays["ev_per_sublayer_pooled_reference"].mean(axis=0)
     assert rows["cae_ev_pooled_reference_early"]["value"] == pytest.approx(np.median(pooled[:2]))
     assert rows["cae_ev_pooled_reference_late"]["value"] == pytest.approx(np.median(pooled[6:]))
-    assert rows["cae_test_r2_pooled"]["value"] == pytest.approx(0.75)
-    assert "1e-3" in rows["cae_ev_own_mean_early"]["definition"] or "0.001" in rows["cae_ev_own_mean_early"]["definition"]
+    assert "0.001" in rows["cae_ev_own_mean_early"]["definition"]
 
 
 def test_sublayers_with_variance_matches_a_loop():

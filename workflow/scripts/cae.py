@@ -1,4 +1,4 @@
-"""Rule cae: train the compressing autoencoder and write results/{run}/cae/."""
+"""Rule cae: train the compressing autoencoder (every seed of cae.seeds) and write results/{run}/cae/."""
 
 from rsdyn.core.jobs import setup_job
 
@@ -8,6 +8,7 @@ from rsdyn.cae.run import run_cae  # noqa: E402
 
 info = run_cae(snakemake.input[0], snakemake.output[0], snakemake.params.settings, threads=snakemake.threads)  # noqa: F821
 log.info(
-    "CAE on %s: %d epochs (best %d, early stop %s), %.1f s, test MSE %.4g",
-    info["device"], info["epochs_run"], info["best_epoch"], info["stopped_early"], info["train_seconds"], info["test_loss"],
+    "CAE on %s, seeds %s: %d epochs (per seed %s, best %s, early stop %s), %.1f s, test MSE %s",
+    info["device"], info["seeds"], info["epochs"], info["epochs_run"], info["best_epoch"], info["stopped_early"],
+    info["train_seconds"], [f"{loss:.4g}" for loss in info["test_loss"]],
 )

@@ -1,20 +1,23 @@
-"""The CAE's data: its corpus and store (``cae.corpus``), sample blocks of the store held
-in memory or streamed, and the statistics of one streaming pass.
+"""The CAE's data: sample blocks of the store held in memory (on the device or in pinned
+host memory) or streamed, and the moments of one streaming pass.
 
 A *block* is the rows of one split (train, validation or test sequences) that lie in one
 run of consecutive sample chunks of the store (``cae.block_mb`` MiB of chunks, at least
 one chunk), so that reading a block reads whole rows of chunks and nothing else. A
 *sample* is one sequence's state at one sublayer, a D-vector.
 
-Training order, the same in memory and streamed: every epoch the blocks come in a seeded
-permutation (``block_order``) and the samples of each block in a permutation seeded by
-(seed, epoch, block) (``within_block_order``); the stream of samples is then cut into
-batches of ``batch_size`` that may span two blocks (``rebatch``). Validation and test
-passes take the blocks and their samples in store order. In memory the blocks are read
-once and kept; streamed they are read from the store by a torch ``DataLoader`` over
-blocks (optionally in worker processes), so memory holds a few blocks. Both give the
-same batches, hence the same numbers.
-"""
+Training order, the same in memory and streamed: every epoch the blocks come in a
+permutation seeded by ``cae.seed`` (``block_order``) and the samples of each block in a
+permutation seeded by (seed, epoch, block) (``within_block_order``), where the seed is
+each training seed's own when several are trained at once (``cae.seeds``); the stream
+of samples is then cut into batches of ``batch_size`` that may span two blocks
+(``index_batches``). Validation and test passes take the blocks and their samples in
+store order. In memory the blocks are read once and kept; streamed they are read from
+the store by a torch ``DataLoader`` over blocks (optionally in worker processes), so
+memory holds a few blocks. Both give the same batches, hence the same numbers. On CUDA
+the blocks stay on the device when they fit (``data_placement``), else each block is
+copied from pinned host memory on a side stream while the previous one trains
+(``ahead``)."""
 
 from __future__ import annotations
 
@@ -23,11 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from rsdyn.cae.metrics import ev_block_from_sequence_stats
 from rsdyn.cae.settings import DATA_MODES, DEFAULT_BLOCK_MB
-
-# --------------------------------------------------------------------------- corpus and store
-
 
 # --------------------------------------------------------------------------- blocks
 
@@ -82,8 +81,10 @@ def _open_array(store_path, condition: str):
 
 
 class BlockDataset(torch.utils.data.Dataset):
-    """Item ``b``: the samples of block ``b`` as float32 ``(rows * 2L, D)`` (row-major: a
-    row's sublayers together), permuted by ``within_block_order`` when ``shuffle``.
+    """Item ``b``: ``(b, samples)``, the samples of block ``b`` as float32 ``(rows * 2L, D)``
+    (row-major: a row's sublayers together) in row order. ``seed`` orders the blocks of
+    each epoch (``block_order``) when ``shuffle``, and the samples within a block unless
+    the batches name their own seeds.
 
     Reads the store at ``store_path`` (opened lazily, so that worker processes open their
     own handle) unless ``cache`` holds the blocks' states already (the in-memory mode).
@@ -114,13 +115,11 @@ class BlockDataset(torch.utils.data.Dataset):
             self._array = _open_array(self.store_path, self.condition)
         return torch.from_numpy(read_rows(self._array, self.blocks[index], self.store_path))
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
+        """``(index, samples)``: block ``index``'s samples (rows * 2L, D) in row order (the
+        seeded orders within the block are applied by ``BlockSource.batches``)."""
         states = self.states(index)
-        samples = states.reshape(-1, states.shape[-1])
-        if self.shuffle:
-            order = within_block_order(len(samples), self.seed, self.epoch, int(index))
-            samples = samples[torch.from_numpy(order).to(samples.device)]
-        return samples
+        return index, states.reshape(-1, states.shape[-1])
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -143,31 +142,69 @@ class BlockSampler(torch.utils.data.Sampler):
         return iter(int(i) for i in order)
 
 
-def rebatch(blocks: Iterator[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
-    """Cut a stream of ``(m, D)`` sample blocks into batches of ``batch_size`` samples (the
-    last one shorter); a batch may span consecutive blocks."""
+def index_batches(blocks: Iterator[tuple[torch.Tensor, torch.Tensor | None]], batch_size: int) -> Iterator[torch.Tensor]:
+    """Cut a stream of sample blocks into batches of ``batch_size`` samples (the last one
+    shorter); a batch may span consecutive blocks. Each block is ``(samples, orders)``:
+    samples (m, D) and either None (the samples in their order; batches (B, D)) or int64
+    orders (S, m), one permutation of the block per seed (batches (S, B, D), seed k's
+    batch the next samples in its own order). Samples are gathered batch by batch, so a
+    block is never copied whole per seed."""
     pending: list[torch.Tensor] = []
     held = 0
-    for block in blocks:
-        start = 0
-        while start < len(block):
-            take = min(batch_size - held, len(block) - start)
-            pending.append(block[start : start + take])
+    for samples, orders in blocks:
+        start, n = 0, len(samples)
+        while start < n:
+            take = min(batch_size - held, n - start)
+            pending.append(samples[start : start + take] if orders is None else samples[orders[:, start : start + take]])
             held += take
             start += take
             if held == batch_size:
-                yield pending[0] if len(pending) == 1 else torch.cat(pending)
+                yield pending[0] if len(pending) == 1 else torch.cat(pending, dim=-2)
                 pending, held = [], 0
     if held:
-        yield pending[0] if len(pending) == 1 else torch.cat(pending)
+        yield pending[0] if len(pending) == 1 else torch.cat(pending, dim=-2)
+
+
+def ahead(blocks: Iterator[tuple[int, torch.Tensor]], device: torch.device) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(index, block)`` pairs moved to ``device``, one block ahead: on CUDA the copy of the
+    next block (from pinned host memory: asynchronous) runs on a side stream while the
+    current one is used, and the current stream waits for it before its first use; on
+    the CPU (or for a block already on the device) the blocks pass through."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        for index, block in blocks:
+            yield index, block.to(device)
+        return
+    copy_stream = torch.cuda.Stream(device)
+    pending = None
+    for index, block in blocks:
+        with torch.cuda.stream(copy_stream):
+            moved = block.to(device, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record(copy_stream)
+        if pending is not None:
+            yield _arrived(*pending)
+        pending = (index, moved, ready)
+    if pending is not None:
+        yield _arrived(*pending)
+
+
+def _arrived(index: int, block: torch.Tensor, ready) -> tuple[int, torch.Tensor]:
+    current = torch.cuda.current_stream(block.device)
+    current.wait_event(ready)
+    block.record_stream(current)  # its memory is not reused before the current stream is done with it
+    return index, block
 
 
 class BlockSource:
-    """The samples of one split as batches, from blocks in memory or streamed from the store.
+    """The samples of one split as batches, from blocks in memory (on the device or on the
+    host) or streamed from the store.
 
     ``n_samples`` is the number of samples (rows x 2L); ``batches(epoch, batch_size)``
-    yields the epoch's batches in training order (shuffled) or store order (not);
-    ``blocks()`` yields each block's states ``(rows, 2L, D)`` in store order.
+    yields the epoch's batches in training order (shuffled) or store order (not), and
+    ``batches(epoch, batch_size, seeds)`` one batch per seed; ``blocks()`` yields each
+    block's states ``(rows, 2L, D)`` in store order. Blocks not on ``device`` reach it
+    through ``ahead`` (pinned host blocks are copied asynchronously, one block ahead).
     """
 
     def __init__(self, dataset: BlockDataset, n_sublayers: int, workers: int = 0, device: torch.device | str = "cpu"):
@@ -182,27 +219,62 @@ class BlockSource:
     def __len__(self) -> int:
         return self.n_samples
 
-    def _blocks(self) -> Iterator[torch.Tensor]:
+    def _pinned(self, block: torch.Tensor) -> torch.Tensor:
+        return block.pin_memory() if self.device.type == "cuda" and block.device.type == "cpu" and not block.is_pinned() else block
+
+    def _blocks(self) -> Iterator[tuple[int, torch.Tensor]]:
         if self.workers == 0:
             for index in BlockSampler(self.dataset):
-                yield self.dataset[index]
+                item, samples = self.dataset[index]
+                yield item, self._pinned(samples)
             return
         if self._loader is None:
             self._loader = torch.utils.data.DataLoader(
                 self.dataset, batch_size=None, sampler=BlockSampler(self.dataset), num_workers=self.workers,
                 multiprocessing_context="spawn", persistent_workers=False, prefetch_factor=2,
+                pin_memory=self.device.type == "cuda",
             )
-        yield from self._loader
+        for index, samples in self._loader:
+            yield int(index), samples
 
-    def batches(self, epoch: int, batch_size: int) -> Iterator[torch.Tensor]:
+    def batches(self, epoch: int, batch_size: int, seeds: Sequence[int] | None = None) -> Iterator[torch.Tensor]:
+        """The epoch's batches on the source's device. Without ``seeds``: (B, D), the samples of
+        each block in the order of the dataset's seed (or in store order when not
+        shuffling). With ``seeds`` (S of them): (S, B, D), seed k's batches from the
+        samples of each block in ``within_block_order(m, seeds[k], epoch, block)``; the
+        blocks come in the same order for every seed."""
         self.dataset.set_epoch(epoch)
-        for batch in rebatch(self._blocks(), batch_size):
-            yield batch.to(self.device, non_blocking=True)
+        order_seeds = None if not self.dataset.shuffle else [self.dataset.seed] if seeds is None else [int(s) for s in seeds]
+
+        def ordered():
+            for index, samples in ahead(self._blocks(), self.device):
+                if order_seeds is None:
+                    yield samples, None
+                    continue
+                orders = np.stack([within_block_order(len(samples), seed, epoch, index) for seed in order_seeds])
+                yield samples, torch.from_numpy(orders).to(samples.device)
+
+        for batch in index_batches(ordered(), batch_size):
+            yield batch[0] if seeds is None and order_seeds is not None else batch
 
     def blocks(self) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """``(rows, states)`` of every block in store order, states float32 ``(rows, 2L, D)`` on the source's device."""
-        for index, rows in enumerate(self.dataset.blocks):
-            yield rows, self.dataset.states(index).to(self.device)
+        stored = ((index, self._pinned(self.dataset.states(index))) for index in range(len(self.dataset.blocks)))
+        for index, states in ahead(stored, self.device):
+            yield self.dataset.blocks[index], states
+
+
+def data_placement(device: torch.device | str, n_bytes: int, free_bytes: int | None = None, fraction: float = 0.5) -> str:
+    """Where the in-memory blocks live: ``device`` (resident: on the CPU always, on CUDA when
+    the float32 data take at most ``fraction`` of the device's free memory ``free_bytes``,
+    default ``torch.cuda.mem_get_info``) or ``host`` (pinned host memory, each block
+    copied to the device asynchronously when it is used)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "device"
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    return "device" if n_bytes <= fraction * free_bytes else "host"
 
 
 def data_mode(mode: str, n_bytes: int, memory_gb: float) -> str:
@@ -225,14 +297,21 @@ def load_sources(
     workers: int = 0,
     device: torch.device | str = "cpu",
     block_mb: float = DEFAULT_BLOCK_MB,
+    placement: str = "device",
 ) -> dict[str, BlockSource]:
     """A ``BlockSource`` per split (``train`` shuffled, the others in store order).
 
     A block spans ``block_rows`` consecutive rows: a whole number of sample chunks,
     round(block_mb / chunk size) of them and at least one. ``mode`` ``memory`` reads
     every block once and keeps the split's rows of it (on ``device``); ``stream`` keeps
-    only the block layout and reads blocks as they are needed.
+    only the block layout and reads blocks as they are needed. In memory, ``placement``
+    ``device`` keeps the blocks on ``device``, ``host`` keeps them in host memory (pinned
+    when ``device`` is CUDA) and copies each to the device when it is used
+    (``data_placement`` chooses).
     """
+    if placement not in ("device", "host"):
+        raise ValueError(f"cae data placement {placement!r}; expected 'device' or 'host'.")
+    keep_on = torch.device(device) if placement == "device" else torch.device("cpu")
     array = _open_array(store_path, condition)
     span = block_rows(array.chunks[0], array.shape[1] * array.shape[2] * 4, block_mb)
     n_sublayers = array.shape[1]
@@ -247,7 +326,8 @@ def load_sources(
                 continue
             chunk = read_rows(array, np.arange(start, min(start + span, array.shape[0])), store_path)
             for name, rows in wanted.items():
-                caches[name].append(torch.from_numpy(np.ascontiguousarray(chunk[rows - start])).to(device))
+                block = torch.from_numpy(np.ascontiguousarray(chunk[rows - start])).to(keep_on)
+                caches[name].append(block.pin_memory() if keep_on.type == "cpu" and torch.device(device).type == "cuda" else block)
     elif mode != "stream":
         raise ValueError(f"cae data mode {mode!r}; expected 'memory' or 'stream'.")
     return {
@@ -296,57 +376,16 @@ class Moments:
 
 def unit_moments(source: BlockSource) -> Moments:
     """Per-unit mean and M2 of every sample of ``source`` (one pass over its blocks, store order)."""
-    moments = Moments()
+    return training_moments(source)[0]
+
+
+def training_moments(source: BlockSource) -> tuple[Moments, Moments]:
+    """One pass over the blocks of ``source`` (store order): the per-unit moments of every
+    sample (all sublayers pooled; the input map) and the per-(sublayer, unit) moments over
+    rows (mean (2L, D): each sublayer's training-set mean, the sublayer-mean predictor)."""
+    pooled, sublayer = Moments(), Moments()
     for _, states in source.blocks():
-        moments.add(states.reshape(-1, states.shape[-1]).cpu().numpy())
-    return moments
-
-
-class HeldOutStatistics:
-    """What the test-set evaluation needs, accumulated block by block (float64).
-
-    ``add(states, reconstruction)`` takes one block's (rows, 2L, D) states X and
-    reconstructions Y. Kept: per (sublayer, unit) moments of X over sequences; per
-    sublayer the sum of squared residuals; per sequence and sublayer the mean and the
-    (population) variance over units of X and of the residual R = X - Y
-    (``sequence_stats``, (n, 2L, 4): mean_x, var_x, mean_r, var_r), from which any
-    resample of sequences gives the block variances.
-    """
-
-    def __init__(self):
-        self.unit = Moments()
-        self.residual_ss: np.ndarray | None = None
-        self.per_sequence: list[np.ndarray] = []
-
-    def add(self, states: np.ndarray, reconstruction: np.ndarray) -> None:
-        x = np.asarray(states, dtype=np.float64)
-        r = x - np.asarray(reconstruction, dtype=np.float64)
-        self.unit.add(x)
-        ss = (r**2).sum(axis=(0, 2))
-        self.residual_ss = ss if self.residual_ss is None else self.residual_ss + ss
-        mean_x, mean_r = x.mean(axis=2), r.mean(axis=2)
-        var_x = ((x - mean_x[..., None]) ** 2).mean(axis=2)
-        var_r = ((r - mean_r[..., None]) ** 2).mean(axis=2)
-        self.per_sequence.append(np.stack([mean_x, var_x, mean_r, var_r], axis=-1))
-
-    def sequence_stats(self) -> np.ndarray:
-        return np.concatenate(self.per_sequence)
-
-    def results(self) -> dict[str, np.ndarray | float]:
-        """Per-sublayer and pooled test metrics (see ``rsdyn.cae.run_cae``)."""
-        n, (n_sublayers, d_model) = self.unit.count, self.unit.mean.shape
-        own_spread = self.unit.m2.sum(axis=1)
-        pooled_mean = self.unit.mean.mean(axis=0)
-        pooled_spread = own_spread + n * ((self.unit.mean - pooled_mean) ** 2).sum(axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return {
-                "ev_per_sublayer": 1.0 - self.residual_ss / np.where(own_spread > 0, own_spread, np.nan),
-                "ev_per_sublayer_pooled_reference": 1.0 - self.residual_ss / np.where(pooled_spread > 0, pooled_spread, np.nan),
-                "ev_block_per_sublayer": ev_block_from_sequence_stats(self.sequence_stats()),
-                "test_mse_per_sublayer": self.residual_ss / (n * d_model),
-                "test_variance_per_sublayer": own_spread / (n * d_model),
-                "test_loss": float(self.residual_ss.sum() / (n * n_sublayers * d_model)),
-                "test_r2_pooled": float(1.0 - self.residual_ss.sum() / pooled_spread.sum()),
-            }
-
-
+        values = states.cpu().numpy()
+        pooled.add(values.reshape(-1, values.shape[-1]))
+        sublayer.add(values)
+    return pooled, sublayer

@@ -55,16 +55,32 @@ def draw_architecture(ax: Axes, widths: Sequence[int], d_model: int) -> None:
     ax.set_title(f"A  CAE, k = {len(widths)} layers per side")
 
 
-def draw_training_curve(ax: Axes, curve: Sequence[Mapping], best_epoch: int | None = None, note: str | None = None) -> None:
-    """Panel E: training and validation MSE (squared input units) per epoch, log scale with
-    plain tick labels; ``note`` (e.g. the training options) goes under the title."""
+def seed_curves(curve: Sequence[Mapping], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Epochs and the mean, minimum and maximum of ``key`` over the seeds that ran each
+    epoch, from training-curve rows (one per seed and epoch; rows without a seed are one seed)."""
+    by_epoch: dict[int, list[float]] = {}
+    for record in curve:
+        by_epoch.setdefault(int(record["epoch"]), []).append(float(record[key]))
+    epochs = np.array(sorted(by_epoch))
+    values = [np.array(by_epoch[e]) for e in epochs]
+    return epochs, np.array([v.mean() for v in values]), np.array([v.min() for v in values]), np.array([v.max() for v in values])
+
+
+def draw_training_curve(ax: Axes, curve: Sequence[Mapping], best_epoch=None, note: str | None = None) -> None:
+    """Panel E: training and validation MSE (squared input units) per epoch, the mean over
+    training seeds with their range as a band, log scale with plain tick labels; dotted
+    lines at each seed's best epoch (``best_epoch``: one or a list); ``note`` (e.g. the
+    training options) goes under the title."""
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
-    epochs = [row["epoch"] for row in curve]
-    ax.plot(epochs, [row["train_loss"] for row in curve], lw=1.2, label="train")
-    ax.plot(epochs, [row["val_loss"] for row in curve], lw=1.2, label="validation")
-    if best_epoch:
-        ax.axvline(best_epoch, color="grey", ls=":", lw=1.0, label=f"best epoch {best_epoch}")
+    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
+        epochs, mean, low, high = seed_curves(curve, key)
+        line = ax.plot(epochs, mean, lw=1.2, label=label)[0]
+        if np.any(high > low):
+            ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2, lw=0)
+    bests = sorted({int(b) for b in np.atleast_1d(best_epoch) if b}) if best_epoch is not None else []
+    for index, best in enumerate(bests):
+        ax.axvline(best, color="grey", ls=":", lw=1.0, label=None if index else f"best epoch{'s' * (len(bests) > 1)} {', '.join(map(str, bests))}")
     ax.set_yscale("log")
     ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
     ax.yaxis.set_major_formatter(ScalarFormatter())
@@ -88,14 +104,19 @@ def draw_mean_trajectory(ax: Axes, embedding: np.ndarray, max_trajectories: int 
 def draw_step_distance(ax: Axes, step_distance: np.ndarray, step_distance_sem: np.ndarray | None = None, sublayer_names: Sequence[str] | None = None) -> None:  # noqa: ARG001 - names kept for callers
     """Panel C: mean distance between successive sublayers in the 2-D space, per transition
     (drawn between the two sublayers), within-layer (pre-attn -> pre-MLP) and cross-layer
-    (pre-MLP -> next pre-attn) apart; bars are +- 1 s.e.m. over test sequences."""
-    transitions = np.arange(len(step_distance))
-    sem = np.zeros_like(step_distance) if step_distance_sem is None else step_distance_sem
+    (pre-MLP -> next pre-attn) apart. One curve (T,): bars are +- 1 s.e.m. over test
+    sequences; per seed (S, T): the mean over seeds, the band their range."""
+    per_seed = np.atleast_2d(np.asarray(step_distance, dtype=np.float64))
+    mean = per_seed.mean(axis=0)
+    transitions = np.arange(len(mean))
+    sem = np.zeros_like(mean) if step_distance_sem is None or len(per_seed) > 1 else np.asarray(step_distance_sem, dtype=np.float64).reshape(-1)
     for parity, colour, label in ((0, WITHIN, "within layer (pre-attn -> pre-MLP)"), (1, CROSS, "cross layer (pre-MLP -> next pre-attn)")):
         t = transitions[transitions % 2 == parity]
-        ax.errorbar(t + 0.5, step_distance[t], yerr=sem[t], color=colour, marker="o", ms=3.5, lw=1.0, label=label)
-    layer_axis(ax, len(step_distance) + 1)
-    ax.set_ylabel("step distance in 2-D")
+        ax.errorbar(t + 0.5, mean[t], yerr=sem[t], color=colour, marker="o", ms=3.5, lw=1.0, label=label)
+        if len(per_seed) > 1:
+            ax.fill_between(t + 0.5, per_seed[:, t].min(axis=0), per_seed[:, t].max(axis=0), color=colour, alpha=0.2, lw=0)
+    layer_axis(ax, len(mean) + 1)
+    ax.set_ylabel("step distance in 2-D" + (f" (mean of {len(per_seed)} seeds, band: range)" if len(per_seed) > 1 else ""))
     ax.set_title("C  distance between successive sublayers")
     ax.legend(fontsize=9, frameon=False, loc="upper left")
 
@@ -108,7 +129,9 @@ def draw_cae_explained_variance(
     ev_pooled_reference: np.ndarray | None = None,
     variance_per_sublayer: np.ndarray | None = None,
 ) -> None:
-    """Panel D: explained variance of the reconstruction of each sublayer on the test set.
+    """Panel D: explained variance of the reconstruction of each sublayer on the test set;
+    per-seed arrays (S, 2L) are drawn as their mean over seeds (the primary curve with the
+    seeds' range as a band).
 
     Black (depth-coloured points): the block-variance reading of the paper,
     1 - var(X_s - Y_s) / var(X_s) over every entry of the sublayer's test block; values
@@ -119,9 +142,16 @@ def draw_cae_explained_variance(
     which grey crosses mark on the x axis (below every value: not an R^2 of 0)."""
     from rsdyn.cae.metrics import NEGLIGIBLE_RELATIVE_VARIANCE, sublayers_with_variance
 
+    seeds_block = np.atleast_2d(np.asarray(ev_block_per_sublayer, dtype=np.float64))
+    ev_block_per_sublayer = seeds_block.mean(axis=0)
+    ev_own_mean = None if ev_own_mean is None else np.atleast_2d(ev_own_mean).mean(axis=0)
+    ev_pooled_reference = None if ev_pooled_reference is None else np.atleast_2d(ev_pooled_reference).mean(axis=0)
     n_sublayers = len(ev_block_per_sublayer)
     x = np.arange(n_sublayers)
     references, marked_on_axis = [], False
+    if len(seeds_block) > 1:
+        ax.fill_between(x, np.maximum(seeds_block.min(axis=0), -1.0), np.maximum(seeds_block.max(axis=0), -1.0), color="0.3", alpha=0.2, lw=0,
+                        label=f"range over {len(seeds_block)} training seeds")
     if ev_pooled_reference is not None:
         ax.plot(x, np.maximum(ev_pooled_reference, -1.0), color="0.55", lw=1.1, label="reference: vs pooled mean")
         references.append(np.asarray(ev_pooled_reference, dtype=np.float64))
@@ -173,7 +203,7 @@ def fig3(cae_dir) -> Figure:
     axes = dict(zip("ABE", top.subplots(1, 3, width_ratios=[1, 2.2, 1.4])))
     axes.update(zip("CD", bottom.subplots(1, 2)))
     draw_architecture(axes["A"], info["widths"], info["d_model"])
-    draw_mean_trajectory(axes["B"], arrays["embedding"])
+    draw_mean_trajectory(axes["B"], arrays["embedding"][0])  # seed 0: codes of different seeds are not aligned
     draw_step_distance(axes["C"], arrays["step_distance"], arrays["step_distance_sem"], names)
     primary = arrays.get("ev_block_per_sublayer", arrays["ev_per_sublayer"])
     own = arrays["ev_per_sublayer"] if "ev_block_per_sublayer" in arrays else None
@@ -185,10 +215,11 @@ def fig3(cae_dir) -> Figure:
         f"clip {'none' if clip is None else f'{clip:g}'}, warm-up {settings.get('warmup_epochs', 0):g}"
     )
     draw_training_curve(axes["E"], outputs["curve"], info["best_epoch"], note)
+    seeds = info.get("seeds", [0])
     figure.suptitle(
         f"Compressing autoencoder, {info.get('model_name') or ''} ({info['condition']}): "
-        f"{info['n_sequences']['test']} test sequences, best epoch {info['best_epoch']}"
-        + (f", test MSE {info['test_loss']:.3g}, pooled test R^2 {info['test_r2_pooled']:.2f}" if "test_r2_pooled" in info else ""),
+        f"{info['n_sequences']['test']} test sequences, {len(seeds)} training seed{'s' * (len(seeds) > 1)} "
+        f"(B: seed {seeds[0]}), test MSE {np.mean(info['test_loss']):.3g}, pooled test R^2 {np.mean(info['test_r2_pooled']):.2f} (mean over seeds)",
         fontsize=12,
     )
     return keep_legends_off_data(figure)

@@ -114,16 +114,9 @@ class CompressingAutoencoder(nn.Module):
         """Set the input map from per-unit ``mean`` and population ``variance`` (D,) of the
         training samples (e.g. from one streaming pass, ``rsdyn.cae.data.unit_moments``);
         see ``set_input_scaling`` for the modes."""
-        check_input_scaling(mode)
-        if mode == "none":
-            self.input_mean.zero_()
-            self.input_scale.fill_(1.0)
-            return
-        mean = torch.as_tensor(np.asarray(mean, dtype=np.float64))
-        variance = torch.as_tensor(np.asarray(variance, dtype=np.float64))
-        scale = torch.sqrt(variance) if mode == "unit" else torch.sqrt(variance.mean()).expand(len(variance))
-        self.input_mean.copy_(mean)
-        self.input_scale.copy_(torch.where(scale > 0, scale, torch.ones_like(scale)))
+        centre, scale = input_map(mean, variance, mode)
+        self.input_mean.copy_(centre)
+        self.input_scale.copy_(scale)
 
     def loss_normaliser(self) -> torch.Tensor:
         """mean(input_scale^2): the training loss is the MSE divided by it, which keeps the
@@ -141,6 +134,20 @@ class CompressingAutoencoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
+
+
+def input_map(mean: np.ndarray, variance: np.ndarray, mode: str = DEFAULT_INPUT_SCALING) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed input map ``(x - centre) / scale`` of ``cae.input_scaling`` from per-unit
+    ``mean`` and population ``variance`` (D,) of the training samples: ``unit`` centres
+    each unit and divides it by its std, ``global`` divides all units by the root mean
+    variance, ``none`` is the identity; a scale of 0 becomes 1. float64 (D,) each."""
+    check_input_scaling(mode)
+    mean = torch.as_tensor(np.asarray(mean, dtype=np.float64))
+    if mode == "none":
+        return torch.zeros_like(mean), torch.ones_like(mean)
+    variance = torch.as_tensor(np.asarray(variance, dtype=np.float64))
+    scale = torch.sqrt(variance) if mode == "unit" else torch.sqrt(variance.mean()).expand(len(variance))
+    return mean, torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
 def build_model(d_model: int, n_layers: int, seed: int) -> CompressingAutoencoder:
@@ -173,25 +180,33 @@ class TrainResult:
 class TensorSource:
     """The samples of an in-memory ``(n, D)`` tensor as batches: with ``shuffle``, epoch
     after epoch the next ``torch.randperm`` of one generator seeded once with ``seed``
-    (call ``batches`` once per epoch, in order); else in row order."""
+    (call ``batches`` once per epoch, in order), or with ``seeds`` one generator per
+    seed, each seeded once with its seed; else in row order."""
 
     def __init__(self, data: torch.Tensor, seed: int = 0, shuffle: bool = False):
         self.data = data
         self.n_samples = len(data)
         self.shuffle = shuffle
         self.generator = torch.Generator().manual_seed(seed)
+        self.generators: dict[int, torch.Generator] = {}
 
     def __len__(self) -> int:
         return self.n_samples
 
-    def batches(self, epoch: int, batch_size: int):  # noqa: ARG002 - same interface as BlockSource
+    def batches(self, epoch: int, batch_size: int, seeds=None):  # noqa: ARG002 - same interface as BlockSource
+        """(B, D) batches; with ``seeds`` and ``shuffle``, (S, B, D): seed k's batches from
+        its own generator's next permutation."""
         if not self.shuffle:
             for start in range(0, self.n_samples, batch_size):
                 yield self.data[start : start + batch_size]
             return
-        order = torch.randperm(self.n_samples, generator=self.generator).to(self.data.device)
+        if seeds is None:
+            order = torch.randperm(self.n_samples, generator=self.generator).to(self.data.device)
+        else:
+            generators = [self.generators.setdefault(int(s), torch.Generator().manual_seed(int(s))) for s in seeds]
+            order = torch.stack([torch.randperm(self.n_samples, generator=g) for g in generators]).to(self.data.device)
         for start in range(0, self.n_samples, batch_size):
-            yield self.data[order[start : start + batch_size]]
+            yield self.data[order[..., start : start + batch_size]]
 
 
 def as_source(data, seed: int = 0, shuffle: bool = False):

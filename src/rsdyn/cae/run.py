@@ -1,9 +1,10 @@
 """CAE stage entry (rule ``cae``): split the sequences, train the compressing autoencoder
-on the run's store (:mod:`rsdyn.cae.model`, data in memory or streamed by
-:mod:`rsdyn.cae.data`), and write ``cae/``: the weights, the training curve, and
-``embedding.zarr`` with the test embedding and the explained-variance and step-distance
-curves of Fig. 3 (:mod:`rsdyn.cae.metrics`). Same config and thread count give identical
-numbers (seeded split, weights and order; ``torch.use_deterministic_algorithms``)."""
+for every training seed at once (``cae.seeds``, :mod:`rsdyn.cae.batched`) on the run's
+store (data in memory or streamed by :mod:`rsdyn.cae.data`), and write ``cae/``: the
+stacked weights, the training curves, and ``embedding.zarr`` with the per-seed,
+per-test-sequence arrays the intervals resample and the curves of Fig. 3
+(:mod:`rsdyn.cae.evaluate`). Same config and thread count give identical numbers
+(seeded split, weights and orders; ``torch.use_deterministic_algorithms``)."""
 
 from __future__ import annotations
 
@@ -13,25 +14,24 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from rsdyn.cae.metrics import step_distances
+from rsdyn.cae.batched import BatchedAutoencoder, train_seeds
 from rsdyn.cae.model import (
     CompressingAutoencoder,
-    build_model,
     deterministic_torch,
-    encode_and_reconstruct,
     layer_widths,
     resolve_device,
-    train_cae,
 )
 from rsdyn.cae.settings import (
     DEFAULT_INPUT_SCALING,
     check_input_scaling,
     check_training_options,
     split_by_sequence,
+    training_seeds,
 )
+
+CURVE_FIELDS = ["seed", "epoch", "train_loss", "val_loss", "grad_norm_max", "lr", "seconds"]
 
 
 def check_cae_settings(settings: Mapping[str, Any], n_sequences: int, d_model: int) -> None:
@@ -39,6 +39,7 @@ def check_cae_settings(settings: Mapping[str, Any], n_sequences: int, d_model: i
     from rsdyn.cae.settings import DATA_MODES
 
     layer_widths(d_model, settings["n_layers"])
+    training_seeds(settings)
     check_input_scaling(settings.get("input_scaling", DEFAULT_INPUT_SCALING))
     check_training_options(settings.get("grad_clip"), settings.get("warmup_epochs", 0))
     split_by_sequence(n_sequences, settings["val_fraction"], settings["test_fraction"], settings["seed"])
@@ -47,46 +48,24 @@ def check_cae_settings(settings: Mapping[str, Any], n_sequences: int, d_model: i
         raise ValueError(f"cae.data = {settings['data']!r}; allowed: {', '.join(DATA_MODES)}.")
 
 
-@torch.no_grad()
-def evaluate_test(model: CompressingAutoencoder, source) -> tuple[np.ndarray, Any]:
-    """Stream the test blocks of ``source`` (a ``BlockSource``, store order) through the
-    model: the embedding float32 (n_test, 2L, 2) and the ``HeldOutStatistics`` of the
-    reconstruction; one block of reconstructions is held at a time."""
-    from rsdyn.cae.data import HeldOutStatistics
-
-    stats, codes = HeldOutStatistics(), []
-    for _, states in source.blocks():
-        code, reconstruction = encode_and_reconstruct(model, states)
-        codes.append(code)
-        stats.add(states.cpu().numpy(), reconstruction)
-    return np.concatenate(codes), stats
-
-
 def run_cae(store_path, out_dir, settings: Mapping[str, Any], threads: int | None = None) -> dict[str, Any]:
-    """Train the CAE on the capture at ``store_path`` and write ``out_dir`` atomically.
+    """Train the CAE for every seed of ``cae.seeds`` on the capture at ``store_path`` and
+    write ``out_dir`` atomically.
 
     ``settings`` is the run's ``cae`` section. ``out_dir`` receives ``model.safetensors``
-    (best weights), ``training_curve.csv`` (epoch, train_loss, val_loss, grad_norm_max, lr, seconds),
-    ``embedding.zarr`` (``embedding`` (n_test, 2L, 2) of the test sequences,
-    ``test_sequences`` (n_test,) their rows in the capture, ``ev_block_per_sublayer``
-    (2L,) (Fig. 3D's primary curve: 1 - var(X_s - Y_s) / var(X_s) over all entries of the
-    sublayer's test block), ``ev_per_sublayer`` (2L,) (R^2 against each unit's own test
-    mean in the sublayer), ``ev_per_sublayer_pooled_reference`` (2L,) (against the
-    pooled test mean of all sublayers), ``step_distance`` and ``step_distance_sem``
-    (2L-1,) (mean and s.e.m. over test sequences of the 2-D distance between successive
-    sublayers), ``mean_trajectory`` (2L, 2), ``test_mse_per_sublayer`` (2L,) (squared
-    input units), ``test_variance_per_sublayer`` (2L,) (variance across test sequences,
-    averaged over units), ``test_sequence_stats`` (n_test, 2L, 4) float64 (per test
-    sequence and sublayer, over units: mean and population variance of X and of X - Y;
-    the bootstrap of the summary resamples them) and ``test_r2_pooled`` () (R^2
-    over all test states about their pooled mean)) and ``training.json`` (widths, split
-    sizes, epochs, timing, test MSE, test_r2_pooled, data mode). Returns the contents of
-    ``training.json``. The data are read block by block (``rsdyn.cae.data``): in memory
-    or streamed as ``cae.data`` says, with the same numbers either way.
+    (every parameter with a leading seed axis, in the order of ``cae.seeds``, and the
+    shared input map; ``load_cae`` gives one seed's model), ``training_curve.csv`` (one
+    row per seed and epoch: seed, epoch, train_loss, val_loss, grad_norm_max, lr,
+    seconds), ``embedding.zarr`` (the arrays of ``rsdyn.cae.evaluate.HeldOut.arrays``)
+    and ``training.json`` (widths, split sizes, per-seed epochs, best epochs, losses,
+    timing, data mode and placement). Returns the contents of ``training.json``. The data
+    are read block by block (``rsdyn.cae.data``): in memory or streamed as ``cae.data``
+    says, with the same numbers either way.
     """
     from safetensors.torch import save_file
 
-    from rsdyn.cae.data import data_mode, load_sources, unit_moments
+    from rsdyn.cae.data import data_mode, data_placement, load_sources, training_moments
+    from rsdyn.cae.evaluate import evaluate_seeds
     from rsdyn.cae.settings import DEFAULT_BLOCK_MB
     from rsdyn.core.store import (
         atomic_path,
@@ -106,17 +85,21 @@ def run_cae(store_path, out_dir, settings: Mapping[str, Any], threads: int | Non
     if threads:
         torch.set_num_threads(int(threads))
 
+    seeds = training_seeds(settings)
     split = split_by_sequence(n_sequences, settings["val_fraction"], settings["test_fraction"], settings["seed"])
-    mode = data_mode(settings.get("data", "auto"), n_sequences * n_sublayers * d_model * 4, settings.get("memory_gb", 2.0))
+    n_bytes = n_sequences * n_sublayers * d_model * 4
+    mode = data_mode(settings.get("data", "auto"), n_bytes, settings.get("memory_gb", 2.0))
+    placement = data_placement(device, n_bytes) if mode == "memory" else "stream"
     input_scaling = settings.get("input_scaling", DEFAULT_INPUT_SCALING)
     with deterministic_torch():
         sources = load_sources(store_path, condition, split, seed=settings["seed"], mode=mode,
                                workers=settings.get("loader_workers", 0), device=device,
-                               block_mb=settings.get("block_mb", DEFAULT_BLOCK_MB))
-        model = build_model(d_model, settings["n_layers"], settings["seed"]).to(device)
-        moments = unit_moments(sources["train"])
-        model.set_input_moments(moments.mean, moments.variance, input_scaling)
-        result = train_cae(
+                               block_mb=settings.get("block_mb", DEFAULT_BLOCK_MB),
+                               placement="host" if placement == "host" else "device")
+        model = BatchedAutoencoder.from_seeds(d_model, settings["n_layers"], seeds).to(device)
+        pooled, sublayer = training_moments(sources["train"])
+        model.set_input_moments(pooled.mean, pooled.variance, input_scaling)
+        result = train_seeds(
             model,
             sources["train"],
             sources["val"],
@@ -126,74 +109,70 @@ def run_cae(store_path, out_dir, settings: Mapping[str, Any], threads: int | Non
             batch_size=settings["batch_size"],
             grad_clip=settings.get("grad_clip"),
             warmup_epochs=settings.get("warmup_epochs", 0),
-            seed=settings["seed"],
         )
-        embedding, test_stats = evaluate_test(model, sources["test"])
-    metrics = test_stats.results()
-    distances = step_distances(embedding)
-    n_test = len(split["test"])
+        held = evaluate_seeds(result.model, sources["test"], sublayer.mean, split["test"])
+    arrays = held.arrays()
     sublayer_names = list(group.attrs.get("sublayer_names", [f"S{s}" for s in range(n_sublayers)]))
+    epochs_run = [len(history) for history in result.history]
     info = {
         "model_name": group.attrs.get("model_name"),
         "condition": condition,
         "d_model": d_model,
         "n_layers": settings["n_layers"],
-        "widths": model.widths,
-        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "widths": result.model.widths,
+        "seeds": seeds,
+        "n_parameters_per_seed": sum(p[0].numel() for p in result.model.parameters()),
         "n_sequences": {name: len(rows) for name, rows in split.items()},
         "n_samples": {name: len(rows) * n_sublayers for name, rows in split.items()},
         "n_blocks": {name: len(source.dataset.blocks) for name, source in sources.items()},
         "data": mode,
-        "epochs_run": len(result.history),
+        "placement": placement,
+        "epochs": result.epochs,
+        "epochs_run": epochs_run,
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,
         "input_scaling": input_scaling,
-        "input_scale_rms": float(model.loss_normaliser().sqrt()),
+        "input_scale_rms": float(result.model.loss_normaliser().sqrt()),
         "best_val_loss": result.best_val_loss,
-        "test_loss": metrics["test_loss"],
-        "test_r2_pooled": metrics["test_r2_pooled"],
+        "test_loss": [float(v) for v in arrays["test_loss"]],
+        "test_r2_pooled": [float(v) for v in arrays["test_r2_pooled"]],
         "train_seconds": result.seconds,
-        "seconds_per_epoch": result.seconds / len(result.history),
+        "seconds_per_epoch": result.seconds / result.epochs,
         "device": str(device),
         "threads": torch.get_num_threads(),
         "settings": dict(settings),
     }
-    arrays = {
-        "embedding": embedding.astype(np.float32),
-        "test_sequences": split["test"].astype(np.int32),
-        "ev_block_per_sublayer": metrics["ev_block_per_sublayer"].astype(np.float32),
-        "ev_per_sublayer": metrics["ev_per_sublayer"].astype(np.float32),
-        "ev_per_sublayer_pooled_reference": metrics["ev_per_sublayer_pooled_reference"].astype(np.float32),
-        "step_distance": distances.mean(axis=0).astype(np.float32),
-        "step_distance_sem": (distances.std(axis=0, ddof=1) / np.sqrt(n_test) if n_test > 1 else np.zeros(n_sublayers - 1)).astype(np.float32),
-        "mean_trajectory": embedding.mean(axis=0).astype(np.float32),
-        "test_mse_per_sublayer": metrics["test_mse_per_sublayer"].astype(np.float32),
-        "test_variance_per_sublayer": metrics["test_variance_per_sublayer"].astype(np.float32),
-        "test_sequence_stats": test_stats.sequence_stats(),
-        "test_r2_pooled": np.asarray(metrics["test_r2_pooled"], dtype=np.float64),
-    }
     with atomic_path(out_dir) as temp:
         temp.mkdir(parents=True)
-        state = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
-        save_file(state, str(temp / "model.safetensors"), metadata={"d_model": str(d_model), "n_layers": str(settings["n_layers"]), "widths": json.dumps(model.widths)})
+        state = {name: value.detach().cpu().contiguous() for name, value in result.model.stacked_state().items()}
+        metadata = {"d_model": str(d_model), "n_layers": str(settings["n_layers"]), "widths": json.dumps(result.model.widths), "seeds": json.dumps(seeds)}
+        save_file(state, str(temp / "model.safetensors"), metadata=metadata)
         with open(temp / "training_curve.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["epoch", "train_loss", "val_loss", "grad_norm_max", "lr", "seconds"])
+            writer = csv.DictWriter(handle, fieldnames=CURVE_FIELDS)
             writer.writeheader()
-            writer.writerows(result.history)
-        attrs = {"sublayer_names": sublayer_names, **{k: info[k] for k in ("model_name", "condition", "widths", "best_epoch")}}
+            for seed, history in zip(seeds, result.history):
+                writer.writerows({"seed": seed, **record} for record in history)
+        attrs = {"sublayer_names": sublayer_names, **{k: info[k] for k in ("model_name", "condition", "widths", "seeds", "best_epoch")}}
         write_group(temp / "embedding.zarr", arrays, attrs=attrs)
         (temp / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 
 
-def load_cae(out_dir) -> CompressingAutoencoder:
-    """The trained CAE saved by ``run_cae`` in ``out_dir`` (on the CPU, eval mode)."""
+def load_batched(out_dir) -> BatchedAutoencoder:
+    """Every seed's trained CAE saved by ``run_cae`` in ``out_dir`` (on the CPU, eval mode)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = Path(out_dir) / "model.safetensors"
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata()
-    model = CompressingAutoencoder(int(meta["d_model"]), int(meta["n_layers"]))
-    model.load_state_dict(load_file(str(path)))
+    state = load_file(str(path))
+    model = BatchedAutoencoder(int(meta["d_model"]), int(meta["n_layers"]), json.loads(meta["seeds"]))
+    model.load_stacked(state, state["input_mean"], state["input_scale"])
     return model.eval()
+
+
+def load_cae(out_dir, seed_index: int = 0) -> CompressingAutoencoder:
+    """The trained CAE of seed ``seed_index`` (position in ``cae.seeds``) saved by ``run_cae``
+    in ``out_dir``, as a single model (on the CPU, eval mode)."""
+    return load_batched(out_dir).seed_model(seed_index)

@@ -33,6 +33,19 @@ def check_training_options(grad_clip: float | None, warmup_epochs: float) -> Non
         raise ValueError(f"cae.warmup_epochs = {warmup_epochs}; it must be 0 (no warm-up) or positive.")
 
 
+def training_seeds(settings: Mapping[str, Any]) -> list[int]:
+    """The training seeds of the ``cae`` settings: ``cae.seeds``, or ``[cae.seed]`` when the
+    settings have none (a single CAE). Raises a clear ValueError unless they are distinct
+    non-negative integers, at least one."""
+    seeds = settings.get("seeds")
+    if seeds is None:
+        return [int(settings["seed"])]
+    if (not isinstance(seeds, (list, tuple)) or not seeds
+            or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0 for s in seeds) or len(set(seeds)) != len(seeds)):
+        raise ValueError(f"cae.seeds = {seeds!r}; it must be a list of distinct non-negative integers, at least one.")
+    return [int(s) for s in seeds]
+
+
 def split_by_sequence(
     n_sequences: int, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0
 ) -> dict[str, np.ndarray]:
@@ -115,7 +128,8 @@ def resolve_config(run: dict, validate: Callable[[str, dict, str], None]) -> Non
 
 
 def check_config(section: str, run: Mapping[str, Any], shape) -> None:  # noqa: ARG001 - same signature for every stage
-    """Config-time checks of the ``cae`` section: the split leaves training data."""
+    """Config-time checks of the ``cae`` section: the split leaves training data (the schema
+    checks ``cae.seeds``: distinct non-negative integers, at least one)."""
     cae = run[section]
     if cae["val_fraction"] + cae["test_fraction"] >= 1:
         raise ConfigError(

@@ -135,6 +135,8 @@ class _JobProgress(tqdm):
         self._terminal_at, self._terminal_n = time.monotonic(), self.n
         done = f"{self.n}/{self.total}" if self.total else f"{self.n}"
         rate = self.format_dict.get("rate")
+        if rate is None and self.n and self.format_dict["elapsed"] > 0:  # smoothing=0: the mean rate so far, as tqdm shows it
+            rate = self.n / self.format_dict["elapsed"]
         remaining = (self.total - self.n) / rate if rate and self.total else None
         eta = f", about {tqdm.format_interval(remaining)} left" if remaining is not None else ""
         to_terminal(f"{self.desc or 'progress'}: {done} {self.unit} after {tqdm.format_interval(self.format_dict['elapsed'])}{eta}")
