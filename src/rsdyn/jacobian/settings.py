@@ -10,11 +10,14 @@ from rsdyn.core.schema import ConfigError
 
 SECTIONS = ("jacobian",)
 
-#: the weights every run differentiates, and the baselines a config may add
+#: the weights every run differentiates, and the baselines a config may add: freshly
+#: initialised weights (one model per init seed) and two surrogates of the trained updates
 WEIGHTS_TRAINED = "trained"
-BASELINES = ("initial",)
+BASELINES = ("initial", "svd_matched", "norm_matched")
 DTYPE_NAMES = ("float32", "float64")
 MODES = ("rev", "fwd")
+ATTENTIONS = ("last_token", "eager")
+SPECTRA_DEVICES = ("auto", "cpu", "cuda")
 
 
 class JacobianError(ValueError):
@@ -22,14 +25,19 @@ class JacobianError(ValueError):
 
 
 def check_settings(settings: Mapping[str, Any]) -> None:
-    """Checks of the ``jacobian`` section that need no model: baselines, dtype, mode."""
+    """Checks of the ``jacobian`` section that need no model or corpus."""
     unknown = [name for name in settings.get("baselines", []) if name not in BASELINES]
     if unknown:
         raise JacobianError(f"jacobian.baselines = {list(settings['baselines'])}; allowed entries are {', '.join(BASELINES)}.")
-    if settings.get("dtype", "float32") not in DTYPE_NAMES:
-        raise JacobianError(f"jacobian.dtype = {settings['dtype']!r}; allowed values are {', '.join(DTYPE_NAMES)}.")
-    if settings.get("mode", "rev") not in MODES:
-        raise JacobianError(f"jacobian.mode = {settings['mode']!r}; allowed values are {', '.join(MODES)}.")
+    for key, allowed, default in (
+        ("dtype", DTYPE_NAMES, "float32"), ("spectra_dtype", DTYPE_NAMES, "float32"), ("mode", MODES, "rev"),
+        ("attention", ATTENTIONS, "last_token"), ("spectra_device", SPECTRA_DEVICES, "auto"),
+    ):
+        if settings.get(key, default) not in allowed:
+            raise JacobianError(f"jacobian.{key} = {settings[key]!r}; allowed values are {', '.join(allowed)}.")
+    seeds = settings.get("init_seeds", [0])
+    if "initial" in settings.get("baselines", []) and not seeds:
+        raise JacobianError("jacobian.init_seeds = []; the initial baseline needs at least one seed (or drop it from jacobian.baselines).")
 
 
 def check_jacobian(settings: Mapping[str, Any], corpus_n_samples: int | None) -> None:
