@@ -10,7 +10,8 @@ forward mode, against one forward and D ``torch.autograd.grad`` calls (timed on
 torch on ``--threads`` threads, the previous spectra: eigenvalues of J - I, SVDs of J and of
 J - I, the float64 QR product with an SVD per depth, on ``--threads`` threads) against
 today's pieces on one thread: Jacobians, per-matrix spectra (one eigendecomposition, no
-SVD), the product step (one SVD per depth), a surrogate's construction. Wall and CPU seconds.
+SVD), the product (a matrix product per transition, an SVD per product depth), a surrogate's
+construction. Wall and CPU seconds.
 (c) The default design (``jacobian`` section of config/config.yaml) on ``--sequences``
 sequences through ``rsdyn.jacobian.sample.design_groups`` with 1 worker and with
 ``--threads`` workers: CPU seconds per trained, initial and surrogate set, the workers'
@@ -34,7 +35,6 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the jacobian rule
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from common import CORPUS, DEFAULT_MODEL_DIR, REPO, write_report  # noqa: E402
@@ -46,10 +46,11 @@ from rsdyn.jacobian.jacobian import (  # noqa: E402
     attention_chunk_size,
     baseline_positions,
     jacobian_of,
+    product_depths,
     select_samples,
     sublayer_jacobians,
 )
-from rsdyn.jacobian.sample import SpectraOptions, design_groups, transition_record  # noqa: E402
+from rsdyn.jacobian.sample import SpectraOptions, design_groups  # noqa: E402
 from rsdyn.jacobian.spectra import ProductChain, matrix_spectra, singular_values  # noqa: E402
 from rsdyn.jacobian.surrogates import generator, svd_matched  # noqa: E402
 from rsdyn.models.sublayer_maps import SublayerMaps  # noqa: E402
@@ -174,19 +175,22 @@ def time_one_set(model, ids, threads: int) -> dict:
             sublayer_jacobians(model, ids)
         chain, rng = ProductChain(), generator(0)
         eye = torch.eye(jacobians.shape[-1], dtype=jacobians.dtype)
-        for matrix in jacobians:
+        depths = set(product_depths(len(jacobians)))
+        for transition, matrix in enumerate(jacobians):
             with clock("matrix_spectra"):
                 matrix_spectra(matrix)
-            with clock("product_step"):
+            with clock("product"):
                 chain.step(matrix)
+                if transition in depths:
+                    chain.spectra()
             with clock("svd_matched_construction"):
                 svd_matched(singular_values(matrix - eye), rng)
     seconds = clock.seconds
     previous = sum(seconds[key]["wall_s"] for key in ("previous_jacobians", "previous_spectra"))
-    today = sum(seconds[key]["wall_s"] for key in ("jacobians", "matrix_spectra", "product_step"))
+    today = sum(seconds[key]["wall_s"] for key in ("jacobians", "matrix_spectra", "product"))
     out = {"transitions": int(jacobians.shape[0]), "seconds": seconds, "previous_wall_s": previous, "today_one_thread_wall_s": today,
            "previous_cpu_s": sum(seconds[key]["cpu_s"] for key in ("previous_jacobians", "previous_spectra")),
-           "today_cpu_s": sum(seconds[key]["cpu_s"] for key in ("jacobians", "matrix_spectra", "product_step"))}
+           "today_cpu_s": sum(seconds[key]["cpu_s"] for key in ("jacobians", "matrix_spectra", "product"))}
     out["speedup_cpu"] = out["previous_cpu_s"] / out["today_cpu_s"]
     for key, entry in seconds.items():
         print(f"  {key:26s} wall {entry['wall_s']:6.2f} s  cpu {entry['cpu_s']:6.2f} s", flush=True)

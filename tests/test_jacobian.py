@@ -13,6 +13,7 @@ from rsdyn.jacobian import attention
 from rsdyn.jacobian.attention import LastTokenMaps, attention_implementation, last_token_attention
 from rsdyn.jacobian.jacobian import (
     baseline_positions,
+    product_depths,
     initial_model,
     jacobian_of,
     select_samples,
@@ -239,6 +240,10 @@ def test_initial_model_is_seeded_and_fresh():
     assert not torch.equal(weights[0], weights[2]) and not torch.equal(weights[0], weights[3])
 
 
+def test_product_depths_end_at_the_last_layer():
+    assert product_depths(60) == list(range(3, 60, 4)) and product_depths(6) == [1, 5] and product_depths(6, every=1) == [1, 3, 5]
+
+
 def test_baseline_positions_are_a_seeded_subset():
     chosen = baseline_positions(64, 8, seed=0)
     assert np.array_equal(chosen, baseline_positions(64, 8, seed=0)) and len(set(chosen.tolist())) == 8
@@ -254,8 +259,9 @@ def test_sequence_spectra_rows_and_surrogates():
     assert difference < 1e-5 and sorted(rows) == ["norm_matched", "svd_matched", "weights"]
     trained = rows["weights"][0]
     assert trained["eigenvalues"].shape == (4, 16) and trained["rotation_index"].shape == (4,)
-    assert trained["cumulative_effective_rank_entropy"].shape == (2,) and trained["cumulative_log_singular_values"].shape == (2, 16)
-    assert trained["lyapunov"].shape == (2, 8)
+    assert product_depths(4) == [3]  # two layers: the product after the last one
+    assert trained["cumulative_effective_rank_entropy"].shape == (1,) and trained["cumulative_log_singular_values"].shape == (1, 16)
+    assert trained["lyapunov"].shape == (1, 8)
     # the product after the last layer: its exponents sum to the log singular values over the depth
     np.testing.assert_allclose(trained["lyapunov"][-1].sum(), trained["cumulative_log_singular_values"][-1][:8].sum() / 4, rtol=1e-5)
     for kind in ("svd_matched", "norm_matched"):

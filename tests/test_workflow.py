@@ -67,7 +67,7 @@ def test_smoke_run_writes_the_jacobian_store(smoke_run):
     assert arrays["sample_indices"].shape == (2,) and arrays["baseline_positions"].shape == (1,)
     for weights, rows in (("trained", 2), ("initial", 2), ("svd_matched", 1), ("norm_matched", 1)):
         assert arrays[weights]["eigenvalues"].shape == (rows, 60, 576)
-        assert arrays[weights]["cumulative_effective_rank_entropy"].shape == (rows, 30)
+        assert arrays[weights]["cumulative_effective_rank_entropy"].shape == (rows, 15)
         assert np.isfinite(arrays[weights]["rotation_index"]).all()
     assert (smoke_run / "results/smoke/figures/fig5.png").stat().st_size > 0
     table = (smoke_run / "results/smoke/summary.tsv").read_text()

@@ -28,6 +28,8 @@ import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from rsdyn.jacobian.settings import product_depths  # noqa: E402
+
 WEIGHT_STYLES = {
     "trained": {"color": "C0", "label": "trained"},
     "initial": {"color": "0.55", "label": "initial"},
@@ -140,7 +142,7 @@ def fig5(arrays: Mapping[str, Any], attrs: Mapping[str, Any] | None = None) -> F
         raise ValueError("Fig. 5 needs the trained weights' group of jacobian.zarr.")
     n_transitions = np.asarray(groups["trained"]["rotation_index"]).shape[1]
     names = attrs.get("transitions") or [f"s{s}" for s in range(n_transitions)]
-    depths = attrs.get("product_depths") or list(range(1, n_transitions, 2))
+    depths = attrs.get("product_depths") or product_depths(n_transitions)
     figure, axes = plt.subplots(4, 4, figsize=(16, 15), layout="constrained")
     for row, (prefix, operator) in enumerate((("", "J"), ("update_", "J − I"))):
         for column, (key, label) in enumerate(

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from rsdyn.jacobian.attention import LastTokenMaps, attention_implementation
-from rsdyn.jacobian.settings import MODES, JacobianError
+from rsdyn.jacobian.settings import MODES, PRODUCT_EVERY, JacobianError, product_depths  # noqa: F401 - product_depths re-exported
 from rsdyn.models.interventions import control_states, relative_difference
 from rsdyn.models.sublayer_maps import SublayerMaps, eager_attention, precision_mode
 
@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
-#: per-row scalar quantities: of every transition (S,), and of the cumulative product after
-#: every layer (L,); each also stored as _mean and _std over rows
+#: per-row scalar quantities: of every transition (S,), and of the cumulative product at the
+#: product depths (P,, :func:`product_depths`); each also stored as _mean and _std over rows
 MATRIX_SCALARS = tuple(
     prefix + name
     for prefix in ("", "update_")
@@ -51,7 +51,7 @@ MATRIX_SCALARS = tuple(
 )
 CUMULATIVE_SCALARS = ("cumulative_effective_rank_pr", "cumulative_effective_rank_entropy")
 SCALARS = MATRIX_SCALARS + CUMULATIVE_SCALARS
-#: per-row vectors: eigenvalues (S, D), cumulative_log_singular_values (L, D), lyapunov (L, N_LYAPUNOV)
+#: per-row vectors: eigenvalues (S, D), cumulative_log_singular_values (P, D), lyapunov (P, N_LYAPUNOV), P product depths
 VECTORS = ("eigenvalues", "cumulative_log_singular_values", "lyapunov")
 #: finite-depth Lyapunov exponents stored per transition (the largest)
 N_LYAPUNOV = 8
@@ -67,8 +67,9 @@ DEFINITIONS = {
     "antisymmetric_share": "||(J - J^T)/2||_F / ||J||_F",
     "frobenius_norm": "||J||_F",
     "effective_rank_pr": "participation ratio of the singular values, (sum sigma^2)^2 / sum sigma^4 = ||J||_F^4 / ||J^T J||_F^2",
-    "cumulative_log_singular_values": "log singular values of the product J_s ... J_0 after every layer "
-    "(s = 2l + 1, attrs product_depths), largest first (resolved down to about eps x the largest of the spectra dtype)",
+    "cumulative_log_singular_values": f"log singular values of the product J_s ... J_0 after the last layer and every "
+    f"{PRODUCT_EVERY} layers before it (s = 2l + 1, attrs product_depths), largest first (resolved down to about eps x "
+    "the largest of the spectra dtype)",
     "cumulative_effective_rank_pr": "participation ratio of the singular values of J_s ... J_0",
     "cumulative_effective_rank_entropy": "exp spectral entropy of the singular values of J_s ... J_0, p = sigma / sum sigma",
     "lyapunov": f"the {N_LYAPUNOV} largest finite-depth Lyapunov exponents (1/(s+1)) log sigma_i(J_s ... J_0), "
@@ -93,12 +94,6 @@ def transition_names(n_layers: int) -> list[str]:
 def transition_types(n_layers: int) -> list[str]:
     """``within`` for the attention update (2l -> 2l+1), ``cross`` for the MLP update."""
     return ["within", "cross"] * n_layers
-
-
-def product_depths(n_transitions: int) -> list[int]:
-    """The transitions after which the cumulative product's spectra are computed: the end
-    of every layer (its MLP update, s = 2l + 1), L of them."""
-    return list(range(1, n_transitions, 2))
 
 
 def select_samples(n_rows: int, n_samples: int, seed: int) -> np.ndarray:

@@ -71,7 +71,7 @@ def sequence_spectra(
 ) -> tuple[dict[str, list[dict[str, np.ndarray]]], float]:
     """The rows of one sequence: ``({WEIGHTS: [row], kind: [row per draw] ...}, chain
     difference)``; surrogate kinds only ``with_surrogates``. A row holds the per-matrix
-    spectra of every transition ``(S[, D])`` and the product's after every layer ``(L[, D])``
+    spectra of every transition ``(S[, D])`` and the product's at the product depths ``(P[, D])``
     (:func:`rsdyn.jacobian.jacobian.product_depths`). The chain of states is checked against
     a plain forward (:func:`rsdyn.jacobian.jacobian.verify_chain`)."""
     device, dtype = options.spectra_device, options.spectra_dtype

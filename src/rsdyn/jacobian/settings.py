@@ -20,6 +20,17 @@ ATTENTIONS = ("last_token", "eager")
 SPECTRA_DEVICES = ("auto", "cpu", "cuda")
 
 
+#: the cumulative product's spectra (one SVD each) after every PRODUCT_EVERY-th layer
+PRODUCT_EVERY = 2
+
+
+def product_depths(n_transitions: int, every: int = PRODUCT_EVERY) -> list[int]:
+    """The transitions after which the cumulative product's spectra are computed: the end
+    (the MLP update, s = 2l + 1) of the last layer and of every ``every``-th layer before it."""
+    n_layers = n_transitions // 2
+    return [2 * layer + 1 for layer in range((n_layers - 1) % every, n_layers, every)]
+
+
 class JacobianError(ValueError):
     """The jacobian settings or inputs cannot be used; the message says what is allowed."""
 

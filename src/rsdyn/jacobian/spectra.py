@@ -101,23 +101,21 @@ def entropy_effective_rank(singular: torch.Tensor) -> torch.Tensor:
     return torch.where(total.squeeze(-1) > 0, torch.exp(entropy), torch.zeros_like(entropy))
 
 
-def operator_spectra(matrices: torch.Tensor, eigenvalues: torch.Tensor, prefix: str = "", gram: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """The per-matrix quantities of ``matrices`` given their (sorted) ``eigenvalues``, keys
-    prefixed by ``prefix``: ``spectral_radius``, ``rotation_index``, ``henrici``,
-    ``antisymmetric_share``, ``frobenius_norm`` and ``effective_rank_pr`` (from ``gram`` =
-    A^T A when given, else :func:`matrix_participation_ratio`)."""
-    frobenius = frobenius_squared(matrices)
-    if gram is None:
-        participation = matrix_participation_ratio(matrices)
-    else:
-        participation = _ratio(frobenius.square(), frobenius_squared(gram))
+def operator_spectra(
+    eigenvalues: torch.Tensor, frobenius: torch.Tensor, antisymmetric: torch.Tensor, gram: torch.Tensor, prefix: str = ""
+) -> dict[str, torch.Tensor]:
+    """The per-matrix quantities of a matrix A from its ``eigenvalues`` (any order),
+    ``frobenius`` = ||A||_F^2, ``antisymmetric`` = ||(A - A^T)/2||_F^2 and ``gram`` =
+    ||A^T A||_F^2 = sum sigma^4, keys prefixed by ``prefix``: ``spectral_radius``,
+    ``rotation_index``, ``henrici``, ``antisymmetric_share``, ``frobenius_norm`` and
+    ``effective_rank_pr``."""
     return {
         prefix + "spectral_radius": spectral_radius(eigenvalues),
         prefix + "rotation_index": rotation_index(eigenvalues),
-        prefix + "henrici": henrici_departure(matrices, eigenvalues),
-        prefix + "antisymmetric_share": antisymmetric_share(matrices),
+        prefix + "henrici": torch.sqrt(_ratio((frobenius - eigenvalues.abs().square().sum(dim=-1)).clamp_min(0), frobenius)),
+        prefix + "antisymmetric_share": torch.sqrt(_ratio(antisymmetric, frobenius)),
         prefix + "frobenius_norm": torch.sqrt(frobenius),
-        prefix + "effective_rank_pr": participation,
+        prefix + "effective_rank_pr": _ratio(frobenius.square(), gram),
     }
 
 
@@ -126,20 +124,23 @@ def matrix_spectra(jacobians: torch.Tensor) -> dict[str, torch.Tensor]:
 
     One eigendecomposition, of the update U = J - I (backward error relative to ||U||,
     not ||J||); the eigenvalues of J are those of U plus 1. No SVD: the effective ranks are
-    participation ratios, from G = U^T U and J^T J = I + U + U^T + G (one matrix product).
-    Keys: ``eigenvalues`` (of J, complex, largest modulus first) and, for J (no prefix)
-    and for U (prefix ``update_``), those of :func:`operator_spectra`.
+    participation ratios, from G = U^T U and J^T J = I + U + U^T + G (one matrix product);
+    J and U share their antisymmetric part. Keys: ``eigenvalues`` (of J, complex, largest
+    modulus first) and, for J (no prefix) and for U (prefix ``update_``), those of
+    :func:`operator_spectra`.
     """
     dim = jacobians.shape[-1]
     eye = torch.eye(dim, dtype=jacobians.dtype, device=jacobians.device)
     update = jacobians - eye
     update_eigenvalues = torch.linalg.eigvals(update)
+    symmetric = update + update.mT
     update_gram = update.mT @ update
-    jacobian_gram = eye + update + update.mT + update_gram
+    antisymmetric = frobenius_squared((update - update.mT) / 2)
     return {
         "eigenvalues": sort_by_modulus(update_eigenvalues + 1),
-        **operator_spectra(jacobians, update_eigenvalues + 1, gram=jacobian_gram),
-        **operator_spectra(update, update_eigenvalues, "update_", gram=update_gram),
+        **operator_spectra(update_eigenvalues + 1, frobenius_squared(jacobians), antisymmetric,
+                           frobenius_squared(update_gram + symmetric + eye)),
+        **operator_spectra(update_eigenvalues, frobenius_squared(update), antisymmetric, frobenius_squared(update_gram), "update_"),
     }
 
 
