@@ -213,11 +213,11 @@ def time_design_groups(model, sequences, rows, settings: dict, threads: int) -> 
         _, seconds = design_groups(model, sequences, rows, range(len(sequences)), init_seeds, options, workers, workers)
         out[f"workers_{workers}"] = {"wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu, "groups_s": seconds}
     n = len(sequences)
-    one = out["workers_1"]["groups_s"]
+    one = {group: entry["cpu_s"] for group, entry in out["workers_1"]["groups_s"].items()}
     initial_set = one.get("initial", 0.0) / n
     draws = len(surrogates) * settings["surrogate_draws"]
-    out["per_set_one_thread_s"] = {"initial": initial_set, "trained_with_surrogates": one["trained"] / n,
-                                   "trained": initial_set, "surrogate_draw": (one["trained"] / n - initial_set) / max(draws, 1)}
+    out["per_set_one_thread_cpu_s"] = {"initial": initial_set, "trained_with_surrogates": one["trained"] / n,
+                                       "trained": initial_set, "surrogate_draw": (one["trained"] / n - initial_set) / max(draws, 1)}
     out["workers_speedup"] = out["workers_1"]["wall_s"] / out[f"workers_{threads}"]["wall_s"]
     print(f"design on {n} sequences: 1 worker {out['workers_1']['wall_s']:.1f} s, {threads} workers "
           f"{out[f'workers_{threads}']['wall_s']:.1f} s (x{out['workers_speedup']:.2f})", flush=True)
@@ -225,7 +225,9 @@ def time_design_groups(model, sequences, rows, settings: dict, threads: int) -> 
 
 
 def estimate_rule(per_set: dict, settings: dict, speedup: float) -> dict:
-    """Wall seconds of the default rule from one-thread seconds per set and the workers' speed-up."""
+    """Wall seconds of the default rule on idle cores from one-thread CPU seconds per set (on a
+    loaded machine CPU seconds stay near the idle wall time of one thread) and the workers'
+    speed-up (measured wall over wall: only meaningful on idle cores)."""
     n, base = settings["n_samples"], settings["baseline_samples"]
     surrogates = [kind for kind in settings["baselines"] if kind != "initial"]
     seeds = len(settings["init_seeds"]) if "initial" in settings["baselines"] else 0
@@ -276,7 +278,7 @@ def main() -> None:
     if "design" not in args.skip:
         design = time_design_groups(model, sequences, chosen, settings, args.threads)
         result["design"] = design
-        result["rule_estimate"] = estimate_rule(design["per_set_one_thread_s"], settings, design["workers_speedup"])
+        result["rule_estimate"] = estimate_rule(design["per_set_one_thread_cpu_s"], settings, design["workers_speedup"])
         print(f"default rule estimate: {result['rule_estimate']['estimate_s'] / 60:.1f} min on {args.threads} threads "
               f"({result['rule_estimate']['one_thread_s'] / 60:.1f} min on one)", flush=True)
     if args.llama8b:

@@ -167,6 +167,21 @@ def test_last_token_and_eager_attention_give_the_same_jacobians(name):
     assert model.config._attn_implementation == "sdpa"  # restored
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_last_token_maps_leave_the_prefix_cache_untouched(name):
+    """A map's cache is a shallow copy (no deep copy of the prefix's tensors): running every
+    map leaves the prefix cache's keys and values as they were, sliding-window layers included."""
+    model = MODELS[name]()
+    with attention_implementation(model):
+        maps = LastTokenMaps(model, PROMPT)
+        before = [(layer.keys.clone(), layer.values.clone()) for layer in maps.cache.layers]
+        state = maps.initial_state()
+        for transition in range(maps.n_transitions):
+            state = maps(transition, state)
+    for (keys, values), layer in zip(before, maps.cache.layers):
+        assert torch.equal(keys, layer.keys) and torch.equal(values, layer.values)
+
+
 def test_last_token_maps_hand_the_own_key_and_value_to_the_attention(monkeypatch):
     """The fast path: the prefix cache records the last token's key and value, the
     attention takes them from there (not from the concatenated stack) and leaves none behind."""

@@ -166,21 +166,22 @@ def transition_jacobians(
 
     ``chunk_size``: rows per vmap batch; None = automatic (all rows, but under eager
     attention the attention updates are chunked by :func:`attention_chunk_size`).
-    ``attention``: ``last_token`` or ``eager`` (:mod:`rsdyn.jacobian.attention`). The
-    model runs under that attention implementation only while the generator is resumed
-    (between two transitions the model is left as it was)."""
+    ``attention``: ``last_token`` or ``eager`` (:mod:`rsdyn.jacobian.attention`): the model
+    runs under it until the generator is exhausted or closed (only the float64 precision
+    mode is left between transitions, so that the caller may cast the Jacobians down)."""
     attention_chunk = chunk_size
     if attention == "eager" and chunk_size is None:
         attention_chunk = attention_chunk_size(model, len(np.asarray(prompt_ids).reshape(-1)))
-    with attention_implementation(model, attention), precision_mode(model):
-        maps = (LastTokenMaps if attention == "last_token" else SublayerMaps)(model, prompt_ids, family)
-        state = maps.initial_state()
-    yield None, state
-    for transition in range(maps.n_transitions):
-        with attention_implementation(model, attention), precision_mode(model):
-            chunk = chunk_size if transition % 2 else attention_chunk
-            jacobian, state = jacobian_of(lambda x, s=transition: maps(s, x), state, mode, chunk)
-        yield jacobian, state
+    with attention_implementation(model, attention):
+        with precision_mode(model):
+            maps = (LastTokenMaps if attention == "last_token" else SublayerMaps)(model, prompt_ids, family)
+            state = maps.initial_state()
+        yield None, state
+        for transition in range(maps.n_transitions):
+            with precision_mode(model):
+                chunk = chunk_size if transition % 2 else attention_chunk
+                jacobian, state = jacobian_of(lambda x, s=transition: maps(s, x), state, mode, chunk)
+            yield jacobian, state
 
 
 def sublayer_jacobians(

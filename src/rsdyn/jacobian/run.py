@@ -92,13 +92,13 @@ def jacobian_arrays(
         "attention": options.attention,
         "mode": options.mode,
         "family": family,
-        "workers": workers,
         "model": provenance,
         "seconds": seconds,
         "definitions": DEFINITIONS,
     }
+    log.info("%d worker threads of one torch thread each", workers)
     for weights, group_seconds in seconds.items():
-        log.info("%s: %.1f s", weights, group_seconds)
+        log.info("%s: %.1f s, %.1f CPU s", weights, group_seconds["wall_s"], group_seconds["cpu_s"])
     return {"sample_indices": indices, "baseline_positions": positions, **groups}, attrs
 
 
