@@ -168,6 +168,34 @@ def test_last_token_and_eager_attention_give_the_same_jacobians(name):
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
+def test_gated_mlp_jacobians_equal_autodiff(name):
+    """The MLP updates' Jacobians assembled from the gated MLP's modules (Llama: no norm
+    after the MLP; Gemma 3: post_feedforward_layernorm) against torch.func, in float64."""
+    model = MODELS[name]().to(torch.float64)
+    with KeepFloat64():
+        gated, gated_states = sublayer_jacobians(model, PROMPT, mlp="gated")
+        autodiff, autodiff_states = sublayer_jacobians(model, PROMPT, mlp="autodiff")
+    torch.testing.assert_close(gated_states, autodiff_states, rtol=0, atol=0)
+    for transition in range(1, gated.shape[0], 2):
+        error = float((gated[transition] - autodiff[transition]).abs().max() / autodiff[transition].abs().max())
+        assert error < 1e-13, f"transition {transition}: {error:.1e}"
+
+
+def test_gated_mlp_falls_back_to_autodiff_where_the_layer_is_not_of_that_form(caplog):
+    """A layer whose MLP output is scaled outside the gated form: the assembled value
+    disagrees with the model's map, and torch.func differentiates the layer as it is."""
+    model = tiny_llama().to(torch.float64)
+    mlp = model.model.layers[1].mlp
+    original = mlp.forward
+    mlp.forward = lambda x: 2.0 * original(x)
+    with KeepFloat64():
+        gated, _ = sublayer_jacobians(model, PROMPT, mlp="gated")
+        autodiff, _ = sublayer_jacobians(model, PROMPT, mlp="autodiff")
+    torch.testing.assert_close(gated, autodiff, rtol=1e-12, atol=1e-14)
+    assert "torch.func for this sequence's MLP updates" in caplog.text
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_last_token_maps_leave_the_prefix_cache_untouched(name):
     """A map's cache is a shallow copy (no deep copy of the prefix's tensors): running every
     map leaves the prefix cache's keys and values as they were, sliding-window layers included."""
@@ -338,6 +366,6 @@ def test_config_refuses_more_jacobian_samples_than_the_corpus_has():
     config["jacobian"] = {"n_samples": 4, "baseline_samples": 2}
     assert resolve_runs(config)["smoke"]["jacobian"] == {
         "attention": "last_token", "baseline_samples": 2, "baselines": ["initial", "svd_matched", "norm_matched"],
-        "chunk_size": None, "device": "auto", "dtype": "float32", "init_seeds": [0, 1, 2], "mode": "rev", "n_samples": 4,
+        "chunk_size": None, "device": "auto", "dtype": "float32", "init_seeds": [0, 1, 2], "mlp": "gated", "mode": "rev", "n_samples": 4,
         "seed": 0, "spectra_device": "auto", "spectra_dtype": "float32", "surrogate_draws": 1,
     }

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from rsdyn.jacobian.attention import LastTokenMaps, attention_implementation
+from rsdyn.jacobian.mlp import gated_mlp_update, gated_parts
 from rsdyn.jacobian.settings import MODES, PRODUCT_EVERY, JacobianError, product_depths  # noqa: F401 - product_depths re-exported
 from rsdyn.models.interventions import control_states, relative_difference
 from rsdyn.models.sublayer_maps import SublayerMaps, eager_attention, precision_mode
@@ -159,7 +160,8 @@ def attention_chunk_size(model, n_tokens: int) -> int:
 
 
 def transition_jacobians(
-    model, prompt_ids, family: str = "auto", mode: str = "rev", chunk_size: int | None = None, attention: str = "last_token"
+    model, prompt_ids, family: str = "auto", mode: str = "rev", chunk_size: int | None = None, attention: str = "last_token",
+    mlp: str = "gated",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Every transition of one prompt's last token in order: yields ``(J_s (D, D), h_{s+1} (D,))``
     in the model's dtype and device, s = 0 .. 2L - 1, after ``(None, h_0)`` (the embedding).
@@ -168,7 +170,10 @@ def transition_jacobians(
     attention the attention updates are chunked by :func:`attention_chunk_size`).
     ``attention``: ``last_token`` or ``eager`` (:mod:`rsdyn.jacobian.attention`): the model
     runs under it until the generator is exhausted or closed (only the float64 precision
-    mode is left between transitions, so that the caller may cast the Jacobians down)."""
+    mode is left between transitions, so that the caller may cast the Jacobians down).
+    ``mlp``: ``gated`` assembles a gated MLP update's Jacobian from its modules
+    (:mod:`rsdyn.jacobian.mlp`) while its value agrees with the model's own map (else, and
+    with ``autodiff``, ``torch.func`` as for the attention updates)."""
     attention_chunk = chunk_size
     if attention == "eager" and chunk_size is None:
         attention_chunk = attention_chunk_size(model, len(np.asarray(prompt_ids).reshape(-1)))
@@ -177,21 +182,36 @@ def transition_jacobians(
             maps = (LastTokenMaps if attention == "last_token" else SublayerMaps)(model, prompt_ids, family)
             state = maps.initial_state()
         yield None, state
+        structured = mlp == "gated"
         for transition in range(maps.n_transitions):
             with precision_mode(model):
-                chunk = chunk_size if transition % 2 else attention_chunk
-                jacobian, state = jacobian_of(lambda x, s=transition: maps(s, x), state, mode, chunk)
+                parts = gated_parts(maps.layers[transition // 2], maps.sites[transition // 2][1]) if structured and transition % 2 else None
+                jacobian = None
+                if parts is not None:
+                    jacobian, value = gated_mlp_update(parts, state)
+                    with torch.no_grad():
+                        reference = maps(transition, state)
+                    difference, tolerance = relative_difference(model, value, reference)
+                    if difference > tolerance:
+                        log.warning("the gated MLP Jacobian's value differs from the model's map by %.1e (allowed %g) at "
+                                    "transition %d; torch.func for this sequence's MLP updates", difference, tolerance, transition)
+                        jacobian, structured = None, False
+                if jacobian is None:
+                    chunk = chunk_size if transition % 2 else attention_chunk
+                    jacobian, reference = jacobian_of(lambda x, s=transition: maps(s, x), state, mode, chunk)
+                state = reference
             yield jacobian, state
 
 
 def sublayer_jacobians(
-    model, prompt_ids, family: str = "auto", mode: str = "rev", chunk_size: int | None = None, attention: str = "last_token"
+    model, prompt_ids, family: str = "auto", mode: str = "rev", chunk_size: int | None = None, attention: str = "last_token",
+    mlp: str = "gated",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every transition's Jacobian of one prompt's last token: ``(J (2L, D, D), states
     (2L + 1, D))`` in the model's dtype and device; ``states[s]`` = h_s along the chain of
     sublayer maps (``states[2L]`` the final residual, before the final norm). Arguments as
     :func:`transition_jacobians`."""
-    steps = list(transition_jacobians(model, prompt_ids, family, mode, chunk_size, attention))
+    steps = list(transition_jacobians(model, prompt_ids, family, mode, chunk_size, attention, mlp))
     return torch.stack([jacobian for jacobian, _ in steps[1:]]), torch.stack([state for _, state in steps])
 
 

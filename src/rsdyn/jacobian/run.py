@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 #: defaults of the keys a section written before they existed may lack
 DEFAULTS = {
     "baselines": [], "init_seeds": [0], "baseline_samples": None, "surrogate_draws": 1, "dtype": "float32",
-    "spectra_dtype": "float32", "spectra_device": "auto", "attention": "last_token", "mode": "rev", "chunk_size": None,
+    "spectra_dtype": "float32", "spectra_device": "auto", "attention": "last_token", "mlp": "gated", "mode": "rev", "chunk_size": None,
     "device": "auto",
 }
 
@@ -65,7 +65,7 @@ def jacobian_arrays(
     d_model = int(model.config.get_text_config().hidden_size)
     spectra_device = resolve_spectra_device(settings["spectra_device"], device, d_model, spectra_dtype)
     options = SpectraOptions(
-        family=family, mode=settings["mode"], chunk_size=settings["chunk_size"], attention=settings["attention"],
+        family=family, mode=settings["mode"], chunk_size=settings["chunk_size"], attention=settings["attention"], mlp=settings["mlp"],
         spectra_device=spectra_device, spectra_dtype=spectra_dtype, seed=int(settings["seed"]),
         surrogates=tuple(kind for kind in baselines if kind in SURROGATES), surrogate_draws=int(settings["surrogate_draws"]),
     )
@@ -90,6 +90,7 @@ def jacobian_arrays(
         "device": device,
         "spectra_device": spectra_device,
         "attention": options.attention,
+        "mlp": options.mlp,
         "mode": options.mode,
         "family": family,
         "model": provenance,

@@ -59,6 +59,7 @@ class SpectraOptions:
     mode: str = "rev"
     chunk_size: int | None = None
     attention: str = "last_token"
+    mlp: str = "gated"
     spectra_device: str = "cpu"
     spectra_dtype: torch.dtype = torch.float32
     seed: int = 0
@@ -92,7 +93,7 @@ def sequence_spectra(
 
     states = []
     for transition, (jacobian, state) in enumerate(
-        transition_jacobians(model, ids, options.family, options.mode, options.chunk_size, options.attention), start=-1
+        transition_jacobians(model, ids, options.family, options.mode, options.chunk_size, options.attention, options.mlp), start=-1
     ):
         states.append(state)
         if jacobian is None:

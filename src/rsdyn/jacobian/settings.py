@@ -17,6 +17,7 @@ BASELINES = ("initial", "svd_matched", "norm_matched")
 DTYPE_NAMES = ("float32", "float64")
 MODES = ("rev", "fwd")
 ATTENTIONS = ("last_token", "eager")
+MLP_JACOBIANS = ("gated", "autodiff")
 SPECTRA_DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -42,7 +43,7 @@ def check_settings(settings: Mapping[str, Any]) -> None:
         raise JacobianError(f"jacobian.baselines = {list(settings['baselines'])}; allowed entries are {', '.join(BASELINES)}.")
     for key, allowed, default in (
         ("dtype", DTYPE_NAMES, "float32"), ("spectra_dtype", DTYPE_NAMES, "float32"), ("mode", MODES, "rev"),
-        ("attention", ATTENTIONS, "last_token"), ("spectra_device", SPECTRA_DEVICES, "auto"),
+        ("attention", ATTENTIONS, "last_token"), ("spectra_device", SPECTRA_DEVICES, "auto"), ("mlp", MLP_JACOBIANS, "gated"),
     ):
         if settings.get(key, default) not in allowed:
             raise JacobianError(f"jacobian.{key} = {settings[key]!r}; allowed values are {', '.join(allowed)}.")
