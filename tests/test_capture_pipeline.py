@@ -11,7 +11,6 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 from conftest import tiny_gemma3, tiny_llama
 from test_capture_store import CAPTURE, MODEL, inputs, make_corpus, store_files  # noqa: F401 - inputs is a fixture
 

@@ -1,4 +1,6 @@
-"""Jacobians of the sublayer maps (rsdyn.jacobian) and their spectra (rsdyn.jacobian.spectra)."""
+"""Jacobians of the sublayer maps (rsdyn.jacobian.jacobian, rsdyn.jacobian.attention) and the
+per-sequence design (rsdyn.jacobian.sample); spectra in test_jacobian_spectra.py, rows and
+Fig. 5 in test_jacobian_summary.py."""
 
 from __future__ import annotations
 
@@ -7,18 +9,19 @@ import pytest
 import torch
 from conftest import tiny_gemma3, tiny_llama
 
+from rsdyn.jacobian import attention
+from rsdyn.jacobian.attention import LastTokenMaps, attention_implementation, last_token_attention
 from rsdyn.jacobian.jacobian import (
+    baseline_positions,
+    product_depths,
     initial_model,
     jacobian_of,
-    sample_spectra,
     select_samples,
-    stack_samples,
     sublayer_jacobians,
     verify_chain,
-    weights_spectra,
 )
+from rsdyn.jacobian.sample import SpectraOptions, design_groups, sequence_spectra, stack_rows
 from rsdyn.jacobian.settings import JacobianError
-from rsdyn.jacobian.spectra import cumulative_spectra, matrix_spectra
 from rsdyn.models.interventions import layer_input_hook
 from rsdyn.models.recorder import ResidualRecorder
 from rsdyn.models.sublayer_maps import KeepFloat64, SublayerMaps
@@ -61,7 +64,7 @@ def test_sublayer_jacobians_match_central_finite_differences(model64, chain64):
     rounding O(eps |f| / h); h = 1e-5 keeps both far below the required 1e-4."""
     jacobians, states = chain64
     step = 1e-5
-    with KeepFloat64():
+    with KeepFloat64(), attention_implementation(model64, "eager"):
         maps = SublayerMaps(model64, PROMPT)
         basis = torch.eye(states.shape[1], dtype=torch.float64)
         for transition in range(jacobians.shape[0]):
@@ -118,6 +121,117 @@ def test_sublayer_jacobians_match_autograd_of_the_full_model(model64, chain64):
                 assert float((reference[dim:] - through).norm() / through.norm()) < tolerance
 
 
+def test_sublayer_jacobians_match_a_loop_of_backward_passes(model64, chain64):
+    """Row i of J_s by one backward pass of the model's own map under eager attention
+    (no torch.func, no last-token attention): the same float64 numbers up to reordering."""
+    jacobians, states = chain64
+    with KeepFloat64(), attention_implementation(model64, "eager"):
+        maps = SublayerMaps(model64, PROMPT)
+        for transition in range(jacobians.shape[0]):
+            x = states[transition].clone().requires_grad_(True)
+            output = maps(transition, x)
+            rows = [torch.autograd.grad(output[row], x, retain_graph=True)[0] for row in range(output.numel())]
+            looped = torch.stack(rows)
+            error = float((looped - jacobians[transition]).abs().max() / jacobians[transition].abs().max())
+            assert error < 1e-12, f"transition {transition}: relative error {error:.1e}"
+
+
+@pytest.mark.parametrize("softcap", [None, 30.0])
+def test_last_token_attention_matches_transformers_eager_attention(softcap):
+    """Against transformers' own eager function (Gemma 2's, which has soft-capping), with a
+    sliding-window mask and grouped key/value heads: one query and several."""
+    from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward
+
+    rng = torch.Generator().manual_seed(0)
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.head_dim, module.training = 3, 8, False
+    key, value = torch.randn(1, 2, 11, 8, generator=rng, dtype=torch.float64), torch.randn(1, 2, 11, 8, generator=rng, dtype=torch.float64)
+    for length in (1, 11):
+        query = torch.randn(1, 6, length, 8, generator=rng, dtype=torch.float64) * 3
+        mask = torch.zeros(1, 1, length, 11, dtype=torch.float64)
+        mask[..., :4] = torch.finfo(torch.float64).min  # keys outside a sliding window
+        expected, expected_weights = eager_attention_forward(module, query, key, value, mask, scaling=0.3, softcap=softcap)
+        got, weights = last_token_attention(module, query, key, value, mask, scaling=0.3, softcap=softcap)
+        torch.testing.assert_close(got, expected, rtol=1e-13, atol=1e-14)
+        torch.testing.assert_close(weights, expected_weights, rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_last_token_and_eager_attention_give_the_same_jacobians(name):
+    model = MODELS[name]().to(torch.float64)
+    with KeepFloat64():
+        fast, fast_states = sublayer_jacobians(model, PROMPT, attention="last_token")
+        eager, eager_states = sublayer_jacobians(model, PROMPT, attention="eager")
+    assert float((fast - eager).abs().max() / eager.abs().max()) < 1e-13
+    assert float((fast_states - eager_states).abs().max() / eager_states.abs().max()) < 1e-13
+    assert model.config._attn_implementation == "sdpa"  # restored
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_gated_mlp_jacobians_equal_autodiff(name):
+    """The MLP updates' Jacobians assembled from the gated MLP's modules (Llama: no norm
+    after the MLP; Gemma 3: post_feedforward_layernorm) against torch.func, in float64."""
+    model = MODELS[name]().to(torch.float64)
+    with KeepFloat64():
+        gated, gated_states = sublayer_jacobians(model, PROMPT, mlp="gated")
+        autodiff, autodiff_states = sublayer_jacobians(model, PROMPT, mlp="autodiff")
+    torch.testing.assert_close(gated_states, autodiff_states, rtol=0, atol=0)
+    for transition in range(1, gated.shape[0], 2):
+        error = float((gated[transition] - autodiff[transition]).abs().max() / autodiff[transition].abs().max())
+        assert error < 1e-13, f"transition {transition}: {error:.1e}"
+
+
+def test_gated_mlp_falls_back_to_autodiff_where_the_layer_is_not_of_that_form(caplog):
+    """A layer whose MLP output is scaled outside the gated form: the assembled value
+    disagrees with the model's map, and torch.func differentiates the layer as it is."""
+    model = tiny_llama().to(torch.float64)
+    mlp = model.model.layers[1].mlp
+    original = mlp.forward
+    mlp.forward = lambda x: 2.0 * original(x)
+    with KeepFloat64():
+        gated, _ = sublayer_jacobians(model, PROMPT, mlp="gated")
+        autodiff, _ = sublayer_jacobians(model, PROMPT, mlp="autodiff")
+    torch.testing.assert_close(gated, autodiff, rtol=1e-12, atol=1e-14)
+    assert "torch.func for this sequence's MLP updates" in caplog.text
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_last_token_maps_leave_the_prefix_cache_untouched(name):
+    """A map's cache is a shallow copy (no deep copy of the prefix's tensors): running every
+    map leaves the prefix cache's keys and values as they were, sliding-window layers included."""
+    model = MODELS[name]()
+    with attention_implementation(model):
+        maps = LastTokenMaps(model, PROMPT)
+        before = [(layer.keys.clone(), layer.values.clone()) for layer in maps.cache.layers]
+        state = maps.initial_state()
+        for transition in range(maps.n_transitions):
+            state = maps(transition, state)
+    for (keys, values), layer in zip(before, maps.cache.layers):
+        assert torch.equal(keys, layer.keys) and torch.equal(values, layer.values)
+
+
+def test_last_token_maps_hand_the_own_key_and_value_to_the_attention(monkeypatch):
+    """The fast path: the prefix cache records the last token's key and value, the
+    attention takes them from there (not from the concatenated stack) and leaves none behind."""
+    model = tiny_llama()
+    taken = []
+    original = attention._own_states
+
+    def spy(module, key, value):
+        recorded = getattr(attention._RECORDED, "states", {})
+        taken.append(module.layer_idx in recorded)
+        return original(module, key, value)
+
+    monkeypatch.setattr(attention, "_own_states", spy)
+    with attention_implementation(model):
+        maps = LastTokenMaps(model, PROMPT)
+        maps(2, maps.initial_state())
+    assert taken == [True] and not attention._RECORDED.states
+    with pytest.raises(ValueError, match="jacobian.attention"):
+        with attention_implementation(model, "flash"):
+            pass
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_chain_reproduces_the_forward_and_catches_a_wrong_state(name):
     model = MODELS[name]()
@@ -131,9 +245,10 @@ def test_chain_reproduces_the_forward_and_catches_a_wrong_state(name):
 def test_rev_and_fwd_modes_and_chunks_agree():
     model = tiny_gemma3()
     reverse, _ = sublayer_jacobians(model, PROMPT, mode="rev")
-    forward, _ = sublayer_jacobians(model, PROMPT, mode="fwd", chunk_size=7)
     scale = float(reverse.abs().max())
-    assert float((reverse - forward).abs().max()) / scale < 1e-5
+    for attention_name in ("last_token", "eager"):
+        forward, _ = sublayer_jacobians(model, PROMPT, mode="fwd", chunk_size=7, attention=attention_name)
+        assert float((reverse - forward).abs().max()) / scale < 1e-5
 
 
 def test_keep_float64_stops_downcasts_only_of_float64():
@@ -145,115 +260,6 @@ def test_keep_float64_stops_downcasts_only_of_float64():
         assert torch.nn.functional.softmax(x64, dim=0, dtype=torch.float32).dtype == torch.float64
         assert x32.float().dtype == torch.float32
     assert x64.float().dtype == torch.float32
-
-
-# --------------------------------------------------------------------------- spectra
-
-
-def _random_matrices(count: int, dim: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.eye(dim) + rng.normal(size=(count, dim, dim)) / np.sqrt(dim)
-
-
-def _canonical(values: np.ndarray) -> np.ndarray:
-    """Eigenvalues in an order independent of the solver (for comparison)."""
-    return values[np.lexsort((np.round(values.imag, 9), np.round(values.real, 9)))]
-
-
-def test_matrix_spectra_against_numpy_loops():
-    matrices = _random_matrices(4, 9)
-    got = {key: value.numpy() for key, value in matrix_spectra(torch.as_tensor(matrices)).items()}
-    for index, matrix in enumerate(matrices):
-        for prefix, operator in (("", matrix), ("update_", matrix - np.eye(9))):
-            eigenvalues = np.linalg.eigvals(operator)
-            singular = np.linalg.svd(operator, compute_uv=False)
-            frobenius = np.sqrt((operator**2).sum())
-            if not prefix:
-                mine = got["eigenvalues"][index]
-                np.testing.assert_allclose(_canonical(mine), _canonical(eigenvalues), rtol=1e-10, atol=1e-12)
-                assert np.all(np.diff(np.abs(mine)) <= 1e-12)
-            expected = {
-                "spectral_radius": np.abs(eigenvalues).max(),
-                "rotation_index": np.abs(eigenvalues.imag).sum() / np.abs(eigenvalues).sum(),
-                "henrici": np.sqrt(max(frobenius**2 - (np.abs(eigenvalues) ** 2).sum(), 0)) / frobenius,
-                "antisymmetric_share": np.sqrt((((operator - operator.T) / 2) ** 2).sum()) / frobenius,
-                "frobenius_norm": frobenius,
-                "effective_rank_pr": (singular**2).sum() ** 2 / (singular**4).sum(),
-                "effective_rank_entropy": np.exp(-sum(p * np.log(p) for p in singular / singular.sum())),
-            }
-            for key, value in expected.items():
-                np.testing.assert_allclose(got[prefix + key][index], value, rtol=1e-9, err_msg=prefix + key)
-            np.testing.assert_allclose(got[prefix + "singular_values"][index], singular, rtol=1e-10, atol=1e-13)
-
-
-def test_henrici_zero_for_symmetric_positive_for_jordan_block():
-    rng = np.random.default_rng(1)
-    half = rng.normal(size=(12, 12))
-    symmetric = torch.as_tensor(half + half.T)
-    jordan = torch.as_tensor(np.eye(4) + np.eye(4, k=1))  # J_4(1): ||J||_F^2 = 7, sum |lambda|^2 = 4
-    got = matrix_spectra(torch.stack([symmetric, torch.block_diag(jordan, torch.eye(8, dtype=torch.float64))]))
-    floor = np.sqrt(12 * EPS64) * 10  # cancellation in ||J||_F^2 - sum |lambda|^2
-    assert float(got["henrici"][0]) < floor
-    assert float(got["antisymmetric_share"][0]) == 0.0
-    assert float(got["rotation_index"][0]) == 0.0
-    np.testing.assert_allclose(float(got["henrici"][1]), np.sqrt(3 / 15), rtol=1e-12)  # (12 - 1) + 4 ones on the diagonal
-
-
-def test_rotation_index_of_a_rotation_and_ranks_of_zero():
-    angle = 0.3
-    rotation = torch.tensor([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]], dtype=torch.float64)
-    got = matrix_spectra(torch.stack([rotation, torch.eye(2, dtype=torch.float64)]))
-    np.testing.assert_allclose(float(got["rotation_index"][0]), np.sin(angle), rtol=1e-12)
-    np.testing.assert_allclose(float(got["antisymmetric_share"][0]), np.sin(angle) / 1.0, rtol=1e-12)
-    assert float(got["update_effective_rank_pr"][1]) == 0.0  # the update of the identity is zero
-    assert float(got["update_effective_rank_entropy"][1]) == 0.0
-
-
-def test_cumulative_spectrum_against_the_direct_product():
-    matrices = _random_matrices(5, 6, seed=2) * np.array([0.5, 2.0, 1.0, 3.0, 0.7])[:, None, None]
-    got = {key: value.numpy() for key, value in cumulative_spectra(torch.as_tensor(matrices)).items()}
-    product = np.eye(6)
-    log_det = 0.0
-    for step, matrix in enumerate(matrices):
-        product = matrix @ product
-        singular = np.linalg.svd(product, compute_uv=False)
-        np.testing.assert_allclose(got["cumulative_log_singular_values"][step], np.log(singular), rtol=1e-10, atol=1e-10)
-        np.testing.assert_allclose(
-            got["cumulative_effective_rank_pr"][step], (singular**2).sum() ** 2 / (singular**4).sum(), rtol=1e-10
-        )
-        p = singular / singular.sum()
-        np.testing.assert_allclose(got["cumulative_effective_rank_entropy"][step], np.exp(-(p * np.log(p)).sum()), rtol=1e-10)
-        # the Lyapunov exponents (QR) sum to the log |det| of the product, per transition
-        log_det += np.log(abs(np.linalg.det(matrix)))
-        np.testing.assert_allclose(got["lyapunov"][step].sum() * (step + 1), log_det, rtol=1e-10)
-        assert np.all(np.diff(got["lyapunov"][step]) <= 0)
-
-
-def test_lyapunov_exponents_of_diagonal_maps():
-    diagonals = np.array([[2.0, 0.5, 1.0], [4.0, 0.5, 0.25]])
-    got = cumulative_spectra(torch.as_tensor(np.stack([np.diag(d) for d in diagonals])))
-    expected = np.sort(np.log(diagonals).mean(axis=0))[::-1]
-    np.testing.assert_allclose(got["lyapunov"][-1].numpy(), expected, rtol=1e-12)
-
-
-def test_cumulative_spectrum_survives_overflowing_products():
-    """The direct product overflows float64 (1e600); the rescaled triangle keeps the
-    singular values within eps of the largest, the QR exponents keep all three."""
-    matrices = np.stack([np.diag([1e30, 1e29, 1.0])] * 20)
-    got = cumulative_spectra(torch.as_tensor(matrices))
-    log_singular = got["cumulative_log_singular_values"][-1].numpy()
-    np.testing.assert_allclose(log_singular[:2], 20 * np.log([1e30, 1e29]), rtol=1e-12)
-    assert log_singular[2] < log_singular[0] + np.log(EPS64)  # unresolved, but below eps of the largest
-    np.testing.assert_allclose(got["lyapunov"][-1].numpy(), np.log([1e30, 1e29, 1.0]), rtol=1e-12, atol=1e-12)
-    assert 1.0 <= float(got["cumulative_effective_rank_pr"][-1]) < 1.1
-
-
-def test_sample_spectra_do_not_depend_on_workers():
-    jacobians = torch.as_tensor(_random_matrices(4, 10, seed=3), dtype=torch.float32)
-    one, two = sample_spectra(jacobians, workers=1), sample_spectra(jacobians, workers=2)
-    assert one.keys() == two.keys()
-    for key in one:
-        np.testing.assert_array_equal(one[key], two[key], err_msg=key)
 
 
 # --------------------------------------------------------------------------- stage pieces
@@ -277,92 +283,67 @@ def test_initial_model_is_seeded_and_fresh():
     assert not torch.equal(weights[0], weights[2]) and not torch.equal(weights[0], weights[3])
 
 
-def test_weights_spectra_group_layout():
+def test_product_depths_end_at_the_last_layer():
+    assert product_depths(60) == list(range(3, 60, 4)) and product_depths(6) == [1, 5] and product_depths(6, every=1) == [1, 3, 5]
+
+
+def test_baseline_positions_are_a_seeded_subset():
+    chosen = baseline_positions(64, 8, seed=0)
+    assert np.array_equal(chosen, baseline_positions(64, 8, seed=0)) and len(set(chosen.tolist())) == 8
+    assert np.all(np.diff(chosen) > 0) and chosen.max() < 64 and not np.array_equal(chosen, np.arange(8))
+    with pytest.raises(JacobianError, match="baseline_samples"):
+        baseline_positions(4, 8, seed=0)
+
+
+def test_sequence_spectra_rows_and_surrogates():
     model = tiny_llama(n_layers=2, hidden=16)
-    group = weights_spectra(model, [PROMPT, PROMPT[:4]], workers=1)
-    assert group["eigenvalues"].shape == (2, 4, 16) and group["eigenvalues"].dtype == np.complex64
-    assert group["rotation_index"].shape == (2, 4)
-    np.testing.assert_allclose(group["rotation_index_mean"], group["rotation_index"].mean(axis=0))
-    np.testing.assert_allclose(group["lyapunov"][:, -1].sum(axis=-1), group["cumulative_log_singular_values"][:, -1].sum(axis=-1) / 4, rtol=1e-4)
+    options = SpectraOptions(surrogates=("svd_matched", "norm_matched"), surrogate_draws=2)
+    rows, difference = sequence_spectra(model, PROMPT, corpus_row=7, options=options, with_surrogates=True)
+    assert difference < 1e-5 and sorted(rows) == ["norm_matched", "svd_matched", "weights"]
+    trained = rows["weights"][0]
+    assert trained["eigenvalues"].shape == (4, 16) and trained["rotation_index"].shape == (4,)
+    assert product_depths(4) == [3]  # two layers: the product after the last one
+    assert trained["cumulative_effective_rank_entropy"].shape == (1,) and trained["cumulative_log_singular_values"].shape == (1, 16)
+    assert trained["lyapunov"].shape == (1, 8)
+    # the product after the last layer: its exponents sum to the log singular values over the depth
+    np.testing.assert_allclose(trained["lyapunov"][-1].sum(), trained["cumulative_log_singular_values"][-1][:8].sum() / 4, rtol=1e-5)
+    for kind in ("svd_matched", "norm_matched"):
+        assert len(rows[kind]) == 2
+        for draw in rows[kind]:  # both surrogates keep the trained update's Frobenius norm, transition by transition
+            np.testing.assert_allclose(draw["update_frobenius_norm"], trained["update_frobenius_norm"], rtol=1e-5)
+        assert not np.allclose(rows[kind][0]["rotation_index"], rows[kind][1]["rotation_index"])
+    again, _ = sequence_spectra(model, PROMPT, corpus_row=7, options=options, with_surrogates=True)
+    np.testing.assert_array_equal(again["svd_matched"][1]["eigenvalues"], rows["svd_matched"][1]["eigenvalues"])
+    other, _ = sequence_spectra(model, PROMPT, corpus_row=8, options=options, with_surrogates=True)
+    assert not np.array_equal(other["svd_matched"][1]["eigenvalues"], rows["svd_matched"][1]["eigenvalues"])
 
 
-def test_stack_samples_spread_of_one_sample_is_zero():
+def test_design_groups_layout_and_workers_do_not_change_the_numbers():
+    model = tiny_llama(n_layers=2, hidden=16)
+    sequences = [PROMPT, PROMPT[:5], PROMPT[:7]]
+    options = SpectraOptions(surrogates=("svd_matched",), surrogate_draws=2)
+    one, seconds = design_groups(model, sequences, [10, 20, 30], [0, 2], [0, 1], options, workers=1, threads=1)
+    two, _ = design_groups(model, sequences, [10, 20, 30], [0, 2], [0, 1], options, workers=2, threads=2)
+    assert sorted(one) == ["initial", "svd_matched", "trained"] and set(seconds) == {"trained", "initial"}
+    np.testing.assert_array_equal(one["trained"]["sequence"], [0, 1, 2])
+    np.testing.assert_array_equal(one["svd_matched"]["sequence"], [0, 0, 2, 2])
+    np.testing.assert_array_equal(one["svd_matched"]["draw"], [0, 1, 0, 1])
+    np.testing.assert_array_equal(one["initial"]["sequence"], [0, 2, 0, 2])
+    np.testing.assert_array_equal(one["initial"]["draw"], [0, 0, 1, 1])
+    assert one["initial"]["eigenvalues"].dtype == np.complex64 and one["trained"]["rotation_index"].dtype == np.float64
+    np.testing.assert_allclose(one["trained"]["rotation_index_mean"], one["trained"]["rotation_index"].mean(axis=0))
+    assert not np.allclose(one["initial"]["rotation_index"][0], one["initial"]["rotation_index"][2])  # two init seeds
+    for group in one:
+        for key in one[group]:
+            np.testing.assert_array_equal(one[group][key], two[group][key], err_msg=f"{group}/{key}")
+
+
+def test_stack_rows_spread_of_one_row_is_zero():
     from rsdyn.jacobian.jacobian import SCALARS, VECTORS
 
-    sample = {**{key: np.arange(3.0) for key in SCALARS}, **{key: np.ones((3, 2)) for key in VECTORS}}
-    group = stack_samples([sample])
-    assert np.all(group["henrici_std"] == 0)
-
-
-# --------------------------------------------------------------------------- summary and figure
-
-
-def _synthetic_group(rng, n_samples: int, n_transitions: int, dim: int, gradient: float, final_rank: float) -> dict:
-    """Per-sample arrays shaped like a jacobian.zarr group; the three spectral quantities
-    fall linearly with depth by ``gradient`` (plus noise)."""
-    from rsdyn.jacobian.jacobian import SCALARS
-
-    depth = np.linspace(1, 0, n_transitions)
-    group = {key: rng.random((n_samples, n_transitions)) for key in SCALARS}
-    for key in ("rotation_index", "henrici", "antisymmetric_share"):
-        for prefix in ("", "update_"):
-            group[prefix + key] = 0.3 + gradient * depth + 0.01 * rng.standard_normal((n_samples, n_transitions))
-    group["effective_rank_entropy"] = np.full((n_samples, n_transitions), dim * 0.9)
-    group["cumulative_effective_rank_entropy"] = np.linspace(dim * 0.9, final_rank, n_transitions) + 0.1 * rng.standard_normal((n_samples, n_transitions))
-    group["singular_values"] = np.ones((n_samples, n_transitions, dim))
-    group["lyapunov"] = np.zeros((n_samples, n_transitions, dim))
-    return group
-
-
-def test_summary_rows_follow_the_synthetic_directions():
-    from rsdyn.jacobian.summary import summary_jacobian
-
-    rng = np.random.default_rng(0)
-    arrays = {
-        "trained": _synthetic_group(rng, 12, 20, 16, gradient=0.4, final_rank=3.0),
-        "initial": _synthetic_group(rng, 12, 20, 16, gradient=0.0, final_rank=14.0),
-    }
-    rows = summary_jacobian(arrays, {"d_model": 16}, n_resamples=100, seed=1)
-    for prefix in ("jacobian_", "jacobian_update_"):
-        for key in ("rotation_index", "henrici", "antisymmetric_share"):
-            assert rows[f"{prefix}{key}_early_minus_late"]["verdict"] == "reproduced"
-            assert rows[f"{prefix}{key}_depth_spearman"]["verdict"] == "reproduced"
-            assert rows[f"{prefix}{key}_gradient_learned"]["verdict"] == "reproduced"
-            initial = rows[f"{prefix}{key}_early_minus_late_initial"]
-            # no gradient at init: |value| within a few s.e. (0.01 noise, 12 x 6 transitions per third: ~0.0015)
-            assert "verdict" not in initial and abs(initial["value"]) < 0.01 and len(initial["interval"]) == 2
-    assert rows["jacobian_bottleneck_ratio"]["verdict"] == "reproduced"
-    assert rows["jacobian_bottleneck_learned"]["verdict"] == "reproduced"
-    np.testing.assert_allclose(rows["jacobian_cumulative_rank_fraction"]["value"], 3.0 / 16, rtol=0.05)
-    assert "resampled" in rows["jacobian_bottleneck_learned"] and "12" in rows["jacobian_bottleneck_learned"]["resampled"]
-
-    reversed_arrays = {name: {**group} for name, group in arrays.items()}
-    for key in ("rotation_index",):
-        reversed_arrays["trained"][key] = arrays["trained"][key][:, ::-1]
-    flipped = summary_jacobian(reversed_arrays, {"d_model": 16}, n_resamples=100, seed=1)
-    assert flipped["jacobian_rotation_index_early_minus_late"]["verdict"] == "opposite"
-
-
-def test_summary_without_baseline_has_no_learned_rows():
-    from rsdyn.jacobian.summary import summary_jacobian
-
-    rng = np.random.default_rng(0)
-    rows = summary_jacobian({"trained": _synthetic_group(rng, 4, 6, 8, 0.2, 2.0)}, n_resamples=20)
-    assert not any(name.endswith(("_learned", "_initial")) for name in rows)
-
-
-def test_fig5_is_written(tmp_path):
-    from rsdyn.core.store import write_group
-    from rsdyn.jacobian.figure import cloud_transitions, save_fig5
-    from rsdyn.jacobian.jacobian import transition_names
-
-    model = tiny_llama(n_layers=3, hidden=16)
-    group = weights_spectra(model, [PROMPT, PROMPT[:5]])
-    attrs = {"weights": ["trained", "initial"], "transitions": transition_names(3), "d_model": 16}
-    write_group(tmp_path / "jacobian.zarr", {"trained": group, "initial": group, "sample_indices": np.arange(2)}, attrs=attrs)
-    save_fig5(tmp_path / "jacobian.zarr", tmp_path / "fig5.pdf", tmp_path / "fig5.png", dpi=40)
-    assert (tmp_path / "fig5.pdf").stat().st_size > 0 and (tmp_path / "fig5.png").stat().st_size > 0
-    assert cloud_transitions(60) == [6, 30, 58]
+    row = {**{key: np.arange(3.0) for key in SCALARS}, **{key: np.ones((3, 2)) for key in VECTORS}}
+    group = stack_rows([row], [0], [0])
+    assert np.all(group["henrici_std"] == 0) and group["sequence"].tolist() == [0]
 
 
 def test_config_refuses_more_jacobian_samples_than_the_corpus_has():
@@ -379,7 +360,12 @@ def test_config_refuses_more_jacobian_samples_than_the_corpus_has():
     config["jacobian"] = {"baselines": ["random"]}
     with pytest.raises(ConfigError, match="jacobian.baselines"):
         resolve_runs(config)
-    config["jacobian"] = {"n_samples": 4}
+    config["jacobian"] = {"n_samples": 4, "baselines": ["initial"], "init_seeds": []}
+    with pytest.raises(ConfigError, match="jacobian.init_seeds"):
+        resolve_runs(config)
+    config["jacobian"] = {"n_samples": 4, "baseline_samples": 2}
     assert resolve_runs(config)["smoke"]["jacobian"] == {
-        "baselines": ["initial"], "chunk_size": None, "device": "auto", "dtype": "float32", "mode": "rev", "n_samples": 4, "seed": 0,
+        "attention": "last_token", "baseline_samples": 2, "baselines": ["initial", "svd_matched", "norm_matched"],
+        "chunk_size": None, "device": "auto", "dtype": "float32", "init_seeds": [0, 1, 2], "mlp": "gated", "mode": "rev", "n_samples": 4,
+        "seed": 0, "spectra_device": "auto", "spectra_dtype": "float32", "surrogate_draws": 1,
     }

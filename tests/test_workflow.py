@@ -91,13 +91,16 @@ def test_smoke_run_writes_the_jacobian_store(smoke_run):
     from rsdyn.jacobian.run import read_jacobian
 
     arrays, attrs = read_jacobian(smoke_run / "results/smoke/jacobian.zarr")
-    assert attrs["weights"] == ["trained", "initial"] and attrs["n_layers"] == 30 and attrs["d_model"] == 576
-    assert arrays["sample_indices"].shape == (2,)
-    for weights in ("trained", "initial"):
-        assert arrays[weights]["eigenvalues"].shape == (2, 60, 576)
+    assert attrs["weights"] == ["trained", "initial", "svd_matched", "norm_matched"]
+    assert attrs["n_layers"] == 30 and attrs["d_model"] == 576 and attrs["init_seeds"] == [0, 1]
+    assert arrays["sample_indices"].shape == (2,) and arrays["baseline_positions"].shape == (1,)
+    for weights, rows in (("trained", 2), ("initial", 2), ("svd_matched", 1), ("norm_matched", 1)):
+        assert arrays[weights]["eigenvalues"].shape == (rows, 60, 576)
+        assert arrays[weights]["cumulative_effective_rank_entropy"].shape == (rows, 15)
         assert np.isfinite(arrays[weights]["rotation_index"]).all()
     assert (smoke_run / "results/smoke/figures/fig5.png").stat().st_size > 0
-    assert "jacobian_bottleneck_learned" in (smoke_run / "results/smoke/summary.tsv").read_text()
+    table = (smoke_run / "results/smoke/summary.tsv").read_text()
+    assert "jacobian_bottleneck_learned" in table and "jacobian_learned_geometry" in table
 
 
 def test_three_capture_shards_give_the_same_store_and_summary(smoke_run, tmp_path):

@@ -1,7 +1,9 @@
 # Jacobians of the sublayer updates (the authors' follow-up): for jacobian.n_samples
 # sequences, the exact Jacobian of every sublayer transition of the last token, its
-# spectra and the cumulative product, for the trained and freshly initialised weights;
-# Fig. 5.
+# spectra and the cumulative product, for the trained weights; on jacobian.baseline_samples
+# of them, for freshly initialised weights (one model per jacobian.init_seeds) and for
+# surrogates of the trained updates (svd_matched, norm_matched); the sequences go to
+# `threads` worker threads. Fig. 5.
 
 
 rule jacobian:

@@ -12,32 +12,30 @@ its own state at s, every other position held at its value in the unperturbed fo
 
 Each sublayer map runs the model's own code on teleport's prefix cache, layer skipping and
 input substitution (:mod:`rsdyn.models.sublayer_maps`); ``torch.func.jacrev`` (or ``jvp`` under
-``vmap``) differentiates it, with eager attention (scaled_dot_product_attention has no
-forward-mode rule and a slow vmap fallback). The chain h_{s+1} = map_s(h_s) starts at the
-embedding and is checked against a plain recorded forward, a guard against a model whose
-layers break the conventions the maps rely on.
+``vmap``) differentiates it. Attention runs under :mod:`rsdyn.jacobian.attention`'s
+last-token implementation (the prefix's keys and values as constants: 4x faster than eager
+attention, the same numbers) or, with ``jacobian.attention: eager``, the model's eager
+attention (scaled_dot_product_attention has no forward-mode rule and a slow vmap
+fallback). The chain h_{s+1} = map_s(h_s) starts at the embedding and is checked against a
+plain recorded forward under eager attention, a guard against a model whose layers break
+the conventions the maps rely on.
 
-Per transition and sample the spectral quantities of :mod:`rsdyn.jacobian.spectra` are computed for
-J and for the update itself, J - I, and the cumulative product J_s ... J_0 gives the
-bottleneck (its effective rank) and finite-depth Lyapunov exponents. The same is done
-for freshly initialised weights of the same config (``baselines: [initial]``).
+The spectra of every J (and of the update J - I) and of the cumulative product are in
+:mod:`rsdyn.jacobian.spectra`; :mod:`rsdyn.jacobian.sample` computes them per sequence,
+for the trained weights, freshly initialised weights and surrogate updates.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 
-from rsdyn.core.jobs import progress
-from rsdyn.core.threads import torch_threads
-from rsdyn.jacobian.settings import MODES, JacobianError
-from rsdyn.jacobian.spectra import cumulative_spectra, matrix_spectra
+from rsdyn.jacobian.attention import LastTokenMaps, attention_implementation
+from rsdyn.jacobian.mlp import gated_mlp_update, gated_parts
+from rsdyn.jacobian.settings import MODES, PRODUCT_EVERY, JacobianError, product_depths  # noqa: F401 - product_depths re-exported
 from rsdyn.models.interventions import control_states, relative_difference
 from rsdyn.models.sublayer_maps import SublayerMaps, eager_attention, precision_mode
 
@@ -45,17 +43,19 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
-#: per-sample scalar quantities of every transition (also stored as _mean and _std over samples)
-SCALARS = tuple(
+#: per-row scalar quantities: of every transition (S,), and of the cumulative product at the
+#: product depths (P,, :func:`product_depths`); each also stored as _mean and _std over rows
+MATRIX_SCALARS = tuple(
     prefix + name
     for prefix in ("", "update_")
-    for name in (
-        "spectral_radius", "rotation_index", "henrici", "antisymmetric_share", "frobenius_norm",
-        "effective_rank_pr", "effective_rank_entropy",
-    )
-) + ("cumulative_effective_rank_pr", "cumulative_effective_rank_entropy")
-#: per-sample vectors (D,) of every transition
-VECTORS = ("eigenvalues", "singular_values", "update_singular_values", "cumulative_log_singular_values", "lyapunov")
+    for name in ("spectral_radius", "rotation_index", "henrici", "antisymmetric_share", "frobenius_norm", "effective_rank_pr")
+)
+CUMULATIVE_SCALARS = ("cumulative_effective_rank_pr", "cumulative_effective_rank_entropy")
+SCALARS = MATRIX_SCALARS + CUMULATIVE_SCALARS
+#: per-row vectors: eigenvalues (S, D), cumulative_log_singular_values (P, D), lyapunov (P, N_LYAPUNOV), P product depths
+VECTORS = ("eigenvalues", "cumulative_log_singular_values", "lyapunov")
+#: finite-depth Lyapunov exponents stored per transition (the largest)
+N_LYAPUNOV = 8
 
 DEFINITIONS = {
     "J": "J_s = dh_{s+1}/dh_s of the last token's residual stream w.r.t. its own state at sublayer s, "
@@ -67,14 +67,20 @@ DEFINITIONS = {
     "henrici": "normalised Henrici departure from normality sqrt(||J||_F^2 - sum |lambda|^2) / ||J||_F",
     "antisymmetric_share": "||(J - J^T)/2||_F / ||J||_F",
     "frobenius_norm": "||J||_F",
-    "singular_values": "singular values, largest first",
-    "effective_rank_pr": "participation ratio of the singular values, (sum sigma^2)^2 / sum sigma^4",
-    "effective_rank_entropy": "exp of the entropy of p = sigma / sum sigma",
-    "cumulative_log_singular_values": "log singular values of the product J_s ... J_0 (QR re-orthonormalisation)",
+    "effective_rank_pr": "participation ratio of the singular values, (sum sigma^2)^2 / sum sigma^4 = ||J||_F^4 / ||J^T J||_F^2",
+    "cumulative_log_singular_values": f"log singular values of the product J_s ... J_0 after the last layer and every "
+    f"{PRODUCT_EVERY} layers before it (s = 2l + 1, attrs product_depths), largest first (resolved down to about eps x "
+    "the largest of the spectra dtype)",
     "cumulative_effective_rank_pr": "participation ratio of the singular values of J_s ... J_0",
-    "cumulative_effective_rank_entropy": "exp spectral entropy of the singular values of J_s ... J_0",
-    "lyapunov": "finite-depth Lyapunov exponents (1/(s+1)) sum_{k<=s} log|R_k,ii| of the QR iteration "
-    "J_k Q_{k-1} = Q_k R_k, largest first (nats per sublayer transition)",
+    "cumulative_effective_rank_entropy": "exp spectral entropy of the singular values of J_s ... J_0, p = sigma / sum sigma",
+    "lyapunov": f"the {N_LYAPUNOV} largest finite-depth Lyapunov exponents (1/(s+1)) log sigma_i(J_s ... J_0), "
+    "nats per sublayer transition",
+    "sequence": "position of the row's sequence in sample_indices",
+    "draw": "initial: position of the row's seed in init_seeds; surrogates: the draw; trained: 0",
+    "initial": "freshly initialised weights of the same config (transformers' initializer), one model per init seed",
+    "svd_matched": "beyond the paper: J = I + Q_1 diag(sigma(U_s)) Q_2^T, the trained update's singular values with "
+    "Haar-random orthogonal singular vectors, per transition and sequence",
+    "norm_matched": "beyond the paper: J = I + G ||U_s||_F / ||G||_F, G standard Gaussian, per transition and sequence",
 }
 
 
@@ -100,6 +106,14 @@ def select_samples(n_rows: int, n_samples: int, seed: int) -> np.ndarray:
             f"jacobian.n_samples = {n_samples} exceeds the {n_rows} sequences of the corpus; use at most {n_rows}."
         )
     return np.sort(np.random.default_rng([seed, n_rows]).choice(n_rows, size=n_samples, replace=False)).astype(np.int64)
+
+
+def baseline_positions(n_samples: int, n_baseline: int, seed: int) -> np.ndarray:
+    """The positions (into the ``n_samples`` chosen sequences) whose Jacobians the baselines
+    (initial weights, surrogates) also get: a seeded choice of ``n_baseline``, sorted, int64."""
+    if not 1 <= n_baseline <= n_samples:
+        raise JacobianError(f"jacobian.baseline_samples = {n_baseline}; it must lie in 1..jacobian.n_samples = {n_samples}.")
+    return np.sort(np.random.default_rng([seed, n_samples, 1]).choice(n_samples, size=n_baseline, replace=False)).astype(np.int64)
 
 
 def jacobian_of(function: Callable[[torch.Tensor], torch.Tensor], state: torch.Tensor, mode: str = "rev", chunk_size: int | None = None):
@@ -145,26 +159,60 @@ def attention_chunk_size(model, n_tokens: int) -> int:
     return int(min(config.hidden_size, max(16, budget // (heads * max(n_tokens, 1) * head_dim))))
 
 
+def transition_jacobians(
+    model, prompt_ids, family: str = "auto", mode: str = "rev", chunk_size: int | None = None, attention: str = "last_token",
+    mlp: str = "gated",
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Every transition of one prompt's last token in order: yields ``(J_s (D, D), h_{s+1} (D,))``
+    in the model's dtype and device, s = 0 .. 2L - 1, after ``(None, h_0)`` (the embedding).
+
+    ``chunk_size``: rows per vmap batch; None = automatic (all rows, but under eager
+    attention the attention updates are chunked by :func:`attention_chunk_size`).
+    ``attention``: ``last_token`` or ``eager`` (:mod:`rsdyn.jacobian.attention`): the model
+    runs under it until the generator is exhausted or closed (only the float64 precision
+    mode is left between transitions, so that the caller may cast the Jacobians down).
+    ``mlp``: ``gated`` assembles a gated MLP update's Jacobian from its modules
+    (:mod:`rsdyn.jacobian.mlp`) while its value agrees with the model's own map (else, and
+    with ``autodiff``, ``torch.func`` as for the attention updates)."""
+    attention_chunk = chunk_size
+    if attention == "eager" and chunk_size is None:
+        attention_chunk = attention_chunk_size(model, len(np.asarray(prompt_ids).reshape(-1)))
+    with attention_implementation(model, attention):
+        with precision_mode(model):
+            maps = (LastTokenMaps if attention == "last_token" else SublayerMaps)(model, prompt_ids, family)
+            state = maps.initial_state()
+        yield None, state
+        structured = mlp == "gated"
+        for transition in range(maps.n_transitions):
+            with precision_mode(model):
+                parts = gated_parts(maps.layers[transition // 2], maps.sites[transition // 2][1]) if structured and transition % 2 else None
+                jacobian = None
+                if parts is not None:
+                    jacobian, value = gated_mlp_update(parts, state)
+                    with torch.no_grad():
+                        reference = maps(transition, state)
+                    difference, tolerance = relative_difference(model, value, reference)
+                    if difference > tolerance:
+                        log.warning("the gated MLP Jacobian's value differs from the model's map by %.1e (allowed %g) at "
+                                    "transition %d; torch.func for this sequence's MLP updates", difference, tolerance, transition)
+                        jacobian, structured = None, False
+                if jacobian is None:
+                    chunk = chunk_size if transition % 2 else attention_chunk
+                    jacobian, reference = jacobian_of(lambda x, s=transition: maps(s, x), state, mode, chunk)
+                state = reference
+            yield jacobian, state
+
+
 def sublayer_jacobians(
-    model, prompt_ids, family: str = "auto", mode: str = "rev", chunk_size: int | None = None
+    model, prompt_ids, family: str = "auto", mode: str = "rev", chunk_size: int | None = None, attention: str = "last_token",
+    mlp: str = "gated",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every transition's Jacobian of one prompt's last token: ``(J (2L, D, D), states
     (2L + 1, D))`` in the model's dtype and device; ``states[s]`` = h_s along the chain of
-    sublayer maps (``states[2L]`` the final residual, before the final norm).
-
-    ``chunk_size``: rows per vmap batch; None = automatic (all rows for the MLP updates,
-    :func:`attention_chunk_size` for the attention updates)."""
-    attention_chunk = chunk_size or attention_chunk_size(model, len(np.asarray(prompt_ids).reshape(-1)))
-    with eager_attention(model), precision_mode(model):
-        maps = SublayerMaps(model, prompt_ids, family)
-        state = maps.initial_state()
-        jacobians, states = [], [state]
-        for transition in range(maps.n_transitions):
-            chunk = chunk_size if transition % 2 else attention_chunk
-            jacobian, state = jacobian_of(lambda x, s=transition: maps(s, x), state, mode, chunk)
-            jacobians.append(jacobian)
-            states.append(state)
-    return torch.stack(jacobians), torch.stack(states)
+    sublayer maps (``states[2L]`` the final residual, before the final norm). Arguments as
+    :func:`transition_jacobians`."""
+    steps = list(transition_jacobians(model, prompt_ids, family, mode, chunk_size, attention, mlp))
+    return torch.stack([jacobian for jacobian, _ in steps[1:]]), torch.stack([state for _, state in steps])
 
 
 def verify_chain(model, prompt_ids, states: torch.Tensor, family: str = "auto") -> float:
@@ -183,77 +231,6 @@ def verify_chain(model, prompt_ids, states: torch.Tensor, family: str = "auto") 
     return difference
 
 
-# --------------------------------------------------------------------------- spectra per sample
-
-
-def sample_spectra(jacobians: torch.Tensor, workers: int = 1) -> dict[str, np.ndarray]:
-    """:func:`rsdyn.jacobian.spectra.matrix_spectra` of every transition and
-    :func:`rsdyn.jacobian.spectra.cumulative_spectra` of the chain, for one sample's ``jacobians``
-    (S, D, D): NumPy arrays with leading axis S.
-
-    On CPU the matrices go one at a time to ``workers`` threads, each running LAPACK on a
-    single thread (on a loaded machine a multi-threaded eigensolver is many times slower);
-    the numbers do not depend on ``workers``. On a GPU the stack goes in one batch.
-    """
-    if jacobians.device.type != "cpu" or workers <= 1:
-        with contextlib.nullcontext() if jacobians.device.type != "cpu" else torch_threads(1):
-            per_matrix = matrix_spectra(jacobians)
-            cumulative = cumulative_spectra(jacobians)
-    else:
-        with torch_threads(1), ThreadPoolExecutor(max_workers=workers) as pool:
-            chain = pool.submit(cumulative_spectra, jacobians)
-            results = list(pool.map(matrix_spectra, jacobians))
-            cumulative = chain.result()
-        per_matrix = {key: torch.stack([result[key] for result in results]) for key in results[0]}
-    return {key: value.cpu().numpy() for key, value in {**per_matrix, **cumulative}.items()}
-
-
-def _vector_dtype(array: np.ndarray, double: bool) -> np.ndarray:
-    if np.iscomplexobj(array):
-        return array.astype(np.complex128 if double else np.complex64)
-    return array.astype(np.float64 if double else np.float32)
-
-
-def stack_samples(per_sample: Sequence[Mapping[str, np.ndarray]], double: bool = False) -> dict[str, np.ndarray]:
-    """One weights group of ``jacobian.zarr`` from per-sample spectra: every quantity
-    (n_samples, S[, D]); each scalar also as ``{name}_mean`` and ``{name}_std`` (S,) over
-    samples (std with ddof 1; 0 for one sample). Vectors are float32/complex64 unless
-    ``double``."""
-    group: dict[str, np.ndarray] = {}
-    for name in SCALARS:
-        values = np.stack([sample[name] for sample in per_sample]).astype(np.float64)
-        group[name] = values
-        group[f"{name}_mean"] = values.mean(axis=0)
-        group[f"{name}_std"] = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(values.shape[1])
-    for name in VECTORS:
-        group[name] = _vector_dtype(np.stack([sample[name] for sample in per_sample]), double)
-    return group
-
-
-def weights_spectra(
-    model,
-    sequences: Sequence[np.ndarray],
-    family: str = "auto",
-    mode: str = "rev",
-    chunk_size: int | None = None,
-    workers: int = 1,
-    desc: str = "jacobians",
-) -> dict[str, np.ndarray]:
-    """The ``jacobian.zarr`` group of one set of weights over ``sequences`` (token ids, BOS first)."""
-    per_sample = []
-    for ids in progress(sequences, desc=desc, unit="seq"):
-        start = time.perf_counter()
-        jacobians, states = sublayer_jacobians(model, ids, family, mode, chunk_size)
-        difference = verify_chain(model, ids, states, family)
-        middle = time.perf_counter()
-        per_sample.append(sample_spectra(jacobians, workers))
-        log.info(
-            "%s: %d tokens, Jacobians %.1f s, spectra %.1f s, chain vs forward %.1e",
-            desc, len(ids), middle - start, time.perf_counter() - middle, difference,
-        )
-    return stack_samples(per_sample, double=next(model.parameters()).dtype == torch.float64)
-
-
 def initial_model(model, seed: int):
     """A freshly initialised model of ``model``'s config (same dtype and device), seeded;
     the global random state is left as it was."""
@@ -264,11 +241,3 @@ def initial_model(model, seed: int):
         torch.manual_seed(seed)
         fresh = AutoModelForCausalLM.from_config(model.config, dtype=parameter.dtype)
     return fresh.to(parameter.device).eval()
-
-
-# --------------------------------------------------------------------------- stage
-
-
-# --------------------------------------------------------------------------- summary
-
-

@@ -10,15 +10,15 @@ vectorised over the leading axes; every quantity is dimensionless.
   sqrt(||J||_F^2 - sum |lambda|^2) / ||J||_F (0 for a normal matrix, up to 1 for a
   nilpotent one);
 - the antisymmetric share ||(J - J^T)/2||_F / ||J||_F (0 symmetric, 1 antisymmetric);
-- singular values and two effective ranks of them: the participation ratio
-  (sum sigma^2)^2 / sum sigma^4 and exp of the Shannon entropy of p_i = sigma_i / sum sigma
-  (Roy & Vetterli 2007); both lie in [1, D] for a non-zero matrix and are 0 for zero;
-- the singular values of the cumulative product J_s ... J_0 over depth and finite-depth
-  Lyapunov exponents, by QR re-orthonormalisation (Benettin et al. 1980): the product is
-  kept as Q_s T_s with Q_s orthogonal and T_s = R_s ... R_0 upper triangular, rescaled
-  with its log scale kept apart, so it never overflows; its singular values are resolved
-  down to about eps x the largest (enough for the effective ranks, which the largest
-  dominate), the Lyapunov exponents from the QR diagonal at every scale.
+- two effective ranks of the singular values: the participation ratio
+  (sum sigma^2)^2 / sum sigma^4, which needs no SVD (it is ||A||_F^4 / ||A^T A||_F^2), and
+  exp of the Shannon entropy of p_i = sigma_i / sum sigma (Roy & Vetterli 2007); both lie
+  in [1, D] for a non-zero matrix and are 0 for zero;
+- the cumulative product P_s = J_s ... J_0 over depth (:class:`ProductChain`): kept
+  rescaled to a largest entry of 1 with its log scale apart, so it never overflows; its
+  singular values (resolved down to about eps x the largest, enough for the effective
+  ranks, which the largest dominate), their effective ranks and the finite-depth
+  Lyapunov exponents (1/(s+1)) log sigma_i(P_s).
 """
 
 from __future__ import annotations
@@ -26,16 +26,21 @@ from __future__ import annotations
 import torch
 
 
-def _frobenius_squared(matrices: torch.Tensor) -> torch.Tensor:
+def frobenius_squared(matrices: torch.Tensor) -> torch.Tensor:
+    """||A||_F^2 of each matrix ``(..., D, D)``."""
     return matrices.abs().square().sum(dim=(-2, -1))
 
 
 def sorted_eigenvalues(matrices: torch.Tensor) -> torch.Tensor:
     """Eigenvalues of each matrix, complex ``(..., D)``, sorted by modulus, largest first
     (a stable sort: equal moduli keep LAPACK's order, conjugate pairs stay adjacent)."""
-    values = torch.linalg.eigvals(matrices)
-    order = torch.sort(values.abs(), dim=-1, descending=True, stable=True).indices
-    return torch.gather(values, -1, order)
+    return sort_by_modulus(torch.linalg.eigvals(matrices))
+
+
+def sort_by_modulus(eigenvalues: torch.Tensor) -> torch.Tensor:
+    """``eigenvalues`` ``(..., D)`` sorted by modulus, largest first (stable)."""
+    order = torch.sort(eigenvalues.abs(), dim=-1, descending=True, stable=True).indices
+    return torch.gather(eigenvalues, -1, order)
 
 
 def spectral_radius(eigenvalues: torch.Tensor) -> torch.Tensor:
@@ -43,28 +48,28 @@ def spectral_radius(eigenvalues: torch.Tensor) -> torch.Tensor:
     return eigenvalues.abs().amax(dim=-1)
 
 
+def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """numerator / denominator, 0 where the denominator is 0."""
+    positive = denominator > 0
+    return torch.where(positive, numerator / torch.where(positive, denominator, 1), torch.zeros_like(denominator))
+
+
 def rotation_index(eigenvalues: torch.Tensor) -> torch.Tensor:
     """sum |Im lambda| / sum |lambda| over the last axis (0 when every lambda is 0)."""
-    total = eigenvalues.abs().sum(dim=-1)
-    rotating = eigenvalues.imag.abs().sum(dim=-1)
-    return torch.where(total > 0, rotating / torch.where(total > 0, total, 1), torch.zeros_like(total))
+    return _ratio(eigenvalues.imag.abs().sum(dim=-1), eigenvalues.abs().sum(dim=-1))
 
 
 def henrici_departure(matrices: torch.Tensor, eigenvalues: torch.Tensor) -> torch.Tensor:
     """Normalised Henrici departure from normality sqrt(max(||J||_F^2 - sum |lambda|^2, 0)) / ||J||_F
     (0 for the zero matrix). Rounding leaves a floor of about sqrt(D * eps) on normal matrices."""
-    frobenius = _frobenius_squared(matrices)
+    frobenius = frobenius_squared(matrices)
     excess = (frobenius - eigenvalues.abs().square().sum(dim=-1)).clamp_min(0)
-    safe = torch.where(frobenius > 0, frobenius, 1)
-    return torch.where(frobenius > 0, torch.sqrt(excess / safe), torch.zeros_like(frobenius))
+    return torch.sqrt(_ratio(excess, frobenius))
 
 
 def antisymmetric_share(matrices: torch.Tensor) -> torch.Tensor:
     """||(J - J^T)/2||_F / ||J||_F (0 for the zero matrix)."""
-    frobenius = _frobenius_squared(matrices)
-    antisymmetric = _frobenius_squared((matrices - matrices.mT) / 2)
-    safe = torch.where(frobenius > 0, frobenius, 1)
-    return torch.where(frobenius > 0, torch.sqrt(antisymmetric / safe), torch.zeros_like(frobenius))
+    return torch.sqrt(_ratio(frobenius_squared((matrices - matrices.mT) / 2), frobenius_squared(matrices)))
 
 
 def singular_values(matrices: torch.Tensor) -> torch.Tensor:
@@ -77,8 +82,15 @@ def participation_ratio(singular: torch.Tensor) -> torch.Tensor:
     energy = singular.square()
     scale = energy.amax(dim=-1, keepdim=True)
     energy = energy / torch.where(scale > 0, scale, 1)  # scale-free, no overflow of sigma^4
-    numerator, denominator = energy.sum(dim=-1).square(), energy.square().sum(dim=-1)
-    return torch.where(denominator > 0, numerator / torch.where(denominator > 0, denominator, 1), torch.zeros_like(denominator))
+    return _ratio(energy.sum(dim=-1).square(), energy.square().sum(dim=-1))
+
+
+def matrix_participation_ratio(matrices: torch.Tensor) -> torch.Tensor:
+    """:func:`participation_ratio` of the singular values of each matrix without an SVD:
+    sum sigma^2 = ||A||_F^2 and sum sigma^4 = ||A^T A||_F^2 (one matrix product)."""
+    scale = matrices.abs().amax(dim=(-2, -1), keepdim=True)
+    scaled = matrices / torch.where(scale > 0, scale, 1)
+    return _ratio(frobenius_squared(scaled).square(), frobenius_squared(scaled.mT @ scaled))
 
 
 def entropy_effective_rank(singular: torch.Tensor) -> torch.Tensor:
@@ -89,82 +101,108 @@ def entropy_effective_rank(singular: torch.Tensor) -> torch.Tensor:
     return torch.where(total.squeeze(-1) > 0, torch.exp(entropy), torch.zeros_like(entropy))
 
 
-def cumulative_product_spectrum(jacobians: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Singular values of every cumulative product P_s = J_s ... J_0 and finite-depth
-    Lyapunov exponents, for ``jacobians`` ``(..., S, D, D)`` ordered by depth (J_0 first).
-
-    Returns float64 ``(log_singular (..., S, D), lyapunov (..., S, D))``:
-    ``log_singular[..., s, :]`` = log of the singular values of P_s, largest first (-inf for
-    an exact zero); ``lyapunov[..., s, :]`` = (1 / (s + 1)) sum_{k <= s} log |R_k,ii| from the
-    QR re-orthonormalisation J_k Q_{k-1} = Q_k R_k, sorted largest first (nats per transition).
-    Computed in float64 whatever the input dtype.
-    """
-    jacobians = jacobians.to(torch.float64)
-    *batch, depth, dim, _ = jacobians.shape
-    eye = torch.eye(dim, dtype=torch.float64, device=jacobians.device)
-    basis = eye.expand(*batch, dim, dim)
-    triangle = basis.clone()
-    log_scale = torch.zeros(batch, dtype=torch.float64, device=jacobians.device)
-    stretch = torch.zeros((*batch, dim), dtype=torch.float64, device=jacobians.device)
-    log_singular, lyapunov = [], []
-    for step in range(depth):
-        basis, upper = torch.linalg.qr(jacobians[..., step, :, :] @ basis)
-        signs = torch.where(torch.diagonal(upper, dim1=-2, dim2=-1) < 0, -1.0, 1.0)
-        basis, upper = basis * signs.unsqueeze(-2), upper * signs.unsqueeze(-1)  # positive diagonal
-        stretch = stretch + torch.log(torch.diagonal(upper, dim1=-2, dim2=-1))
-        triangle = upper @ triangle
-        scale = triangle.abs().amax(dim=(-2, -1))
-        scale = torch.where(scale > 0, scale, 1)
-        triangle = triangle / scale[..., None, None]
-        log_scale = log_scale + torch.log(scale)
-        log_singular.append(torch.log(torch.linalg.svdvals(triangle)) + log_scale.unsqueeze(-1))
-        lyapunov.append(torch.sort(stretch / (step + 1), dim=-1, descending=True).values)
-    return torch.stack(log_singular, dim=-2), torch.stack(lyapunov, dim=-2)
+def operator_spectra(
+    eigenvalues: torch.Tensor, frobenius: torch.Tensor, antisymmetric: torch.Tensor, gram: torch.Tensor, prefix: str = ""
+) -> dict[str, torch.Tensor]:
+    """The per-matrix quantities of a matrix A from its ``eigenvalues`` (any order),
+    ``frobenius`` = ||A||_F^2, ``antisymmetric`` = ||(A - A^T)/2||_F^2 and ``gram`` =
+    ||A^T A||_F^2 = sum sigma^4, keys prefixed by ``prefix``: ``spectral_radius``,
+    ``rotation_index``, ``henrici``, ``antisymmetric_share``, ``frobenius_norm`` and
+    ``effective_rank_pr``."""
+    return {
+        prefix + "spectral_radius": spectral_radius(eigenvalues),
+        prefix + "rotation_index": rotation_index(eigenvalues),
+        prefix + "henrici": torch.sqrt(_ratio((frobenius - eigenvalues.abs().square().sum(dim=-1)).clamp_min(0), frobenius)),
+        prefix + "antisymmetric_share": torch.sqrt(_ratio(antisymmetric, frobenius)),
+        prefix + "frobenius_norm": torch.sqrt(frobenius),
+        prefix + "effective_rank_pr": _ratio(frobenius.square(), gram),
+    }
 
 
 def matrix_spectra(jacobians: torch.Tensor) -> dict[str, torch.Tensor]:
     """Every per-matrix quantity of ``jacobians`` ``(..., D, D)`` (each J = I + U, U the update).
 
-    The eigenvalues are computed once, of the update U = J - I (backward error relative
-    to ||U||, not ||J||), and shifted by 1 for J. Keys: ``eigenvalues`` (of J, complex,
-    largest modulus first) and, for J (no prefix) and for U (prefix ``update_``):
-    ``spectral_radius``, ``rotation_index``, ``henrici``, ``antisymmetric_share``,
-    ``frobenius_norm``, ``singular_values`` (largest first), ``effective_rank_pr`` and
-    ``effective_rank_entropy``.
+    One eigendecomposition, of the update U = J - I (backward error relative to ||U||,
+    not ||J||); the eigenvalues of J are those of U plus 1. No SVD: the effective ranks are
+    participation ratios, from G = U^T U and J^T J = I + U + U^T + G (one matrix product);
+    J and U share their antisymmetric part. Keys: ``eigenvalues`` (of J, complex, largest
+    modulus first) and, for J (no prefix) and for U (prefix ``update_``), those of
+    :func:`operator_spectra`.
     """
     dim = jacobians.shape[-1]
-    update = jacobians - torch.eye(dim, dtype=jacobians.dtype, device=jacobians.device)
+    eye = torch.eye(dim, dtype=jacobians.dtype, device=jacobians.device)
+    update = jacobians - eye
     update_eigenvalues = torch.linalg.eigvals(update)
-    out: dict[str, torch.Tensor] = {}
-    for prefix, matrices, eigenvalues in (("", jacobians, update_eigenvalues + 1), ("update_", update, update_eigenvalues)):
-        order = torch.sort(eigenvalues.abs(), dim=-1, descending=True, stable=True).indices
-        eigenvalues = torch.gather(eigenvalues, -1, order)
-        singular = singular_values(matrices)
-        if not prefix:
-            out["eigenvalues"] = eigenvalues
-        out[prefix + "spectral_radius"] = spectral_radius(eigenvalues)
-        out[prefix + "rotation_index"] = rotation_index(eigenvalues)
-        out[prefix + "henrici"] = henrici_departure(matrices, eigenvalues)
-        out[prefix + "antisymmetric_share"] = antisymmetric_share(matrices)
-        out[prefix + "frobenius_norm"] = torch.sqrt(_frobenius_squared(matrices))
-        out[prefix + "singular_values"] = singular
-        out[prefix + "effective_rank_pr"] = participation_ratio(singular)
-        out[prefix + "effective_rank_entropy"] = entropy_effective_rank(singular)
-    return out
-
-
-def cumulative_spectra(jacobians: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The depth-cumulative quantities of ``jacobians`` ``(..., S, D, D)`` (J_0 first):
-    ``cumulative_log_singular_values`` and ``lyapunov`` (:func:`cumulative_product_spectrum`)
-    and the effective ranks of each product, ``cumulative_effective_rank_pr`` and
-    ``cumulative_effective_rank_entropy`` (scale-free, so computed from the singular
-    values divided by the largest)."""
-    log_singular, lyapunov = cumulative_product_spectrum(jacobians)
-    relative = torch.exp(log_singular - log_singular[..., :1])
+    symmetric = update + update.mT
+    update_gram = update.mT @ update
+    antisymmetric = frobenius_squared((update - update.mT) / 2)
     return {
-        "cumulative_log_singular_values": log_singular,
-        "lyapunov": lyapunov,
-        "cumulative_effective_rank_pr": participation_ratio(relative),
-        "cumulative_effective_rank_entropy": entropy_effective_rank(relative),
+        "eigenvalues": sort_by_modulus(update_eigenvalues + 1),
+        **operator_spectra(update_eigenvalues + 1, frobenius_squared(jacobians), antisymmetric,
+                           frobenius_squared(update_gram + symmetric + eye)),
+        **operator_spectra(update_eigenvalues, frobenius_squared(update), antisymmetric, frobenius_squared(update_gram), "update_"),
     }
 
+
+class ProductChain:
+    """The cumulative product P_s = J_s ... J_0, one factor at a time (:meth:`step`), and
+    its spectra when asked (:meth:`spectra`: one SVD).
+
+    P is kept divided by its largest entry, the log of the scale apart, in the dtype of
+    the factors, so it never overflows; its singular values are resolved down to about
+    eps x the largest (enough for the effective ranks, which the largest dominate).
+    """
+
+    def __init__(self) -> None:
+        self.product: torch.Tensor | None = None
+        self.log_scale: torch.Tensor | None = None
+        self.depth = 0
+
+    def step(self, jacobian: torch.Tensor) -> None:
+        """P <- J P (the first factor starts the product)."""
+        product = jacobian.clone() if self.product is None else jacobian @ self.product
+        scale = product.abs().amax(dim=(-2, -1))
+        scale = torch.where(scale > 0, scale, 1)
+        self.product = product / scale[..., None, None]
+        self.log_scale = torch.log(scale) if self.log_scale is None else self.log_scale + torch.log(scale)
+        self.depth += 1
+
+    def spectra(self) -> dict[str, torch.Tensor]:
+        """Of the current product P_s (s + 1 = the number of factors): ``log_singular_values``
+        (log sigma_i(P_s), largest first; -inf for an exact zero), ``effective_rank_pr``,
+        ``effective_rank_entropy`` and ``lyapunov``, the finite-depth Lyapunov exponents
+        (1/(s+1)) log sigma_i(P_s) (nats per transition)."""
+        relative = singular_values(self.product)
+        log_singular = torch.log(relative) + self.log_scale.unsqueeze(-1)
+        return {
+            "log_singular_values": log_singular,
+            "effective_rank_pr": participation_ratio(relative),
+            "effective_rank_entropy": entropy_effective_rank(relative),
+            "lyapunov": log_singular / self.depth,
+        }
+
+
+def cumulative_spectra(jacobians: torch.Tensor, depths=None) -> dict[str, torch.Tensor]:
+    """:class:`ProductChain` over ``jacobians`` ``(..., S, D, D)`` ordered by depth (J_0
+    first), its spectra after the transitions ``depths`` (default every one, 0 .. S-1):
+    ``cumulative_log_singular_values`` and ``lyapunov`` ``(..., n_depths, D)``,
+    ``cumulative_effective_rank_pr`` and ``cumulative_effective_rank_entropy`` ``(..., n_depths)``."""
+    depths = set(range(jacobians.shape[-3]) if depths is None else (int(depth) for depth in depths))
+    chain, steps = ProductChain(), []
+    for depth in range(jacobians.shape[-3]):
+        chain.step(jacobians[..., depth, :, :])
+        if depth in depths:
+            steps.append(chain.spectra())
+    return stack_cumulative(steps, batch=jacobians.ndim - 3)
+
+
+CUMULATIVE_NAMES = {
+    "log_singular_values": "cumulative_log_singular_values", "lyapunov": "lyapunov",
+    "effective_rank_pr": "cumulative_effective_rank_pr", "effective_rank_entropy": "cumulative_effective_rank_entropy",
+}
+
+
+def stack_cumulative(steps, batch: int = 0) -> dict[str, torch.Tensor]:
+    """:meth:`ProductChain.spectra` of several depths stacked after the ``batch`` leading axes,
+    under their store names (``cumulative_...``, ``lyapunov``)."""
+    return {name: torch.stack([step[key] for step in steps], dim=batch) for key, name in CUMULATIVE_NAMES.items()}

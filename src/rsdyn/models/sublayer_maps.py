@@ -151,6 +151,11 @@ class SublayerMaps:
             self._run(0, None)
         return captured["value"].reshape(-1).detach().clone()
 
+    def fresh_cache(self):
+        """A copy of the prefix cache for one attention update (the update appends the last
+        token's key and value to it); None for a one-token prompt."""
+        return copy.deepcopy(self.cache) if self.cache is not None else None
+
     def __call__(self, transition: int, state: torch.Tensor) -> torch.Tensor:
         if not 0 <= transition < self.n_transitions:
             raise SublayerMapError(f"transition {transition} does not exist; a model of {self.n_transitions // 2} layers has 0..{self.n_transitions - 1}.")
@@ -167,6 +172,6 @@ class SublayerMaps:
             else:
                 stack.enter_context(_forward_replaced(block, "mlp", _zeros_like_input))
                 stack.enter_context(_captured(self.sites[layer][1], captured, output=False))
-                cache = copy.deepcopy(self.cache) if self.cache is not None else None
+                cache = self.fresh_cache()
             self._run(layer, cache)
         return captured["value"].reshape(-1)

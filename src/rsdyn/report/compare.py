@@ -209,16 +209,16 @@ def _jacobian_curves(jacobian_path: str | Path) -> dict[str, tuple[np.ndarray, n
             continue
         n = np.asarray(group["rotation_index_mean"]).shape[0]
         x = transition_depth(n, n)
-        d_model = float(attrs.get("d_model", np.asarray(group["singular_values"]).shape[-1]))
+        d_model = float(attrs["d_model"]) if "d_model" in attrs else float(np.asarray(group["eigenvalues"]).shape[-1])
         if weights == "trained":  # within- and cross-layer transitions alternate: one curve each
             for key in ("rotation_index", "update_rotation_index", "update_henrici", "update_antisymmetric_share", "henrici"):
                 values = np.asarray(group[f"{key}_mean"], dtype=np.float64)
                 for parity, kind in enumerate(("within", "cross")):
                     out[f"{key}:{weights}, {kind}"] = (x[parity::2], values[parity::2])
-        out[f"cumulative_rank_fraction:{weights}"] = (
-            (np.arange(n) + 1) / n, np.asarray(group["cumulative_effective_rank_entropy_mean"], dtype=np.float64) / d_model,
-        )
-        out[f"top_lyapunov:{weights}"] = ((np.arange(n) + 1) / n, np.asarray(group["lyapunov"], np.float64)[:, :, 0].mean(axis=0))
+        cumulative = np.asarray(group["cumulative_effective_rank_entropy_mean"], dtype=np.float64)
+        depth = (np.arange(len(cumulative)) + 1) / len(cumulative)  # one point per transition, or per layer
+        out[f"cumulative_rank_fraction:{weights}"] = (depth, cumulative / d_model)
+        out[f"top_lyapunov:{weights}"] = (depth, np.asarray(group["lyapunov"], np.float64)[:, :, 0].mean(axis=0))
     return out
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from rsdyn.core.figures import claims_of_figure, keep_legends_off_data, mark_claims, save_figure
+from rsdyn.core.figures import claims_of_figure, keep_legends_off_data, mark_claims, panel_letter, save_figure
 from rsdyn.core.store import open_group, read_group
 from rsdyn.units.layer_stats import read_layer_stats
 
