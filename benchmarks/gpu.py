@@ -11,7 +11,8 @@
     memory) on the device against the CPU on up to 16 threads, per state, at the SmolLM2
     shape (D = 576) and the paper's (D = 4096) (target >= 10x);
 (4) Jacobian at D = 4096: ``rsdyn.jacobian.jacobian.sublayer_jacobians`` of whole sequences
-    (every transition) and ``sample_spectra`` on the device and on the CPU, extrapolated
+    (every transition) and their spectra (``rsdyn.jacobian.spectra``: per matrix and of the
+    cumulative product) on the device and on the CPU, extrapolated
     to the rule's 16 sequences x 2L transitions.
 The model is Llama 3.1 8B's architecture (config/architectures/llama-3.1-8b.json at
 SmolLM2's 49152-token vocabulary) with random weights drawn on the device, in bfloat16
@@ -49,7 +50,8 @@ from rsdyn.capture.pipeline import pad_batch
 from rsdyn.capture.run import capture_into
 from rsdyn.core.store import streamed_group
 from rsdyn.core.threads import torch_threads
-from rsdyn.jacobian.jacobian import sample_spectra, sublayer_jacobians
+from rsdyn.jacobian.jacobian import sublayer_jacobians
+from rsdyn.jacobian.spectra import cumulative_spectra, matrix_spectra
 from rsdyn.models.adapters import base_model
 from rsdyn.models.random_weights import architecture_config
 from rsdyn.units.unit_stats import synthetic_activations, unit_block_stats
@@ -77,6 +79,13 @@ class SizedTokenizer:
 
     def __len__(self) -> int:
         return self.size
+
+
+def spectra_of(jacobians: torch.Tensor) -> None:
+    """What the Jacobian rule computes of one sequence's matrices: the per-matrix spectra
+    and those of the cumulative product at every depth."""
+    matrix_spectra(jacobians)
+    cumulative_spectra(jacobians)
 
 
 def synchronise(device: torch.device) -> None:
@@ -245,13 +254,14 @@ def time_jacobian(model, device: torch.device, shape: dict, budget_s: float) -> 
         if time.perf_counter() - began > budget_s:
             break
     start = time.perf_counter()
-    sample_spectra(jacobians)
+    spectra_of(jacobians)
     synchronise(device)
     device_spectra = (time.perf_counter() - start) / len(jacobians)
     k = min(shape["cpu_spectra_matrices"], len(jacobians))
     host = jacobians[:k].cpu()
     start = time.perf_counter()
-    sample_spectra(host, workers=min(16, os.cpu_count() or 1))
+    with torch_threads(min(16, os.cpu_count() or 1)):
+        spectra_of(host)
     cpu_spectra = (time.perf_counter() - start) / k
     spectra = min(device_spectra, cpu_spectra)
     n_transitions = int(jacobians.shape[0])

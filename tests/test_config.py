@@ -195,7 +195,8 @@ def test_output_folders_inside_the_project_or_elsewhere_are_accepted(results_dir
          "Invalid config: runs[0] (smoke): unknown key(s) 'tst' in corpus.local_candidates; allowed keys are test, train, validation."),
         (lambda c: c["runs"][0].update(cae={"corpus": {"splitt": "test"}}),
          "Invalid config: runs[0] (smoke): unknown key(s) 'splitt' in cae.corpus; allowed keys are hf_config, hf_dataset, "
-         "local_candidates, max_chars, min_chars, n_samples, seed, shuffle_keep_last, split, strip_whitespace."),
+         "local_candidates, max_chars, min_chars, n_samples, seed, shuffle_keep_last, split, strip_trailing_punctuation, "
+             "strip_whitespace."),
     ],
 )
 def test_a_run_keys_error_is_worded_like_a_top_level_one(mutate, message):

@@ -146,25 +146,95 @@ def test_cae_intervals_hold_the_seeds_variance():
     assert "ONE training seed" in one.resampled and "5 training seeds" in several.resampled
 
 
-def test_jacobian_statistics_are_means_of_per_sequence_gradients():
+def jacobian_design(rng, n_sequences=8, positions=(1, 4, 6), init_seeds=3, shift=0.2, rank=(5, 10)):
+    """A jacobian.zarr-like design: trained rows on every sequence; the initial group on
+    ``positions`` x ``init_seeds``, one draw of each surrogate on ``positions``."""
+    positions = np.asarray(positions)
+
+    def group(sequences, draws, gradient, ranks):
+        rows = len(sequences)
+        return {"rotation_index": rng.uniform(0.2, 0.4, (rows, 12)) + np.linspace(gradient, 0, 12),
+                "cumulative_effective_rank_entropy": rng.uniform(*ranks, (rows, 6)),
+                "sequence": np.asarray(sequences), "draw": np.asarray(draws)}
+
+    return {
+        "sample_indices": np.arange(100, 100 + n_sequences), "baseline_positions": positions,
+        "trained": group(np.arange(n_sequences), np.zeros(n_sequences, int), shift, rank),
+        "initial": group(np.tile(positions, init_seeds), np.repeat(np.arange(init_seeds), len(positions)), 0.0, (50, 60)),
+        "svd_matched": group(positions, np.zeros(len(positions), int), 0.05, (20, 30)),
+        "norm_matched": group(positions, np.zeros(len(positions), int), 0.0, (30, 40)),
+    }
+
+
+def slow_gradient(rotation):
+    return rotation[:, :4].mean(axis=1) - rotation[:, -4:].mean(axis=1)
+
+
+def test_jacobian_statistics_against_a_slow_reference():
+    """Trained statistics over every sequence; the learned ones the smallest (rotation) or
+    largest (rank) difference from a baseline on the baselines' sequences, paired by
+    sequence; a resample equals the statistic of the repeated rows."""
     rng = np.random.default_rng(3)
-    trained = {"rotation_index": rng.uniform(0.2, 0.4, (8, 12)) + np.linspace(0.2, 0, 12), "cumulative_effective_rank_entropy": rng.uniform(5, 10, (8, 12))}
-    initial = {"rotation_index": rng.uniform(0.2, 0.4, (8, 12)), "cumulative_effective_rank_entropy": rng.uniform(50, 60, (8, 12))}
-    provider = JacobianClaims({"trained": trained, "initial": initial}, d_model=64)
+    arrays = jacobian_design(rng)
+    provider = JacobianClaims(arrays, d_model=64)
     est = provider.estimate(["rotation_index_early_minus_late", "product_rank_fraction"], "sequences", 50, 0)
-    expected = np.mean(trained["rotation_index"][:, :4].mean(axis=1) - trained["rotation_index"][:, -4:].mean(axis=1))
-    assert est["rotation_index_early_minus_late"].value == pytest.approx(expected)
-    assert est["product_rank_fraction"].value == pytest.approx(trained["cumulative_effective_rank_entropy"][:, -1].mean() / 64)
-    learned = provider.estimate(["rotation_gradient_trained_minus_initial"], "init_seeds_sequences", 50, 0)
-    init_gradient = np.mean(initial["rotation_index"][:, :4].mean(axis=1) - initial["rotation_index"][:, -4:].mean(axis=1))
-    assert learned["rotation_gradient_trained_minus_initial"].value == pytest.approx(expected - init_gradient)
+    trained = arrays["trained"]
+    assert est["rotation_index_early_minus_late"].value == pytest.approx(slow_gradient(trained["rotation_index"]).mean(), rel=1e-12)
+    assert est["product_rank_fraction"].value == pytest.approx(trained["cumulative_effective_rank_entropy"][:, -1].mean() / 64, rel=1e-12)
+    learned = provider.estimate(["rotation_gradient_learned", "product_rank_learned"], "sequences_seeds", 50, 0)
+    paired_trained = slow_gradient(trained["rotation_index"][[1, 4, 6]]).mean()
+    differences = [paired_trained - slow_gradient(arrays[name]["rotation_index"]).mean() for name in ("initial", "svd_matched", "norm_matched")]
+    assert learned["rotation_gradient_learned"].value == pytest.approx(min(differences), rel=1e-12)
+    ranks = [trained["cumulative_effective_rank_entropy"][[1, 4, 6], -1].mean() - arrays[name]["cumulative_effective_rank_entropy"][:, -1].mean()
+             for name in ("initial", "svd_matched", "norm_matched")]
+    assert learned["product_rank_learned"].value == pytest.approx(max(ranks) / 64, rel=1e-12)
+    assert "3 sequences" in learned["rotation_gradient_learned"].resampled
+    # one resample by hand: sequences and each baseline's draws drawn with the same counts
+    from rsdyn.jacobian.statistics import resamples, row_index
+
+    paired = provider.paired
+    counts = resamples(paired, 50, 0)
+    k = 7
+    def repeated(name):
+        sequence, draw = row_index(paired[name])
+        weights = counts.sequences[k, sequence] * (counts.draws[name][k, draw] if name in counts.draws else 1)
+        rows = np.repeat(np.arange(len(sequence)), weights.astype(int))
+        return slow_gradient(paired[name]["rotation_index"][rows]).mean()
+    by_hand = min(repeated("trained") - repeated(name) for name in ("initial", "svd_matched", "norm_matched"))
+    assert learned["rotation_gradient_learned"].samples[k] == pytest.approx(by_hand, rel=1e-10)
+    with pytest.raises(ValueError, match="sequences_seeds"):
+        provider.estimate(["rotation_gradient_learned"], "sequences", 10, 0)
 
 
 def test_on_a_model_whose_trained_weights_are_its_initial_weights_nothing_is_learned():
     rng = np.random.default_rng(4)
-    same = {"rotation_index": rng.uniform(0.2, 0.4, (16, 12)), "cumulative_effective_rank_entropy": rng.uniform(5, 10, (16, 12))}
-    provider = JacobianClaims({"trained": same, "initial": same}, d_model=64)
-    claim = next(c for c in load_registry()["claims"] if c["id"] == "jacobian_gradient_is_learned")
-    estimate = provider.estimate(["rotation_gradient_trained_minus_initial"], "init_seeds_sequences", 2000, 0)
-    entry = judge({"level": 0.95, "claims": [claim]}, [{claim["id"]: estimate["rotation_gradient_trained_minus_initial"]}], 2000, [0])[0]
-    assert entry["value"] == 0.0 and entry["verdict"] in ("equivalent", "inconclusive")
+    arrays = jacobian_design(rng, shift=0.0, rank=(50, 60))
+    arrays["trained"]["rotation_index"][[1, 4, 6]] = arrays["initial"]["rotation_index"][:3]
+    arrays["trained"]["cumulative_effective_rank_entropy"][[1, 4, 6]] = arrays["initial"]["cumulative_effective_rank_entropy"][:3]
+    arrays["initial"] = {key: value[:3] for key, value in arrays["initial"].items()}  # one init seed: the trained weights
+    provider = JacobianClaims(arrays, d_model=64)
+    registry = load_registry()
+    for claim_id, name in (("jacobian_gradient_is_learned", "rotation_gradient_learned"), ("jacobian_collapse_is_learned", "product_rank_learned")):
+        claim = next(c for c in registry["claims"] if c["id"] == claim_id)
+        estimate = provider.estimate([name], "sequences_seeds", 2000, 0)[name]
+        entry = judge({"level": 0.95, "claims": [claim]}, [{claim_id: estimate}], 2000, [0])[0]
+        assert estimate.value == 0.0 or (name == "product_rank_learned" and estimate.value >= 0.0)
+        assert entry["verdict"] in ("equivalent", "inconclusive", "contradicted"), entry
+
+
+def test_a_bottleneck_random_updates_share_is_not_supported():
+    """A product whose rank fraction is below a quarter but above a surrogate's: the
+    bottleneck claim does not beat its baseline, so it is not supported."""
+    rng = np.random.default_rng(5)
+    arrays = jacobian_design(rng, rank=(5, 10))
+    arrays["svd_matched"]["cumulative_effective_rank_entropy"][:] = 2.0  # a surrogate collapses further
+    provider = JacobianClaims(arrays, d_model=64)
+    registry = load_registry()
+    claim = next(c for c in registry["claims"] if c["id"] == "jacobian_low_rank_bottleneck")
+    estimate = provider.estimate(["product_rank_fraction"], "sequences", 2000, 0)["product_rank_fraction"]
+    baseline = provider.estimate(["product_rank_learned"], "sequences_seeds", 2000, 0)["product_rank_learned"]
+    from rsdyn.core.claims import Estimate
+
+    estimate = Estimate(estimate.value, estimate.samples, estimate.resampled, {"baseline": baseline})
+    entry = judge({"level": 0.95, "claims": [claim]}, [{claim["id"]: estimate}], 2000, [0])[0]
+    assert estimate.value < 0.25 and entry["verdict"] == "inconclusive" and entry["baseline_beaten"] is False
