@@ -17,6 +17,10 @@ SHARED = REPO.parent / "shared"
 WIKITEXT = SHARED / "data" / "wikitext-2-raw" / "wiki.test.raw"
 
 
+#: every figure marks its judged claims with their verdicts (summary.json), so a job that
+#: reruns the summary reruns the five figures too (seconds each)
+FIGURES = {"fig1", "fig2", "fig3", "fig4", "fig5"}
+
 def tiny_llama(n_layers: int = 3, hidden: int = 32, seed: int = 0):
     """A randomly initialised Llama causal LM (fp32, eval mode)."""
     from transformers import LlamaConfig, LlamaForCausalLM

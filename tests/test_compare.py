@@ -108,7 +108,8 @@ def _tiny_local_model(directory):
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     model = tiny_llama(n_layers=2, hidden=32)
     config = LlamaConfig(**{**model.config.to_dict(), "vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
-                            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id})
+                            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+                            "max_position_embeddings": 2048})  # the smoke corpus (max_chars 500) fits
     LlamaForCausalLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory

@@ -6,7 +6,7 @@ import re
 
 import pytest
 import yaml
-from conftest import run_snakemake
+from conftest import FIGURES, run_snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -48,24 +48,24 @@ def test_no_change_means_nothing_to_do(smoke_run):
 def test_teleport_horizon_reruns_no_forward(smoke_run):
     """arrow_sublayers is the metrics' horizon: the gather recomputes them, no layer reruns."""
     jobs = dry_run_after(smoke_run, lambda c: c["teleport"].update(arrow_sublayers=2))
-    assert rules_of(jobs) == {"teleport_gather", "fig4", "summary"}
+    assert rules_of(jobs) == {"teleport_gather", "summary"} | FIGURES
 
 
 def test_summary_bootstrap_reruns_the_summaries_and_the_pca_bootstrap(smoke_run):
     """pca.zarr holds the bootstrap of the PCA rows, so PCA and the teleport layers that
     read pca.zarr rerun too; nothing before them."""
     jobs = dry_run_after(smoke_run, lambda c: c.setdefault("summary", {}).update(bootstrap=50))
-    assert rules_of(jobs) == {"pca", "teleport_layer", "teleport_gather", "fig4", "fig1_summary", "summary"}
+    assert rules_of(jobs) == {"pca", "teleport_layer", "teleport_gather", "fig1_summary", "summary"} | FIGURES
 
 
 def test_teleport_grid_reruns_only_teleport_and_what_follows(smoke_run):
     jobs = dry_run_after(smoke_run, lambda c: c["teleport"].update(grid_n=4))
-    assert rules_of(jobs) == {"teleport_layer", "teleport_gather", "fig4", "summary"}
+    assert rules_of(jobs) == {"teleport_layer", "teleport_gather", "summary"} | FIGURES
 
 
 def test_n_shuffles_reruns_only_unit_stats_shards_and_what_follows(smoke_run):
     jobs = dry_run_after(smoke_run, lambda c: c["unit_stats"].update(n_shuffles=21))
-    assert rules_of(jobs) == {"unit_stats_shard", "unit_stats_gather", "fig1", "fig2", "fig1_summary", "summary"}
+    assert rules_of(jobs) == {"unit_stats_shard", "unit_stats_gather", "fig1_summary", "summary"} | FIGURES
 
 
 def test_n_samples_reruns_everything_from_the_corpus_on(smoke_run):
@@ -88,9 +88,9 @@ def test_second_run_adds_only_its_own_jobs(smoke_run):
 
 def test_tme_surrogates_rerun_only_the_population_stage_and_what_follows(smoke_run):
     jobs = dry_run_after(smoke_run, lambda c: c.setdefault("tme", {}).update(n_surrogates=11))
-    assert rules_of(jobs) == {"population", "fig2", "summary"}
+    assert rules_of(jobs) == {"population", "summary"} | FIGURES
 
 
 def test_jacobian_samples_rerun_only_the_jacobian_stage_and_what_follows(smoke_run):
     jobs = dry_run_after(smoke_run, lambda c: c["jacobian"].update(n_samples=1))
-    assert rules_of(jobs) == {"jacobian", "fig5", "summary"}
+    assert rules_of(jobs) == {"jacobian", "summary"} | FIGURES

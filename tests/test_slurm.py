@@ -23,6 +23,8 @@ import yaml
 from conftest import REPO, copy_workflow, run_snakemake
 from slurm_cluster import SlurmCluster, SlurmClusterError, missing_binaries
 
+from rsdyn.core.manifest import is_manifest
+
 pytestmark = pytest.mark.slurm
 
 SLURM_PROFILE = REPO / "workflow" / "profiles" / "slurm"
@@ -241,7 +243,8 @@ def _load_numpy(path: Path) -> dict[str, np.ndarray]:
 def compare_results(a: Path, b: Path) -> tuple[list[str], list[str]]:
     """(outputs compared, differences) of two results folders.
 
-    Same files in both; identical zarr arrays and attributes, NumPy arrays, safetensors
+    Same files in both (not the manifests: their checksums cover the files compared here,
+    timings included); identical zarr arrays and attributes, NumPy arrays, safetensors
     weights, JSON and CSV/TSV (both without wall-clock timings) and other files;
     figures (PNG/PDF/SVG) only non-empty in both (they embed dates).
     """
@@ -249,7 +252,7 @@ def compare_results(a: Path, b: Path) -> tuple[list[str], list[str]]:
         found = set()
         for path in root.rglob("*"):
             rel = path.relative_to(root)
-            if SKIPPED_IN_COMPARISON & set(rel.parts) or any(p.endswith(".zarr") for p in rel.parts[:-1]):
+            if SKIPPED_IN_COMPARISON & set(rel.parts) or any(p.endswith(".zarr") for p in rel.parts[:-1]) or is_manifest(path):
                 continue
             if path.is_file() or path.suffix == ".zarr":
                 found.add(rel.as_posix())
