@@ -244,3 +244,27 @@ def _split_at_math(quote):
     """Split a quote's words at symbols of inline math (h, l, attn, mlp, r, 0, 8)."""
     math = {"h", "l", "attn", "mlp", "r"}
     return [list(group) for is_math, group in itertools.groupby(quote, key=lambda w: w in math) if not is_math]
+
+
+def test_a_baseline_is_resampled_over_its_own_unit():
+    """report.claims.estimates asks the stage for a claim's baseline with the baseline's
+    ``unit`` (where given), and attaches it to the claim's estimate."""
+    from rsdyn.core.claims import Estimate
+    from rsdyn.report.claims import estimates
+
+    asked = []
+
+    class Stage:
+        def statistics(self):
+            return ("effect", "floor")
+
+        def estimate(self, names, unit, n_resamples, seed):
+            asked.append((tuple(names), unit))
+            return {name: Estimate(1.0, np.ones(n_resamples), unit) for name in names}
+
+    claim = {"id": "c", "source": "beyond", "section": "s", "quote": "q", "statistic": "stage.effect", "definition": "d",
+             "unit": "sequences", "test": "superiority", "direction": ">", "null_value": 0.0, "margin": 0.0,
+             "baseline": {"statistic": "stage.floor", "unit": "sequences_seeds", "direction": ">", "null_value": 0.0}}
+    out = estimates({"claims": [claim]}, {"stage": Stage()}, 10, 0)
+    assert sorted(asked) == [(("effect",), "sequences"), (("floor",), "sequences_seeds")]
+    assert out["c"].resampled == "sequences" and out["c"].extra["baseline"].resampled == "sequences_seeds"

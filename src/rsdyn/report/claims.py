@@ -101,7 +101,7 @@ def estimates(registry: Mapping[str, Any], stage_providers: Mapping[str, Any], n
         if baseline and stage in stage_providers:
             base_stage, base_name = baseline["statistic"].split(".", 1)
             if base_stage == stage and base_name in stage_providers[stage].statistics():
-                wanted[(stage, claim["unit"])].append((f"{claim['id']}#baseline", base_name))
+                wanted[(stage, baseline.get("unit", claim["unit"]))].append((f"{claim['id']}#baseline", base_name))
     from rsdyn.core.jobs import progress
 
     out: dict[str, Estimate] = {}
