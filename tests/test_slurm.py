@@ -278,7 +278,7 @@ def compare_results(a: Path, b: Path) -> tuple[list[str], list[str]]:
                 diffs.append(f"{rel}: weights differ")
         elif pa.suffix in {".npz", ".npy"}:
             x, y = _load_numpy(pa), _load_numpy(pb)
-            if set(x) != set(y) or any(not np.array_equal(x[k], y[k]) for k in x):
+            if set(x) != set(y) or any(not np.array_equal(x[k], y[k], equal_nan=x[k].dtype.kind in "fc") for k in x):
                 diffs.append(f"{rel}: arrays differ")
         elif pa.suffix in {".png", ".pdf", ".svg"}:
             if pa.stat().st_size == 0 or pb.stat().st_size == 0:
