@@ -15,7 +15,10 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
 from matplotlib.figure import Figure  # noqa: E402
+
+from rsdyn.core.figures import legend_entries  # noqa: E402
 
 #: (curve name, panel title, log y axis, lowest y shown or None)
 PANELS = (
@@ -77,13 +80,7 @@ def fig_compare(curves: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]
             ax.text(0.5, 0.5, "not available", ha="center", va="center", transform=ax.transAxes, fontsize=8, color="0.5")
     for ax in axes[len(PANELS) :]:
         ax.axis("off")
-    handles, labels = [], []
-    for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            if label not in labels:
-                handles.append(handle)
-                labels.append(label)
-    axes[-1].legend(handles, labels, fontsize=8, frameon=False, loc="center")
+    axes[-1].legend(*legend_entries(axes), fontsize=8, frameon=False, loc="center")
     figure.suptitle("Across models: per-depth curves of Figs. 1, 4 and 5 on normalised depth", fontsize=11)
     return figure
 
