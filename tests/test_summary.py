@@ -173,3 +173,29 @@ def test_readme_across_models_block_is_the_compare_table(tmp_path):
 def _written(tmp_path) -> str:
     write_summary(SUMMARY, tmp_path / "summary.json")
     return str(tmp_path / "summary.json")
+
+
+def test_the_weights_block_is_the_gguf_provenance_of_the_run(tmp_path):
+    """The README's weights block: the file, its checksum, the general fields and the
+    tensors per type, from the gguf attribute of the activations.zarr beside summary.json."""
+    import zarr
+
+    from rsdyn.report.readme import run_provenance, update_readme
+
+    gguf = {"file": "m.Q4_1.gguf", "size_bytes": 1234, "sha256": "ab" * 32, "gguf_package": "0.19.0",
+            "general": {"name": "Tiny", "organization": "Org", "file_type_name": "MOSTLY_Q4_1", "base_model.0.name": "Base"},
+            "tensor_types": {"Q4_1": {"tensors": 3, "elements": 3000}, "F32": {"tensors": 1, "elements": 10}}}
+    run = tmp_path / "run"
+    run.mkdir()
+    zarr.open_group(run / "activations.zarr", mode="w").attrs["gguf"] = gguf
+    assert run_provenance(run / "summary.json") == gguf
+    assert run_provenance(tmp_path / "elsewhere" / "summary.json") is None
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- BEGIN generated: weights -->\nold\n<!-- END generated: weights -->\n"
+                      "<!-- BEGIN generated: results -->\n<!-- END generated: results -->\n"
+                      "<!-- BEGIN generated: definitions -->\n<!-- END generated: definitions -->\n")
+    text = update_readme(readme, {"rows": {}}, gguf=gguf)
+    block = text.split("<!-- BEGIN generated: weights -->\n")[1].split("<!-- END generated: weights -->")[0]
+    assert "old" not in block and "`m.Q4_1.gguf`, 1,234 bytes" in block and "ab" * 32 in block
+    assert "| organisation | Org |" in block and "| file type | MOSTLY_Q4_1 |" in block and "base model.0.name" in block
+    assert "F32: 1 tensors, 10 weights; Q4_1: 3 tensors, 3,000 weights" in block

@@ -25,7 +25,9 @@ Blocks, each between ``<!-- BEGIN generated: NAME -->`` and
 - ``readings``: per claim, the paper's words, the pre-registered reading with its
   number, interval and p, and every other reading the registry lists with its number;
 - ``jacobian``: the Jacobian stage's descriptive rows (when the summary has them);
-- ``definitions``: every row with its definition and what its interval resampled.
+- ``definitions``: every row with its definition and what its interval resampled;
+- ``weights``: what the run's GGUF says of itself (the ``gguf`` attribute of the
+  ``activations.zarr`` beside ``summary.json``), when the run's weights came from one.
 
 Nothing in these blocks is written by hand: rerun the command after the summary changes.
 """
@@ -213,13 +215,51 @@ def rotations_block(summary: Mapping[str, Any]) -> str:
     return section if section.endswith("\n") else section + "\n"
 
 
+def weights_block(gguf: Mapping[str, Any]) -> str:
+    """The GGUF provenance of a run (the ``gguf`` attribute of its ``activations.zarr``) as a
+    two-column table: the file, its checksum, what its ``general.*`` fields say, and its
+    tensors per ggml type."""
+    general = gguf.get("general", {})
+    rows = [("file", f"`{gguf.get('file', '?')}`, {int(gguf.get('size_bytes', 0)):,} bytes"),
+            ("SHA-256", f"`{gguf.get('sha256', '?')}`")]
+    for key, label in (("name", "name"), ("basename", "base name"), ("finetune", "fine-tune"), ("size_label", "size"),
+                       ("organization", "organisation"), ("architecture", "architecture"), ("license", "licence"),
+                       ("file_type_name", "file type")):
+        if general.get(key) not in (None, ""):
+            rows.append((label, str(general[key])))
+    for key in sorted(k for k in general if k.startswith("base_model")):
+        rows.append((key.replace("_", " "), str(general[key])))
+    types = gguf.get("tensor_types", {})
+    if types:
+        rows.append(("tensors per type", "; ".join(
+            f"{name}: {entry.get('tensors', 0)} tensors, {int(entry.get('elements', 0)):,} weights" for name, entry in sorted(types.items()))))
+    if gguf.get("gguf_package"):
+        rows.append(("read by", f"`gguf` {gguf['gguf_package']}"))
+    lines = ["| field | value |", "|---|---|"] + [f"| {label} | {value} |" for label, value in rows]
+    return "\n".join(lines) + "\n"
+
+
+def run_provenance(summary_path: str | Path) -> Mapping[str, Any] | None:
+    """The ``gguf`` attribute of the ``activations.zarr`` beside ``summary_path``, or None."""
+    store = Path(summary_path).parent / "activations.zarr"
+    if not store.is_dir():
+        return None
+    from rsdyn.core.store import open_group
+
+    gguf = dict(open_group(store).attrs).get("gguf")
+    return gguf if isinstance(gguf, Mapping) else None
+
+
 def update_readme(
     readme: str | Path, summary: Mapping[str, Any], control: Mapping[str, Any] | None = None, compare: str | None = None,
-    learned: str | None = None,
+    learned: str | None = None, gguf: Mapping[str, Any] | None = None,
 ) -> str:
-    """Regenerate the README's blocks from ``summary`` (and the ``control`` run's, and the
-    compare rule's ``across_models.md`` text); returns the text written."""
+    """Regenerate the README's blocks from ``summary`` (and the ``control`` run's, the
+    compare rule's ``across_models.md`` text, the controls rule's ``controls.md`` and the
+    run's GGUF provenance); returns the text written."""
     text = Path(readme).read_text()
+    if gguf is not None:
+        text = replace_block(text, "weights", weights_block(gguf))
     text = replace_block(text, "results", results_block(summary))
     if summary.get("claims"):
         text = replace_block(text, "status", status_block(summary))
@@ -273,7 +313,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         compare = _read_text(args.compare, "the comparison table") if args.compare else None
         learned = _read_text(args.learned, "the controls table") if args.learned else None
-        update_readme(args.readme, _load(args.summary), _load(args.control) if args.control else None, compare, learned)
+        update_readme(args.readme, _load(args.summary), _load(args.control) if args.control else None, compare, learned,
+                      run_provenance(args.summary))
     except ReadmeError as err:
         sys.exit(f"rsdyn.report.readme: {err}")
 
