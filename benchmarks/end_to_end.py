@@ -2,16 +2,18 @@
 
 Copies the workflow to a temporary folder (resources/ linked, so the converted model is
 reused), runs `snakemake --cores N`, and reports the wall time and the per-rule split
-from the rules' `benchmark:` files. Target: <= 10 minutes on 2 cores.
-Writes benchmarks/results/end_to_end.json.
+from the rules' `benchmark:` files. Target: <= 20 minutes on 2 quiet cores (issue 20).
+Writes benchmarks/results/end_to_end.json; ``--keep DIR`` keeps the run's results/ there
+(for the README's generated blocks and figures).
 
-    python benchmarks/end_to_end.py [--cores 2] [--configfile config/config.yaml]
+    python benchmarks/end_to_end.py [--cores 2] [--configfile config/config.yaml] [--keep DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,6 +45,7 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--configfile", default="config/config.yaml")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/end_to_end.json"))
+    parser.add_argument("--keep", help="copy the run's results/ folder here afterwards")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -57,11 +60,13 @@ def main() -> None:
             raise SystemExit(result.stdout[-4000:] + result.stderr[-4000:])
         runs = [p for p in (work / "results").iterdir() if p.is_dir()]
         per_rule = {run.name: rule_seconds(run / "benchmarks") for run in runs}
+        if args.keep:
+            shutil.copytree(work / "results", args.keep, symlinks=True, dirs_exist_ok=True)
     report = {"cores": args.cores, "configfile": args.configfile, "wall_seconds": wall,
-              "per_rule_seconds": per_rule, "target_seconds": 600}
+              "per_rule_seconds": per_rule, "target_seconds": 1200}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     write_report(report, args.out)
-    print(f"whole DAG on {args.cores} cores: {wall:.0f} s (target <= 600 s)")
+    print(f"whole DAG on {args.cores} cores: {wall:.0f} s (target <= 1200 s)")
     for run, rules in per_rule.items():
         for rule, seconds in sorted(rules.items(), key=lambda item: -item[1]):
             print(f"  {run:>16} {rule:<18} {seconds:7.1f} s")
