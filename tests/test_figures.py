@@ -116,3 +116,21 @@ def test_fig5_puts_the_outlier_quantities_on_log_axes_and_shows_the_initial_eige
     initial = next(collection for collection in cloud.collections if collection.get_label() == "initial")
     trained = next(collection for collection in cloud.collections if collection.get_label() == "trained")
     assert initial.get_zorder() > trained.get_zorder()
+
+
+def test_the_claims_footer_reads_missing_numbers_as_na():
+    """A claim whose value, interval end or adjusted p summary.json holds as null (not
+    finite, as on a tiny model) is still marked, with "n/a" in place of the number."""
+    import matplotlib.pyplot as plt
+
+    from rsdyn.core.figures import mark_claims
+
+    figure = plt.figure()
+    mark_claims(figure, [
+        {"id": "a", "figure": "1C", "value": None, "interval": [None, 0.5], "p_holm": None, "verdict": "inconclusive"},
+        {"id": "b", "figure": "1D", "value": 0.25, "interval": [0.125, 0.375], "p_holm": 0.001, "verdict": "reproduced"},
+    ])
+    texts = [text.get_text() for text in figure.texts]
+    plt.close(figure)
+    assert any("a: n/a [n/a, 0.5], Holm p n/a" in text for text in texts)
+    assert any("b: 0.25 [0.125, 0.375], Holm p 0.001" in text for text in texts)

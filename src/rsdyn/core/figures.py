@@ -210,12 +210,15 @@ def mark_claims(figure: Figure, claims: Sequence[dict]) -> None:
     interval, Holm-adjusted p and verdict (coloured), so the figure says what was judged."""
     if not claims:
         return
+    def number(value, spec: str) -> str:  # a value summary.json holds as null (not finite) reads "n/a"
+        return "n/a" if value is None else format(value, spec)
+
     lines = []
     for claim in claims:
         low, high = claim.get("interval") or (None, None)
-        interval = f" [{low:.3g}, {high:.3g}]" if low is not None and high is not None else ""
-        lines.append((f"Fig. {claim.get('figure', '')}  {claim['id']}: {claim.get('value', float('nan')):.3g}{interval}, "
-                      f"Holm p {claim.get('p_holm', float('nan')):.2g}  ", claim["verdict"]))
+        interval = f" [{number(low, '.3g')}, {number(high, '.3g')}]" if low is not None or high is not None else ""
+        lines.append((f"Fig. {claim.get('figure', '')}  {claim['id']}: {number(claim.get('value'), '.3g')}{interval}, "
+                      f"Holm p {number(claim.get('p_holm'), '.2g')}  ", claim["verdict"]))
     height = figure.get_figheight()
     step = 0.17 / height  # about 12 pt per line, in figure coordinates
     figure.text(0.01, -step * 0.5, "Judged claims (config/claims.yaml; the claims table in summary.json):", fontsize=9,
