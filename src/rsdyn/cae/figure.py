@@ -25,6 +25,7 @@ from rsdyn.core.figures import (  # noqa: E402
     keep_legends_off_data,
     mark_below_floor,
     mark_claims,
+    save_figure,
 )
 
 WITHIN, CROSS = "tab:blue", "tab:orange"
@@ -227,11 +228,7 @@ def fig3(cae_dir) -> Figure:
 
 def save_fig3(cae_dir, pdf_path, png_path, dpi: int = 150, summary_path=None) -> None:
     """Draw Fig. 3 and write it, atomically, as PDF and PNG."""
-    from rsdyn.core.store import atomic_file
-
     figure = fig3(cae_dir)
     mark_claims(figure, claims_of_figure(summary_path, 3))
-    for path, kwargs in ((pdf_path, {}), (png_path, {"dpi": dpi})):
-        with atomic_file(path) as temp:
-            figure.savefig(temp, format=Path(path).suffix[1:], **kwargs)
+    save_figure(figure, (pdf_path, png_path), dpi)  # bbox tight: the claims footer lies below the panels
     plt.close(figure)

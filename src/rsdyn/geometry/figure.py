@@ -12,7 +12,6 @@ colour is its magnitude, on one logarithmic colour scale for all panels.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import matplotlib
 
@@ -25,7 +24,7 @@ from matplotlib.colors import LogNorm, Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from rsdyn.core.figures import claims_of_figure, keep_legends_off_data, mark_claims  # noqa: E402
+from rsdyn.core.figures import claims_of_figure, keep_legends_off_data, mark_claims, save_figure  # noqa: E402
 from rsdyn.geometry.pca_figure import draw_pca_panels  # noqa: E402
 
 CONTROL_COLOUR = "0.55"
@@ -209,7 +208,7 @@ def fig4(
 
 def save_fig4(pca_path, teleport_path, pdf_path, png_path, arrow_sublayers: int = 12, dpi: int = 150, summary_path=None) -> None:
     """Read ``pca.zarr`` and ``teleport.zarr``, draw Fig. 4 and write it atomically as PDF and PNG."""
-    from rsdyn.core.store import atomic_file, open_group, read_group
+    from rsdyn.core.store import open_group, read_group
     from rsdyn.geometry.run import read_teleport
 
     attrs = dict(open_group(pca_path).attrs)
@@ -223,7 +222,5 @@ def save_fig4(pca_path, teleport_path, pdf_path, png_path, arrow_sublayers: int 
         teleport_attrs.get("range_sd") if teleport_attrs.get("range") == "per_layer" else None,
     )
     mark_claims(figure, claims_of_figure(summary_path, 4))
-    for path, kwargs in ((pdf_path, {}), (png_path, {"dpi": dpi})):
-        with atomic_file(path) as temp:
-            figure.savefig(temp, format=Path(path).suffix[1:], **kwargs)
+    save_figure(figure, (pdf_path, png_path), dpi)  # bbox tight: the claims footer lies below the panels
     plt.close(figure)

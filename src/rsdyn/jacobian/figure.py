@@ -16,7 +16,6 @@ solid) and the participation ratio of the cumulative product.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -29,7 +28,7 @@ import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from rsdyn.core.figures import claims_of_figure, keep_legends_off_data, letter_titles, mark_claims  # noqa: E402
+from rsdyn.core.figures import claims_of_figure, keep_legends_off_data, letter_titles, mark_claims, save_figure  # noqa: E402
 from rsdyn.jacobian.settings import product_depths  # noqa: E402
 
 WEIGHT_STYLES = {
@@ -185,14 +184,11 @@ def fig5(arrays: Mapping[str, Any], attrs: Mapping[str, Any] | None = None) -> F
 
 def save_fig5(jacobian_path, pdf_path, png_path, dpi: int = 150, summary_path=None) -> None:
     """Read ``jacobian.zarr``, draw Fig. 5 and write it atomically as PDF and PNG."""
-    from rsdyn.core.store import atomic_file
     from rsdyn.jacobian.run import read_jacobian
 
     arrays, attrs = read_jacobian(jacobian_path)
     figure = fig5(arrays, attrs)
     mark_claims(figure, claims_of_figure(summary_path, 5))
-    for path, kwargs in ((pdf_path, {}), (png_path, {"dpi": dpi})):
-        with atomic_file(path) as temp:
-            figure.savefig(temp, format=Path(path).suffix[1:], **kwargs)
+    save_figure(figure, (pdf_path, png_path), dpi)  # bbox tight: the claims footer lies below the panels
     plt.close(figure)
 
