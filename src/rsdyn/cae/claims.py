@@ -28,16 +28,12 @@ import numpy as np
 
 from rsdyn.core.claims import Estimate
 from rsdyn.core.resampling import two_level_weights, with_observed
+from rsdyn.core.verdicts import thirds
 
 EMBEDDING_STATISTICS = ("cae_step_log_ratio", "cae_turning_late_minus_early")
 EV_STATISTICS = ("cae_ev_across_late_minus_early", "cae_ev_across_late")
 #: names of the per-seed, per-test-sequence arrays the EV statistics need
 SSE, SST = "reconstruction_sse", "mean_predictor_sse"
-
-
-def thirds(n: int) -> tuple[slice, slice]:
-    third = max(1, n // 3)
-    return slice(0, third), slice(n - third, n)
 
 
 def step_curves(embedding: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

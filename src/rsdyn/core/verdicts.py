@@ -44,6 +44,13 @@ def bootstrap(statistic: Callable[[np.ndarray], Any], n: int, n_resamples: int =
     return np.asarray([statistic(rows) for rows in bootstrap_indices(n, n_resamples, seed)], dtype=np.float64)
 
 
+def thirds(n: int) -> tuple[slice, slice]:
+    """The first and the last third of ``n`` positions (at least one each): the early and
+    late parts that every early-vs-late row and claim compares."""
+    third = max(1, n // 3)
+    return slice(0, third), slice(n - third, n)
+
+
 def percentile_interval(samples: np.ndarray, level: float = DEFAULT_LEVEL) -> np.ndarray:
     """Central ``level`` percentile interval over axis 0 of ``samples``, ignoring NaN: ``(2, ...)``."""
     if not 0 < level < 1:

@@ -24,13 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from rsdyn.core.verdicts import thirds
+
 GROUP_STREAMS = {"trained": 0, "initial": 1, "svd_matched": 2, "norm_matched": 3}
-
-
-def thirds(n_transitions: int) -> tuple[slice, slice]:
-    """The first and the last third of ``n_transitions`` (at least one each)."""
-    third = max(1, n_transitions // 3)
-    return slice(0, third), slice(n_transitions - third, n_transitions)
 
 
 def early_minus_late(values: np.ndarray) -> np.ndarray:

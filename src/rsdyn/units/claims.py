@@ -52,6 +52,7 @@ import numpy as np
 
 from rsdyn.core.claims import Estimate
 from rsdyn.core.resampling import cluster_weights, sequence_weights, with_observed
+from rsdyn.core.verdicts import thirds
 from rsdyn.units.resample import weighted_moments
 from rsdyn.units.rotations import phase_portrait, rotation_number
 
@@ -73,12 +74,6 @@ STATISTICS = (
 )
 #: the resampling units these statistics support
 UNITS = ("sequences", "last_token")
-
-
-def thirds(n: int) -> tuple[slice, slice]:
-    """The first and last third of ``n`` positions (at least one each)."""
-    third = max(1, n // 3)
-    return slice(0, third), slice(n - third, n)
 
 
 def spearman(values: np.ndarray) -> np.ndarray:

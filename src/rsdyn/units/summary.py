@@ -25,7 +25,13 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from rsdyn.core.verdicts import bootstrap_indices, comparison_row, resampled_label, row
+from rsdyn.core.verdicts import (
+    bootstrap_indices,
+    comparison_row,
+    resampled_label,
+    row,
+    thirds,
+)
 from rsdyn.units.resample import count_weights
 
 #: a transition whose sublayers take fewer distinct states than this is flagged
@@ -43,12 +49,6 @@ TYPE_WORDS = {"within": "within-layer (pre-attn -> pre-MLP)", "cross": "cross-la
 
 # --------------------------------------------------------------------------- statistics
 # Each takes arrays with any leading axes (resamples) and reduces the trailing ones.
-
-
-def thirds(n: int) -> tuple[slice, slice]:
-    """The first and last third of ``n`` positions (at least one each)."""
-    third = max(1, n // 3)
-    return slice(0, third), slice(n - third, n)
 
 
 def nanmean_last(values: np.ndarray, axes=-1) -> np.ndarray:
