@@ -38,19 +38,17 @@ import numpy as np
 
 from rsdyn.core.claims import Estimate
 from rsdyn.jacobian.statistics import (
+    STATISTICS,
     Resamples,
-    early_minus_late,
-    final,
+    group_statistic,
     observed,
     resamples,
-    row_weights,
-    weighted_mean,
+    row_index,
 )
 
 TRAINED = "trained"
 BASELINES = ("initial", "svd_matched", "norm_matched")
 UNITS = ("sequences", "sequences_seeds")
-STATISTICS = ("rotation_index_early_minus_late", "rotation_gradient_learned", "product_rank_fraction", "product_rank_learned")
 
 
 def with_data(resampled: Resamples, data: Resamples) -> Resamples:
@@ -63,8 +61,6 @@ def restricted(arrays: Mapping[str, Any], groups: Sequence[str], positions: np.n
     """The rows of ``groups`` whose sequence is one of ``positions`` (positions in
     ``sample_indices``), their sequences renumbered 0..k-1 in the order of ``positions``:
     the design on which the trained weights and every baseline share their sequences."""
-    from rsdyn.jacobian.statistics import row_index
-
     positions = np.asarray(positions, dtype=np.int64)
     renumber = {int(position): k for k, position in enumerate(positions)}
     out: dict[str, Any] = {"sample_indices": np.asarray(arrays["sample_indices"])[positions]}
@@ -100,20 +96,19 @@ class JacobianClaims:
         trained = ("rotation_index_early_minus_late", "product_rank_fraction")
         return trained + (("rotation_gradient_learned", "product_rank_learned") if self.baselines else ())
 
-    @staticmethod
-    def per_group(arrays: Mapping[str, Any], groups: Sequence[str], per_row, resampled: Resamples) -> dict[str, np.ndarray]:
-        """``{group: (R,)}``: the weighted mean of ``per_row(group)`` in every resample."""
-        return {name: weighted_mean(per_row(arrays[name]), row_weights(name, arrays[name], resampled)) for name in groups}
-
     def per_row(self, name: str):
+        """The per-row value of a statistic: :data:`rsdyn.jacobian.statistics.STATISTICS`'
+        rotation gradient, or its final product rank as a fraction of D."""
         if name.startswith("rotation"):
-            return lambda g: early_minus_late(np.asarray(g["rotation_index"], dtype=np.float64))
-        return lambda g: final(np.asarray(g["cumulative_effective_rank_entropy"], dtype=np.float64)) / self.d_model
+            return STATISTICS["rotation_index_early_minus_late"][0]
+        rank = STATISTICS["cumulative_rank_final"][0]
+        return lambda group: rank(group) / self.d_model
 
     def values(self, name: str, resampled: Resamples) -> np.ndarray:
+        per_row = self.per_row(name)
         if name in ("rotation_index_early_minus_late", "product_rank_fraction"):
-            return self.per_group(self.all, (TRAINED,), self.per_row(name), resampled)[TRAINED]
-        means = self.per_group(self.paired, (TRAINED, *self.baselines), self.per_row(name), resampled)
+            return group_statistic(self.all, TRAINED, per_row, resampled)
+        means = {group: group_statistic(self.paired, group, per_row, resampled) for group in (TRAINED, *self.baselines)}
         differences = np.stack([means[TRAINED] - means[baseline] for baseline in self.baselines])
         return differences.min(axis=0) if name == "rotation_gradient_learned" else differences.max(axis=0)
 
