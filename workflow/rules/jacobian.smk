@@ -2,8 +2,8 @@
 # sequences, the exact Jacobian of every sublayer transition of the last token, its
 # spectra and the cumulative product, for the trained weights; on jacobian.baseline_samples
 # of them, for freshly initialised weights (one model per jacobian.init_seeds) and for
-# surrogates of the trained updates (svd_matched, norm_matched); the sequences go to
-# `threads` worker threads. Fig. 5.
+# surrogates of the trained updates (svd_matched, norm_matched); one sequence after
+# another (torch.func is not thread-safe). Fig. 5.
 
 
 rule jacobian:

@@ -1,5 +1,5 @@
 """The spectra of one sequence's sublayer Jacobians, and of a whole ``jacobian.zarr``
-design spread over worker threads.
+design, one sequence after another (see :func:`run_tasks`).
 
 Per sequence (:func:`sequence_spectra`) the Jacobians are computed one transition at a
 time (:func:`rsdyn.jacobian.jacobian.transition_jacobians`); each goes to the spectra device
@@ -19,12 +19,9 @@ ran it, nor on ``workers`` at a given number of torch threads per task.
 
 from __future__ import annotations
 
-import copy
 import logging
-import queue
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,25 +153,18 @@ class Task:
 def run_tasks(
     model, tasks: Sequence[Task], run: Callable[[Any, Task], None], workers: int = 1, threads: int = 1, desc: str = "jacobians"
 ) -> None:
-    """``run(model_copy, task)`` for every task on ``workers`` threads, each with its own
-    copy of ``model`` (deep-copied here, before any of them runs) and ``threads //
-    workers`` torch threads; progress over tasks."""
-    workers = max(1, min(int(workers), len(tasks)))
-    models: queue.SimpleQueue = queue.SimpleQueue()
-    for index in range(workers):
-        models.put(model if index == 0 else copy.deepcopy(model))
+    """``run(model, task)`` for every task, one after another, each on ``threads //
+    workers`` torch threads; progress over tasks.
 
-    def work(task: Task) -> None:
-        network = models.get()
-        try:
-            run(network, task)
-        finally:
-            models.put(network)
-
-    with torch_threads(max(1, threads // workers)), ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(work, task) for task in tasks]
-        for future in progress(as_completed(futures), total=len(futures), desc=desc, unit="seq"):
-            future.result()
+    The tasks do not run on worker threads: torch.func's transforms (``jvp``, ``jacrev``)
+    keep one interpreter stack per process, and two Python threads transforming at once
+    fail ("Trying to access a forward AD level with an invalid index") or, worse, return
+    wrong Jacobians (a spectral radius 1 % off in CI). Each task keeps the torch thread
+    count a worker of ``workers`` would have had, so the numbers do not depend on
+    ``workers``."""
+    with torch_threads(max(1, threads // max(1, min(int(workers), len(tasks))))):
+        for task in progress(tasks, total=len(tasks), desc=desc, unit="seq"):
+            run(model, task)
 
 
 def design_groups(
