@@ -268,3 +268,35 @@ def test_a_baseline_is_resampled_over_its_own_unit():
     out = estimates({"claims": [claim]}, {"stage": Stage()}, 10, 0)
     assert sorted(asked) == [(("effect",), "sequences"), (("floor",), "sequences_seeds")]
     assert out["c"].resampled == "sequences" and out["c"].extra["baseline"].resampled == "sequences_seeds"
+
+
+def test_estimates_in_forked_processes_are_the_serial_ones():
+    """report.claims.estimates_per_seed with 2 worker processes gives every seed's
+    estimates of the serial loop, bit for bit, computed outside the parent process."""
+    import os
+
+    from rsdyn.report.claims import estimates_per_seed
+
+    class Stage:
+        def statistics(self):
+            return ("effect", "floor", "other")
+
+        def estimate(self, names, unit, n_resamples, seed):
+            out = {}
+            for name in names:
+                rng = np.random.default_rng([seed, len(unit), sum(map(ord, name))])
+                out[name] = Estimate(float(rng.normal()), rng.normal(size=n_resamples), unit, {"pid": os.getpid()})
+            return out
+
+    claims = [claim("effect", baseline={"statistic": "stage.floor", "unit": "sequences_seeds", "direction": ">", "null_value": 0.0}),
+              claim("other", test="equivalence", margin=0.5)]
+    serial = estimates_per_seed(registry(*claims), {"stage": Stage()}, 50, [0, 1, 2], workers=1)
+    forked = estimates_per_seed(registry(*claims), {"stage": Stage()}, 50, [0, 1, 2], workers=2)
+    assert len(serial) == len(forked) == 3
+    for one, two in zip(serial, forked):
+        assert one.keys() == two.keys() == {"effect", "other"}
+        for key in one:
+            assert one[key].value == two[key].value and np.array_equal(one[key].samples, two[key].samples)
+            assert one[key].extra["pid"] == os.getpid() != two[key].extra["pid"]
+        assert np.array_equal(one["effect"].extra["baseline"].samples, two["effect"].extra["baseline"].samples)
+    assert not np.array_equal(serial[0]["other"].samples, serial[1]["other"].samples)  # the seeds differ

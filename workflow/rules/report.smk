@@ -63,6 +63,7 @@ rule summary:
     params:
         run=lambda wildcards: wildcards.run,
         settings=lambda wildcards: RUNS[wildcards.run],
+    threads: 2  # the claims' bootstrap seeds and groups in parallel processes (same numbers on any count)
     log:
         f"{RESULTS}/{{run}}/logs/summary.log",
     conda:

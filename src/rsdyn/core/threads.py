@@ -11,6 +11,44 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 
+def _forked_worker(torch_threads: int) -> None:
+    """A forked worker's torch on ``torch_threads`` threads (set before its first op, so a
+    worker never enters the parent's OpenMP pool)."""
+    import sys
+
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(torch_threads))
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished (joined) child processes."""
+    import os
+    import time
+
+    times = os.times()
+    return time.process_time() + times.children_user + times.children_system
+
+
+@contextlib.contextmanager
+def forked_pool(workers: int, torch_threads: int = 1) -> Iterator[Any]:
+    """A ``multiprocessing`` pool of ``workers`` forked processes, each on
+    ``torch_threads`` torch threads. Forked, not spawned: the workers share what the
+    parent loaded (copy-on-write) and do not re-run a workflow script, which has no
+    ``__main__`` guard. For CPU work only (CUDA does not survive a fork). Every worker is
+    stopped and joined when the block ends, also on an error or an interrupt."""
+    import multiprocessing
+
+    pool = multiprocessing.get_context("fork").Pool(int(workers), _forked_worker, (int(torch_threads),))
+    try:
+        yield pool
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+
+
 @contextlib.contextmanager
 def torch_threads(n_threads: int) -> Iterator[None]:
     """Run torch CPU ops on ``n_threads`` threads inside the block."""

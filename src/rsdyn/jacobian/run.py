@@ -44,8 +44,8 @@ def jacobian_arrays(
     and each baseline), ``sample_indices`` (rows of ``activations.zarr``, whose
     ``original_ids`` are the token ids used) and ``baseline_positions`` (positions in
     ``sample_indices`` of the baselines' sequences). ``settings``: the run's ``jacobian``
-    section. The sequences run one after another on one torch thread each when the design
-    had ``threads`` workers (:func:`rsdyn.jacobian.sample.run_tasks`)."""
+    section. On the CPU the sequences run in ``threads`` forked processes on one torch
+    thread each (:func:`rsdyn.jacobian.sample.run_tasks`)."""
     from rsdyn.core.store import open_group
     from rsdyn.jacobian.devices import resolve_spectra_device
     from rsdyn.jacobian.sample import SpectraOptions, design_groups
@@ -98,7 +98,7 @@ def jacobian_arrays(
         "seconds": seconds,
         "definitions": DEFINITIONS,
     }
-    log.info("sequences one after another, each on %d torch thread(s)", max(1, threads // max(1, workers)))
+    log.info("sequences in %d process(es), each on %d torch thread(s)", workers, max(1, threads // max(1, workers)))
     for weights, group_seconds in seconds.items():
         log.info("%s: %.1f s, %.1f CPU s", weights, group_seconds["wall_s"], group_seconds["cpu_s"])
     return {"sample_indices": indices, "baseline_positions": positions, **groups}, attrs

@@ -1,5 +1,5 @@
 """The spectra of one sequence's sublayer Jacobians, and of a whole ``jacobian.zarr``
-design, one sequence after another (see :func:`run_tasks`).
+design, its sequences in forked worker processes (see :func:`run_tasks`).
 
 Per sequence (:func:`sequence_spectra`) the Jacobians are computed one transition at a
 time (:func:`rsdyn.jacobian.jacobian.transition_jacobians`); each goes to the spectra device
@@ -11,10 +11,10 @@ kept beyond the current transition.
 
 The design (:func:`design_groups`): the trained weights on every chosen sequence, the
 surrogates on the baseline sequences, and a freshly initialised model per init seed on
-the baseline sequences. Sequences are tasks for ``workers`` threads; each thread runs
-its own copy of the model (a sublayer map replaces modules' forwards while it runs) with
-``threads // workers`` torch threads, so a task's numbers do not depend on which thread
-ran it, nor on ``workers`` at a given number of torch threads per task.
+the baseline sequences. Sequences are tasks for ``workers`` forked processes (on the CPU),
+each with its own copy of the model (a sublayer map replaces modules' forwards while it
+runs) and ``threads // workers`` torch threads, so a task's numbers do not depend on
+which process ran it, nor on ``workers`` at a given number of torch threads per task.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from rsdyn.core.jobs import progress
-from rsdyn.core.threads import torch_threads
+from rsdyn.core.threads import cpu_seconds, forked_pool, torch_threads
 from rsdyn.jacobian.jacobian import (
     N_LYAPUNOV,
     SCALARS,
@@ -150,21 +150,44 @@ class Task:
     result: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)
 
 
+#: the model and task function forked workers of :func:`run_tasks` use (set in the parent
+#: just before the fork: the workers inherit them, nothing is pickled but tasks and results)
+_FORKED: dict[str, Any] = {}
+
+
+def _forked_task(item: tuple[int, Task]) -> tuple[int, dict[str, list[dict[str, np.ndarray]]]]:
+    index, task = item
+    _FORKED["run"](_FORKED["model"], task)
+    return index, task.result
+
+
 def run_tasks(
     model, tasks: Sequence[Task], run: Callable[[Any, Task], None], workers: int = 1, threads: int = 1, desc: str = "jacobians"
 ) -> None:
-    """``run(model, task)`` for every task, one after another, each on ``threads //
-    workers`` torch threads; progress over tasks.
+    """``run(model, task)`` for every task, each on ``threads // workers`` torch threads,
+    in ``workers`` forked processes when the model is on the CPU (one after another
+    otherwise); progress over tasks.
 
-    The tasks do not run on worker threads: torch.func's transforms (``jvp``, ``jacrev``)
-    keep one interpreter stack per process, and two Python threads transforming at once
-    fail ("Trying to access a forward AD level with an invalid index") or, worse, return
-    wrong Jacobians (a spectral radius 1 % off in CI). Each task keeps the torch thread
-    count a worker of ``workers`` would have had, so the numbers do not depend on
-    ``workers``."""
-    with torch_threads(max(1, threads // max(1, min(int(workers), len(tasks))))):
-        for task in progress(tasks, total=len(tasks), desc=desc, unit="seq"):
-            run(model, task)
+    Processes, not threads: torch.func's transforms (``jvp``, ``jacrev``) keep one
+    interpreter stack per process, and two Python threads transforming at once fail
+    ("Trying to access a forward AD level with an invalid index") or, worse, return wrong
+    Jacobians (a spectral radius 1 % off in CI). Each task runs on the same number of torch
+    threads whichever process runs it, so the numbers do not depend on ``workers``."""
+    workers = max(1, min(int(workers), len(tasks)))
+    per_task = max(1, int(threads) // workers)
+    on_cpu = all(parameter.device.type == "cpu" for parameter in model.parameters())
+    if workers == 1 or not on_cpu:
+        with torch_threads(per_task):
+            for task in progress(tasks, total=len(tasks), desc=desc, unit="seq"):
+                run(model, task)
+        return
+    _FORKED.update(model=model, run=run)
+    try:
+        with forked_pool(workers, per_task) as pool:
+            for index, result in progress(pool.imap_unordered(_forked_task, list(enumerate(tasks))), total=len(tasks), desc=desc, unit="seq"):
+                tasks[index].result = result
+    finally:
+        _FORKED.clear()
 
 
 def design_groups(
@@ -177,7 +200,7 @@ def design_groups(
     workers: int = 1,
     threads: int = 1,
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, float]]]:
-    """Every group of ``jacobian.zarr`` and the wall and CPU (process) seconds each took
+    """Every group of ``jacobian.zarr`` and the wall and CPU seconds (of this process and its workers) each took
     (``{"trained": {"wall_s", "cpu_s"}, ...}``, trained including the surrogates): ``trained`` on every
     sequence; each kind of ``options.surrogates`` (``options.surrogate_draws`` draws) on the
     ``baseline`` positions, from the trained Jacobians; ``initial`` on the ``baseline``
@@ -193,7 +216,7 @@ def design_groups(
 
     groups: dict[str, dict[str, np.ndarray]] = {}
     seconds: dict[str, dict[str, float]] = {}
-    start, cpu = time.perf_counter(), time.process_time()
+    start, cpu = time.perf_counter(), cpu_seconds()
     tasks = [Task(position, bool(options.surrogates) and position in baseline_set) for position in range(len(sequences))]
     ordered = sorted(tasks, key=lambda task: not task.with_surrogates)  # the longest tasks first
     run_tasks(model, ordered, run, workers, threads, desc="trained")
@@ -201,14 +224,14 @@ def design_groups(
     for kind in options.surrogates:
         rows = [(task.position, draw, row) for task in tasks if task.with_surrogates for draw, row in enumerate(task.result[kind])]
         groups[kind] = stack_rows([row for *_, row in rows], [p for p, *_ in rows], [d for _, d, _ in rows], double)
-    seconds["trained"] = {"wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu}
+    seconds["trained"] = {"wall_s": time.perf_counter() - start, "cpu_s": cpu_seconds() - cpu}
     if init_seeds:
-        start, cpu = time.perf_counter(), time.process_time()
+        start, cpu = time.perf_counter(), cpu_seconds()
         rows = []
         for index, seed in enumerate(init_seeds):
             seed_tasks = [Task(int(position)) for position in baseline]
             run_tasks(initial_model(model, int(seed)), seed_tasks, run, workers, threads, desc=f"initial seed {seed}")
             rows += [(task.position, index, task.result[WEIGHTS][0]) for task in seed_tasks]
         groups["initial"] = stack_rows([row for *_, row in rows], [p for p, *_ in rows], [d for _, d, _ in rows], double)
-        seconds["initial"] = {"wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu}
+        seconds["initial"] = {"wall_s": time.perf_counter() - start, "cpu_s": cpu_seconds() - cpu}
     return groups, seconds

@@ -90,8 +90,9 @@ class _GeometryProviders:
         return out
 
 
-def estimates(registry: Mapping[str, Any], stage_providers: Mapping[str, Any], n_resamples: int, seed: int) -> dict[str, Estimate]:
-    """``{claim id: Estimate}`` of every judged claim whose stage is present, for one seed."""
+def plan(registry: Mapping[str, Any], stage_providers: Mapping[str, Any]) -> dict[tuple[str, str], list[tuple[str, str]]]:
+    """``{(stage, resampling unit): [(claim id, statistic name), ...]}``: the groups of
+    statistics one provider call estimates together (a claim's baseline as ``id#baseline``)."""
     wanted: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
     for claim in judged(registry):
         stage, name = claim["statistic"].split(".", 1)
@@ -102,16 +103,22 @@ def estimates(registry: Mapping[str, Any], stage_providers: Mapping[str, Any], n
             base_stage, base_name = baseline["statistic"].split(".", 1)
             if base_stage == stage and base_name in stage_providers[stage].statistics():
                 wanted[(stage, baseline.get("unit", claim["unit"]))].append((f"{claim['id']}#baseline", base_name))
-    from rsdyn.core.jobs import progress
+    return dict(wanted)
 
+
+def _group_estimate(stage_providers, stage: str, unit: str, pairs, n_resamples: int, seed: int) -> dict[str, Estimate]:
+    names = sorted({name for _, name in pairs})
+    log.info("claims: %s statistics %s, %d resamples of %s, seed %d", stage, names, n_resamples, unit, seed)
+    return stage_providers[stage].estimate(names, unit, n_resamples, seed)
+
+
+def _assemble(groups: Mapping[tuple[str, str], list[tuple[str, str]]], values: Mapping[tuple[str, str], Mapping[str, Estimate]]) -> dict[str, Estimate]:
+    """The groups' estimates keyed by claim id, each baseline folded into its claim's ``extra``."""
     out: dict[str, Estimate] = {}
-    for (stage, unit), pairs in progress(list(wanted.items()), desc=f"claims, bootstrap seed {seed}", unit="group"):
-        names = sorted({name for _, name in pairs})
-        log.info("claims: %s statistics %s, %d resamples of %s, seed %d", stage, names, n_resamples, unit, seed)
-        values = stage_providers[stage].estimate(names, unit, n_resamples, seed)
+    for key, pairs in groups.items():
         for claim_id, name in pairs:
-            if name in values:
-                out[claim_id] = values[name]
+            if name in values[key]:
+                out[claim_id] = values[key][name]
     for claim_id in [key for key in out if key.endswith("#baseline")]:
         owner = claim_id.removesuffix("#baseline")
         baseline = out.pop(claim_id)
@@ -120,21 +127,74 @@ def estimates(registry: Mapping[str, Any], stage_providers: Mapping[str, Any], n
     return out
 
 
+def estimates(registry: Mapping[str, Any], stage_providers: Mapping[str, Any], n_resamples: int, seed: int) -> dict[str, Estimate]:
+    """``{claim id: Estimate}`` of every judged claim whose stage is present, for one seed."""
+    from rsdyn.core.jobs import progress
+
+    groups = plan(registry, stage_providers)
+    values = {}
+    for (stage, unit), pairs in progress(list(groups.items()), desc=f"claims, bootstrap seed {seed}", unit="group"):
+        values[(stage, unit)] = _group_estimate(stage_providers, stage, unit, pairs, n_resamples, seed)
+    return _assemble(groups, values)
+
+
+#: the providers a forked worker of :func:`estimates_per_seed` reads (set in the parent
+#: just before the fork, so the workers share the loaded stores copy-on-write)
+_FORKED: dict[str, Any] = {}
+
+
+def _forked_group(task: tuple[int, int, str, str, list[tuple[str, str]]]) -> tuple[int, dict[str, Estimate]]:
+    index, seed, stage, unit, pairs = task
+    return index, _group_estimate(_FORKED["providers"], stage, unit, pairs, _FORKED["n_resamples"], seed)
+
+
+def estimates_per_seed(
+    registry: Mapping[str, Any], stage_providers: Mapping[str, Any], n_resamples: int, seeds: list[int], workers: int = 1
+) -> list[dict[str, Estimate]]:
+    """:func:`estimates` for each of ``seeds``. With ``workers`` > 1 the (seed, group)
+    estimates run in that many forked processes, one numerical thread each; each group's estimate depends only on its stores, seed and unit, so the
+    results are those of the serial loop."""
+    groups = plan(registry, stage_providers)
+    tasks = [(index, seed, stage, unit, pairs) for index, (seed, ((stage, unit), pairs))
+             in enumerate((seed, group) for seed in seeds for group in groups.items())]
+    workers = min(int(workers), len(tasks))
+    if workers <= 1:
+        return [estimates(registry, stage_providers, n_resamples, seed) for seed in seeds]
+    from rsdyn.core.jobs import progress
+    from rsdyn.core.threads import forked_pool
+
+    _FORKED.update(providers=stage_providers, n_resamples=n_resamples)
+    results: dict[int, dict[str, Estimate]] = {}
+    try:
+        with forked_pool(workers) as pool:
+            for index, values in progress(pool.imap_unordered(_forked_group, tasks), total=len(tasks),
+                                          desc=f"claims, {len(seeds)} bootstrap seed(s), {workers} processes", unit="group"):
+                results[index] = values
+    finally:
+        _FORKED.clear()
+    out = []
+    for seed in seeds:
+        values = {(stage, unit): results[index] for index, task_seed, stage, unit, _ in tasks if task_seed == seed}
+        out.append(_assemble(groups, values))
+    return out
+
+
 def claims_table(
     stores: Mapping[str, Any], settings: Mapping[str, Any] | None = None, registry_path: str | Path | None = None,
-    samples: dict[str, Any] | None = None,
+    samples: dict[str, Any] | None = None, workers: int = 1,
 ) -> list[dict[str, Any]]:
     """The judged claims table of one run (see the module docstring). ``settings``: the
     run's ``summary`` section (``claims_resamples``, ``stability_seeds``, ``seed``,
     ``mi_units``). ``samples``, when given, receives each judged claim's value and its
     resamples at the first seed (``{id: (B,) array}``, ``{id}:value``): the same seed and
     design draw the same resamples in every run of the same sequences, so two runs'
-    samples are paired (the controls compare trained with initial weights this way)."""
+    samples are paired (the controls compare trained with initial weights this way).
+    ``workers``: processes for the (seed, group) estimates (:func:`estimates_per_seed`)."""
     settings = {**DEFAULT_SETTINGS, **(settings or {})}
     registry = load_registry(registry_path)
     stage_providers = providers(stores, settings)
     seeds = [int(settings["seed"]) + k for k in range(max(1, int(settings["stability_seeds"])))]
-    per_seed = [estimates(registry, stage_providers, int(settings["claims_resamples"]), seed) for seed in seeds]
+    per_seed = estimates_per_seed(registry, stage_providers, int(settings["claims_resamples"]), seeds, workers)
     if samples is not None and per_seed:
         for claim_id, estimate in per_seed[0].items():
             samples[claim_id] = np.asarray(estimate.samples, dtype=np.float64)

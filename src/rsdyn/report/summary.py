@@ -300,14 +300,15 @@ def run_fig1_summary(
     )
 
 
-def run_summary(run: str, inputs: Mapping[str, Any], outputs: Mapping[str, Any], settings: Mapping[str, Any]) -> None:
+def run_summary(run: str, inputs: Mapping[str, Any], outputs: Mapping[str, Any], settings: Mapping[str, Any], threads: int = 1) -> None:
     """Rule ``summary``: every row of a run (:func:`collect_rows`) -> ``summary.json`` and
     ``summary.tsv``, and the run's resolved ``settings`` -> ``run_config.yaml``.
 
     ``inputs`` names the stores (``activations``, ``fig1``, ``unit_stats``, ``layer_stats``,
     ``pca``, ``cae``, ``teleport``, ``population``, ``jacobian``) and the claims registry
     (``claims``); ``outputs`` the files (``json``, ``table``, ``claims``, ``samples``,
-    ``config``)."""
+    ``config``). ``threads``: processes for the claims' bootstrap (the numbers do not
+    depend on it)."""
     import logging
 
     import yaml
@@ -320,7 +321,7 @@ def run_summary(run: str, inputs: Mapping[str, Any], outputs: Mapping[str, Any],
     )
     stores = {key: inputs[key] for key in ("activations", "unit_stats", "layer_stats", "pca", "cae", "teleport", "population", "jacobian")}
     samples: dict[str, Any] = {}
-    claims = claims_table(stores, settings["summary"], inputs["claims"], samples)
+    claims = claims_table(stores, settings["summary"], inputs["claims"], samples, workers=threads)
     write_samples(samples, outputs["samples"])
     summary = build_summary(run, inputs["activations"], rows, settings["summary"], claims)
     write_summary(summary, outputs["json"])
