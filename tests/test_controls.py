@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from rsdyn.core.resampling import sequence_weights
-from rsdyn.report.controls import controls_markdown, controls_table, difference_interval, initial_reading
+from rsdyn.report.controls import controls_counts, controls_markdown, controls_table, difference_interval, initial_reading
 
 
 def run_samples(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -70,6 +70,9 @@ def test_controls_table_and_markdown():
     text = controls_markdown(table).splitlines()
     assert text[0].startswith("| claim | verdict (trained) | at initialisation |")
     assert "**architectural**" in text[2] and "reproduced (robust)" in text[2] and "inconclusive (changes)" in text[3]
+    readings = [row["initial"]["reading"] for row in table]
+    assert controls_counts(table) == (f"2 judged claims: at initialisation 0 learned, {readings.count('architectural')} architectural, "
+                                      f"{readings.count('inconclusive')} inconclusive; 1 of 2 verdicts robust to one more dose of quantisation.")
 
 
 def _config(runs):

@@ -100,6 +100,23 @@ def controls_table(
     return out
 
 
+def controls_counts(table: Sequence[Mapping[str, Any]]) -> str:
+    """One sentence of counts over the table: the readings at initialisation, and how many
+    verdicts each other control leaves unchanged."""
+    parts = []
+    readings = [row["initial"]["reading"] for row in table if row.get("initial")]
+    if readings:
+        parts.append(f"at initialisation {readings.count('learned')} learned, {readings.count('architectural')} architectural, "
+                     f"{readings.count('inconclusive')} inconclusive")
+    words = {"quantisation": "robust to one more dose of quantisation", "last_word": "unchanged at the last word",
+             "keep_last": "unchanged with the last token kept"}
+    for kind, words_of_kind in words.items():
+        pairs = [(row["verdict"], entry["verdict"]) for row in table for entry in row.get(kind) or []]
+        if pairs:
+            parts.append(f"{sum(1 for mine, theirs in pairs if mine == theirs)} of {len(pairs)} verdicts {words_of_kind}")
+    return f"{len(table)} judged claims: " + "; ".join(parts) + "." if parts else f"{len(table)} judged claims, no controls."
+
+
 def controls_markdown(table: Sequence[Mapping[str, Any]]) -> str:
     """The README's table: claim | verdict | at initialisation | quantisation | last word | keep last."""
     lines = ["| claim | verdict (trained) | at initialisation | one more dose of quantisation | last word | keep last |",
@@ -151,7 +168,7 @@ def run_controls(
     sections = []
     for reference, table in tables.items():
         kinds = ", ".join(f"{run} ({control['kind']})" for run, control in controls.items() if control["of"] == reference)
-        sections.append(f"Run `{reference}` against its controls: {kinds}.\n\n{controls_markdown(table)}")
+        sections.append(f"Run `{reference}` against its controls: {kinds}. {controls_counts(table)}\n\n{controls_markdown(table)}")
     with atomic_file(markdown_path) as temp:
         Path(temp).write_text("\n".join(sections))
     with atomic_file(json_path) as temp:
