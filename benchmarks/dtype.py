@@ -5,13 +5,14 @@ Runs the default config's Fig. 1 part (corpus, capture, unit and layer statistic
 ``summary_fig1.json``) for three runs of the default model that differ only in
 ``capture``: float32 (the CPU default), bfloat16 with length-bucketed batches (the GPU
 default) and bfloat16 with batches in corpus order (other batch compositions, as on a
-GPU with other batch limits), under ``--results`` (a results_dir of its own). Then
-compares every row of each bf16 run with float32: the value's difference relative to
+GPU with other batch limits), under ``--results`` (a results_dir of its own, by default
+``results/dtype-benchmark``: results folders must lie outside the code's). Then compares
+every row of each bf16 run with float32: the value's difference relative to
 the row's 95 % interval width, whether the verdict changed, and the largest state
 difference between the captures. Writes benchmarks/results/dtype.json and a markdown
 table.
 
-    python benchmarks/dtype.py [--cores 2] [--results benchmarks/results/dtype] [--compare-only]
+    python benchmarks/dtype.py [--cores 2] [--results results/dtype-benchmark] [--compare-only]
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def state_difference(results: Path, name: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cores", type=int, default=2)
-    parser.add_argument("--results", default=str(REPO / "benchmarks/results/dtype"))
+    parser.add_argument("--results", default=str(REPO / "results/dtype-benchmark"))
     parser.add_argument("--compare-only", action="store_true", help="only compare runs made before")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/dtype.json"))
     args = parser.parse_args()
@@ -90,8 +91,9 @@ def main() -> None:
     config_file.write_text(yaml.safe_dump(config(results)))
     targets = [str(results / f"smollm2-135m-{name}" / "summary_fig1.json") for name in RUNS]
     if not args.compare_only:
-        subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--configfile", str(config_file),
-                        "--resources", "gpu=1", *targets], cwd=REPO, check=True)
+        # the targets before --resources, whose values (nargs "+") would swallow them
+        subprocess.run([sys.executable, "-m", "snakemake", *targets, "--cores", str(args.cores), "--configfile", str(config_file),
+                        "--resources", "gpu=1"], cwd=REPO, check=True)
     reference = rows(Path(targets[0]))
     report = {"runs": RUNS, "n_rows": len(reference)}
     lines = ["| row | fp32 | bf16 | bf16, corpus order | verdicts (fp32 / bf16 / corpus order) |", "|---|---|---|---|---|"]

@@ -185,6 +185,23 @@ def test_workflow_scripts_are_thin():
     assert not heavy, f"scripts that call more than one rsdyn function: {heavy}"
 
 
+def test_workflow_scripts_run_only_under_a_main_guard():
+    """Snakemake runs a script as ``python <copy>``: a process it spawns (the CAE's
+    spawn-context DataLoader) imports that file again as ``__mp_main__``, and an
+    unguarded script would run its rule again inside the worker (the job hangs). Each
+    script is its docstring and one ``if __name__ == "__main__":`` block."""
+    unguarded = []
+    for script in sorted((REPO / "workflow" / "scripts").glob("*.py")):
+        body = ast.parse(script.read_text()).body
+        docstring = isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+        rest = body[1:] if docstring else body
+        guard = (len(rest) == 1 and isinstance(rest[0], ast.If) and isinstance(rest[0].test, ast.Compare)
+                 and ast.unparse(rest[0].test) in ("__name__ == '__main__'", '__name__ == "__main__"') and not rest[0].orelse)
+        if not guard:
+            unguarded.append(script.name)
+    assert not unguarded, f"workflow scripts with code outside the main guard: {unguarded}"
+
+
 @pytest.mark.workflow
 def test_smoke_run_numbers_are_identical_to_the_golden_hashes(smoke_run):
     """Every array, attribute and table of the smoke run has the SHA-256 recorded in

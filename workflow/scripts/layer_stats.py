@@ -1,7 +1,10 @@
 """Rule layer_stats: norms, density, cosine and velocity per sublayer / transition."""
 
-from rsdyn.core.jobs import setup_job
-from rsdyn.units.run import run_layer_stats
+# Under a main guard: a process spawned by this job (a spawn-context DataLoader or pool)
+# imports this file again as __mp_main__ and must not run the rule a second time.
+if __name__ == "__main__":
+    from rsdyn.core.jobs import setup_job
+    from rsdyn.units.run import run_layer_stats
 
-setup_job(snakemake.log[0])  # noqa: F821
-run_layer_stats(snakemake.input[0], snakemake.output[0], snakemake.params.settings["density_threshold"])  # noqa: F821
+    setup_job(snakemake.log[0])  # noqa: F821
+    run_layer_stats(snakemake.input[0], snakemake.output[0], snakemake.params.settings["density_threshold"])  # noqa: F821
