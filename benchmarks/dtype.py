@@ -7,10 +7,11 @@ Runs the default config's Fig. 1 part (corpus, capture, unit and layer statistic
 default) and bfloat16 with batches in corpus order (other batch compositions, as on a
 GPU with other batch limits), under ``--results`` (a results_dir of its own, by default
 ``results/dtype-benchmark``: results folders must lie outside the code's). Then compares
-every row of each bf16 run with float32: the value's difference relative to
-the row's 95 % interval width, whether the verdict changed, and the largest state
-difference between the captures. Writes benchmarks/results/dtype.json and a markdown
-table.
+every Fig. 1 row and every judged Fig. 1 claim (the units stage's claims, judged on
+each run's stores, Holm over these claims) of each bf16 run with float32: the value's
+difference relative to the float32 interval's width, whether the verdict changed, and
+the largest state difference between the captures. Writes benchmarks/results/dtype.json
+and the claims as a markdown table.
 
     python benchmarks/dtype.py [--cores 2] [--results results/dtype-benchmark] [--compare-only]
 """
@@ -32,7 +33,6 @@ RUNS = {
     "bf16": {"dtype": "bfloat16", "bucket_by_length": True},
     "bf16-corpus-order": {"dtype": "bfloat16", "bucket_by_length": False},
 }
-META = ("run", "model", "n_samples", "corpus", "paper", "bootstrap")
 
 
 def config(results: Path) -> dict:
@@ -45,13 +45,23 @@ def config(results: Path) -> dict:
 
 
 def rows(path: Path) -> dict[str, dict]:
-    summary = json.loads(path.read_text())
-    return {key: value for key, value in summary.items() if key not in META and isinstance(value, dict)}
+    """The run's Fig. 1 rows (``summary_fig1.json``; descriptive, no verdicts)."""
+    return {key: value for key, value in json.loads(path.read_text())["rows"].items() if isinstance(value, dict)}
+
+
+def claims(run: Path, workers: int) -> dict[str, dict]:
+    """The run's judged Fig. 1 claims (the units stage's providers; Holm over these claims
+    only, one bootstrap seed), as ``{id: claim}``."""
+    from rsdyn.report.claims import claims_table
+
+    stores = {"activations": run / "activations.zarr", "unit_stats": run / "unit_stats.zarr", "layer_stats": run / "layer_stats.csv"}
+    table = claims_table(stores, {"stability_seeds": 1}, workers=workers)
+    return {claim["id"]: claim for claim in table if claim.get("verdict") is not None}
 
 
 def compare(reference: dict[str, dict], other: dict[str, dict]) -> dict:
-    """Per row: the value's change and that change over the reference interval's width;
-    the verdicts side by side."""
+    """Per row or claim: the value's change and that change over the reference interval's
+    width; the verdicts side by side (claims only)."""
     out = {}
     for key, row in reference.items():
         theirs = other.get(key, {})
@@ -65,6 +75,13 @@ def compare(reference: dict[str, dict], other: dict[str, dict]) -> dict:
         entry["verdict_changed"] = entry["verdict_fp32"] != entry["verdict_bf16"]
         out[key] = entry
     return out
+
+
+def moved(compared: dict) -> dict:
+    widths = [e["difference_over_interval_width"] for e in compared.values() if e.get("difference_over_interval_width") is not None]
+    return {"n_with_interval": len(widths),
+            "median_difference_over_interval_width": float(np.median(widths)) if widths else None,
+            "max_difference_over_interval_width": float(np.max(widths)) if widths else None}
 
 
 def state_difference(results: Path, name: str) -> dict:
@@ -94,35 +111,36 @@ def main() -> None:
         # the targets before --resources, whose values (nargs "+") would swallow them
         subprocess.run([sys.executable, "-m", "snakemake", *targets, "--cores", str(args.cores), "--configfile", str(config_file),
                         "--resources", "gpu=1"], cwd=REPO, check=True)
-    reference = rows(Path(targets[0]))
-    report = {"runs": RUNS, "n_rows": len(reference)}
-    lines = ["| row | fp32 | bf16 | bf16, corpus order | verdicts (fp32 / bf16 / corpus order) |", "|---|---|---|---|---|"]
-    compared = {}
-    for name, target in zip(list(RUNS)[1:], targets[1:]):
-        compared[name] = compare(reference, rows(Path(target)))
-        moved = [e["difference_over_interval_width"] for e in compared[name].values() if e.get("difference_over_interval_width") is not None]
-        report[name] = {
-            "rows": compared[name],
-            "verdicts_changed": sorted(key for key, e in compared[name].items() if e["verdict_changed"]),
-            "median_difference_over_interval_width": float(np.median(moved)) if moved else None,
-            "max_difference_over_interval_width": float(np.max(moved)) if moved else None,
-            "states": state_difference(results, name),
-        }
-    for key, row in reference.items():
-        a, b = compared["bf16"][key], compared["bf16-corpus-order"][key]
+    runs = [results / f"smollm2-135m-{name}" for name in RUNS]
+    reference = {"rows": rows(Path(targets[0])), "claims": claims(runs[0], args.cores)}
+    report = {"runs": RUNS, "n_rows": len(reference["rows"]), "n_claims": len(reference["claims"])}
+    for name, run, target in zip(list(RUNS)[1:], runs[1:], targets[1:]):
+        other = {"rows": rows(Path(target)), "claims": claims(run, args.cores)}
+        entry = {"states": state_difference(results, name)}
+        for part in ("rows", "claims"):
+            compared = compare(reference[part], other[part])
+            entry[part] = {"compared": compared, **moved(compared)}
+        entry["claims"]["verdicts_changed"] = sorted(key for key, e in entry["claims"]["compared"].items() if e["verdict_changed"])
+        report[name] = entry
 
-        def show(value):
-            return f"{value:.4g}" if isinstance(value, float) else str(value)
+    def show(value):
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
 
-        lines.append(f"| `{key}` | {show(row.get('value'))} | {show(a['bf16'])} | {show(b['bf16'])} | "
-                     f"{row.get('verdict', '')} / {a['verdict_bf16'] or ''} / {b['verdict_bf16'] or ''} |")
+    lines = ["| claim | fp32 | bf16 | bf16, corpus order | verdicts (fp32 / bf16 / corpus order) |", "|---|---|---|---|---|"]
+    for key, claim in reference["claims"].items():
+        a, b = report["bf16"]["claims"]["compared"][key], report["bf16-corpus-order"]["claims"]["compared"][key]
+        lines.append(f"| `{key}` | {show(claim.get('value'))} | {show(a['bf16'])} | {show(b['bf16'])} | "
+                     f"{claim.get('verdict')} / {a['verdict_bf16']} / {b['verdict_bf16']} |")
     report["table"] = "\n".join(lines)
     write_report(report, args.out)
     (Path(args.out).with_suffix(".md")).write_text(report["table"] + "\n")
     for name in list(RUNS)[1:]:
-        print(f"{name}: verdicts changed {report[name]['verdicts_changed']}; value moved by a median "
-              f"{report[name]['median_difference_over_interval_width']:.3g} and at most "
-              f"{report[name]['max_difference_over_interval_width']:.3g} interval widths; states {report[name]['states']}")
+        entry = report[name]
+        print(f"{name}: claim verdicts changed {entry['claims']['verdicts_changed']} of {report['n_claims']}; "
+              f"claim values moved by a median {show(entry['claims']['median_difference_over_interval_width'])} and at most "
+              f"{show(entry['claims']['max_difference_over_interval_width'])} interval widths, Fig. 1 rows by a median "
+              f"{show(entry['rows']['median_difference_over_interval_width'])} and at most "
+              f"{show(entry['rows']['max_difference_over_interval_width'])}; states {entry['states']}")
 
 
 if __name__ == "__main__":
