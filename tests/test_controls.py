@@ -57,22 +57,26 @@ def test_a_learned_effect_must_differ_from_every_initialisation():
 
 def test_controls_table_and_markdown():
     rng = np.random.default_rng(3)
-    values = {"a": rng.standard_normal(100), "b": rng.standard_normal(100)}
-    summary = {"claims": [{"id": "a", "verdict": "reproduced"}, {"id": "b", "verdict": "opposite"}]}
-    requant = {"claims": [{"id": "a", "verdict": "reproduced"}, {"id": "b", "verdict": "inconclusive"}]}
+    values = {"a": rng.standard_normal(100), "b": rng.standard_normal(100), "c": rng.standard_normal(100)}
+    summary = {"claims": [{"id": "a", "verdict": "reproduced"}, {"id": "b", "verdict": "opposite"}, {"id": "c", "verdict": "reproduced"}]}
+    requant = {"claims": [{"id": "a", "verdict": "reproduced"}, {"id": "b", "verdict": "inconclusive", "baseline_beaten": False},
+                          {"id": "c", "verdict": None, "not_computed": "its stage did not run"}]}
     controls = {
         "init-s0": {"kind": "initial", "summary": summary, "samples": run_samples(values)},
         "requant": {"kind": "quantisation", "summary": requant, "samples": run_samples(values)},
     }
-    table = controls_table([claim("a"), claim("b"), {"id": "n", "statistic": None}], summary, run_samples(values), controls)
-    assert [row["id"] for row in table] == ["a", "b"]
-    assert table[0]["quantisation"][0]["robust"] and not table[1]["quantisation"][0]["robust"]
+    table = controls_table([claim("a"), claim("b"), claim("c"), {"id": "n", "statistic": None}], summary, run_samples(values), controls)
+    assert [row["id"] for row in table] == ["a", "b", "c"]
+    assert table[0]["quantisation"][0]["robust"] is True and table[1]["quantisation"][0]["robust"] is False
+    assert table[2]["quantisation"][0]["robust"] is None  # not judged in the control: neither robust nor changed
     text = controls_markdown(table).splitlines()
     assert text[0].startswith("| claim | verdict (trained) | at initialisation |")
-    assert "**architectural**" in text[2] and "reproduced (robust)" in text[2] and "inconclusive (changes)" in text[3]
+    assert "**architectural**" in text[2] and "reproduced (robust)" in text[2]
+    assert "inconclusive (changes; its baseline not beaten or not run there)" in text[3] and "| not judged |" in text[4]
     readings = [row["initial"]["reading"] for row in table]
-    assert controls_counts(table) == (f"2 judged claims: at initialisation 0 learned, {readings.count('architectural')} architectural, "
-                                      f"{readings.count('inconclusive')} inconclusive; 1 of 2 verdicts robust to one more dose of quantisation.")
+    assert controls_counts(table) == (f"3 judged claims: at initialisation 0 learned, {readings.count('architectural')} architectural, "
+                                      f"{readings.count('inconclusive')} inconclusive; 1 of 2 verdicts robust to one more dose of "
+                                      "quantisation (1 not judged in the control).")
 
 
 def _config(runs):

@@ -80,7 +80,7 @@ def controls_table(
     initials = [entry["samples"] for entry in controls.values() if entry["kind"] == "initial"]
     by_kind: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for run, entry in controls.items():
-        by_kind.setdefault(entry["kind"], []).append((run, {c["id"]: c.get("verdict") for c in entry["summary"].get("claims", [])}))
+        by_kind.setdefault(entry["kind"], []).append((run, {c["id"]: c for c in entry["summary"].get("claims", [])}))
     out = []
     for claim in registry_claims:
         if not claim.get("statistic") or claim["id"] not in verdicts:
@@ -90,11 +90,15 @@ def controls_table(
             row["initial"] = initial_reading(claim, reference_samples, initials)
             row["initial"]["runs"] = len(initials)
         for kind in ("quantisation", "last_word", "keep_last"):
-            for run, run_verdicts in by_kind.get(kind, []):
-                other = run_verdicts.get(claim["id"])
+            for run, run_claims in by_kind.get(kind, []):
+                theirs = run_claims.get(claim["id"], {})
+                other = theirs.get("verdict")
                 entry = {"run": run, "verdict": other}
+                if theirs.get("baseline_beaten") is False:
+                    entry["baseline_beaten"] = False
                 if kind == "quantisation":
-                    entry["robust"] = other is not None and other == verdicts[claim["id"]]
+                    # None: not judged in the control (its stage or inputs missing there)
+                    entry["robust"] = None if other is None else other == verdicts[claim["id"]]
                 row.setdefault(kind, []).append(entry)
         out.append(row)
     return out
@@ -112,9 +116,26 @@ def controls_counts(table: Sequence[Mapping[str, Any]]) -> str:
              "keep_last": "unchanged with the last token kept"}
     for kind, words_of_kind in words.items():
         pairs = [(row["verdict"], entry["verdict"]) for row in table for entry in row.get(kind) or []]
+        judged = [(mine, theirs) for mine, theirs in pairs if theirs is not None]
         if pairs:
-            parts.append(f"{sum(1 for mine, theirs in pairs if mine == theirs)} of {len(pairs)} verdicts {words_of_kind}")
+            unjudged = f" ({len(pairs) - len(judged)} not judged in the control)" if len(judged) < len(pairs) else ""
+            parts.append(f"{sum(1 for mine, theirs in judged if mine == theirs)} of {len(judged)} verdicts {words_of_kind}{unjudged}")
     return f"{len(table)} judged claims: " + "; ".join(parts) + "." if parts else f"{len(table)} judged claims, no controls."
+
+
+def _control_cell(entry: Mapping[str, Any], kind: str) -> str:
+    """A control's verdict of a claim: ``not judged`` where the control lacks the claim's
+    stage or inputs, whether it is robust (quantisation), and a note where the control did
+    not beat the claim's baseline (which caps its verdict at inconclusive)."""
+    if entry.get("verdict") is None:
+        return "not judged"
+    text = str(entry["verdict"])
+    notes = []
+    if kind == "quantisation":
+        notes.append("robust" if entry.get("robust") else "changes")
+    if entry.get("baseline_beaten") is False:
+        notes.append("its baseline not beaten or not run there")
+    return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def controls_markdown(table: Sequence[Mapping[str, Any]]) -> str:
@@ -135,10 +156,8 @@ def controls_markdown(table: Sequence[Mapping[str, Any]]) -> str:
             entries = row.get(kind) or []
             if not entries:
                 cells.append("—")
-            elif kind == "quantisation":
-                cells.append(", ".join(f"{e['verdict']} ({'robust' if e['robust'] else 'changes'})" for e in entries))
             else:
-                cells.append(", ".join(str(e["verdict"]) for e in entries))
+                cells.append(", ".join(_control_cell(e, kind) for e in entries))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
