@@ -53,6 +53,8 @@ def test_a_learned_effect_must_differ_from_every_initialisation():
     assert initial_reading(claim("c"), reference, one_close)["reading"] == "inconclusive"
     missing = far[:2] + [{}]
     assert initial_reading(claim("c"), reference, missing)["reading"] == "inconclusive"
+    row = {"id": "c", "verdict": "reproduced", "initial": {**initial_reading(claim("c"), reference, missing), "runs": 3}}
+    assert "| **inconclusive** (3 seeds; a run lacks the claim) |" in controls_markdown([row])
 
 
 def test_controls_table_and_markdown():

@@ -149,7 +149,8 @@ def controls_markdown(table: Sequence[Mapping[str, Any]]) -> str:
             diffs = "; ".join(
                 f"{d['value']:.3g} [{d['interval'][0]:.3g}, {d['interval'][1]:.3g}]" for d in initial.get("differences", [])
             )
-            cells.append(f"**{initial['reading']}** ({initial.get('runs', 0)} seeds; trained − initial: {diffs or '—'})")
+            detail = initial["why"] if initial.get("why") else f"trained − initial: {diffs or '—'}"
+            cells.append(f"**{initial['reading']}** ({initial.get('runs', 0)} seeds; {detail})")
         else:
             cells.append("—")
         for kind in ("quantisation", "last_word", "keep_last"):
