@@ -49,6 +49,28 @@ def forked_pool(workers: int, torch_threads: int = 1) -> Iterator[Any]:
         pool.join()
 
 
+#: the function forked workers of :func:`forked_map` call (set in the parent just before
+#: the fork: the workers inherit it, closures and loaded data included; nothing of it is pickled)
+_FORKED: dict[str, Callable[[Any], Any]] = {}
+
+
+def _forked_call(item: tuple[int, Any]) -> tuple[int, Any]:
+    index, value = item
+    return index, _FORKED["function"](value)
+
+
+def forked_map(function: Callable[[Any], Any], items: list, workers: int, torch_threads: int = 1) -> Iterator[tuple[int, Any]]:
+    """``(index, function(items[index]))`` for every item, in the order they finish, from
+    ``workers`` forked processes (:func:`forked_pool`). ``function`` may be a closure over
+    what the parent loaded: the workers inherit it; only items and results are pickled."""
+    _FORKED["function"] = function
+    try:
+        with forked_pool(workers, torch_threads) as pool:
+            yield from pool.imap_unordered(_forked_call, list(enumerate(items)))
+    finally:
+        _FORKED.clear()
+
+
 @contextlib.contextmanager
 def torch_threads(n_threads: int) -> Iterator[None]:
     """Run torch CPU ops on ``n_threads`` threads inside the block."""

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from rsdyn.core.jobs import progress
-from rsdyn.core.threads import cpu_seconds, forked_pool, torch_threads
+from rsdyn.core.threads import cpu_seconds, forked_map, torch_threads
 from rsdyn.jacobian.jacobian import (
     N_LYAPUNOV,
     SCALARS,
@@ -150,17 +150,6 @@ class Task:
     result: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)
 
 
-#: the model and task function forked workers of :func:`run_tasks` use (set in the parent
-#: just before the fork: the workers inherit them, nothing is pickled but tasks and results)
-_FORKED: dict[str, Any] = {}
-
-
-def _forked_task(item: tuple[int, Task]) -> tuple[int, dict[str, list[dict[str, np.ndarray]]]]:
-    index, task = item
-    _FORKED["run"](_FORKED["model"], task)
-    return index, task.result
-
-
 def run_tasks(
     model, tasks: Sequence[Task], run: Callable[[Any, Task], None], workers: int = 1, threads: int = 1, desc: str = "jacobians"
 ) -> None:
@@ -181,13 +170,13 @@ def run_tasks(
             for task in progress(tasks, total=len(tasks), desc=desc, unit="seq"):
                 run(model, task)
         return
-    _FORKED.update(model=model, run=run)
-    try:
-        with forked_pool(workers, per_task) as pool:
-            for index, result in progress(pool.imap_unordered(_forked_task, list(enumerate(tasks))), total=len(tasks), desc=desc, unit="seq"):
-                tasks[index].result = result
-    finally:
-        _FORKED.clear()
+
+    def work(task: Task) -> dict[str, list[dict[str, np.ndarray]]]:
+        run(model, task)
+        return task.result
+
+    for index, result in progress(forked_map(work, list(tasks), workers, per_task), total=len(tasks), desc=desc, unit="seq"):
+        tasks[index].result = result
 
 
 def design_groups(

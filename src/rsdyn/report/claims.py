@@ -138,16 +138,6 @@ def estimates(registry: Mapping[str, Any], stage_providers: Mapping[str, Any], n
     return _assemble(groups, values)
 
 
-#: the providers a forked worker of :func:`estimates_per_seed` reads (set in the parent
-#: just before the fork, so the workers share the loaded stores copy-on-write)
-_FORKED: dict[str, Any] = {}
-
-
-def _forked_group(task: tuple[int, int, str, str, list[tuple[str, str]]]) -> tuple[int, dict[str, Estimate]]:
-    index, seed, stage, unit, pairs = task
-    return index, _group_estimate(_FORKED["providers"], stage, unit, pairs, _FORKED["n_resamples"], seed)
-
-
 def estimates_per_seed(
     registry: Mapping[str, Any], stage_providers: Mapping[str, Any], n_resamples: int, seeds: list[int], workers: int = 1
 ) -> list[dict[str, Estimate]]:
@@ -155,26 +145,24 @@ def estimates_per_seed(
     estimates run in that many forked processes, one numerical thread each; each group's estimate depends only on its stores, seed and unit, so the
     results are those of the serial loop."""
     groups = plan(registry, stage_providers)
-    tasks = [(index, seed, stage, unit, pairs) for index, (seed, ((stage, unit), pairs))
-             in enumerate((seed, group) for seed in seeds for group in groups.items())]
+    tasks = [(seed, stage, unit, pairs) for seed in seeds for (stage, unit), pairs in groups.items()]
     workers = min(int(workers), len(tasks))
     if workers <= 1:
         return [estimates(registry, stage_providers, n_resamples, seed) for seed in seeds]
     from rsdyn.core.jobs import progress
-    from rsdyn.core.threads import forked_pool
+    from rsdyn.core.threads import forked_map
 
-    _FORKED.update(providers=stage_providers, n_resamples=n_resamples)
+    def work(task) -> dict[str, Estimate]:
+        seed, stage, unit, pairs = task
+        return _group_estimate(stage_providers, stage, unit, pairs, n_resamples, seed)
+
     results: dict[int, dict[str, Estimate]] = {}
-    try:
-        with forked_pool(workers) as pool:
-            for index, values in progress(pool.imap_unordered(_forked_group, tasks), total=len(tasks),
-                                          desc=f"claims, {len(seeds)} bootstrap seed(s), {workers} processes", unit="group"):
-                results[index] = values
-    finally:
-        _FORKED.clear()
+    for index, values in progress(forked_map(work, tasks, workers), total=len(tasks),
+                                  desc=f"claims, {len(seeds)} bootstrap seed(s), {workers} processes", unit="group"):
+        results[index] = values
     out = []
     for seed in seeds:
-        values = {(stage, unit): results[index] for index, task_seed, stage, unit, _ in tasks if task_seed == seed}
+        values = {(stage, unit): results[index] for index, (task_seed, stage, unit, _) in enumerate(tasks) if task_seed == seed}
         out.append(_assemble(groups, values))
     return out
 
