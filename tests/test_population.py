@@ -174,3 +174,36 @@ def test_fig2_with_population_renders(stores):
     paths = [tmp_path / "fig2.png", tmp_path / "fig2.pdf"]
     save_figure(make_fig2(unit_stats, population, n_example_units=3, title="synthetic"), paths, dpi=50)
     assert all(path.stat().st_size > 1000 for path in paths)
+
+
+@pytest.mark.parametrize("shape", [(30, 10, 4), (50, 6, 4)])  # the second keeps fewer mode-0 directions than sequences
+def test_surrogate_null_from_moments_equals_the_whole_definition_on_each_surrogate(shape):
+    from rsdyn.population.tme import fit_tme, sample_tme
+
+    rng = np.random.default_rng(3)
+    tensor = rng.standard_normal(shape).cumsum(axis=1) + np.linspace(0, 4, shape[1])[None, :, None]
+    model = fit_tme(tensor)
+    null = pop.surrogate_null(model, 40, seed=3, stream=2)
+    expected = np.array([pop.surrogate_jpca_ratios(surrogate) for surrogate in sample_tme(model, 40, seed=3, stream=2)])
+    # the moments are sums of ~N S products of O(1) numbers: rounding ~1e-13 relative in each R^2
+    np.testing.assert_allclose(null[:, 0], expected[:, 0], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(null[:, 1], expected[:, 1], rtol=1e-7, atol=1e-10)  # a ratio of two R^2 near 0 amplifies it
+
+
+def test_weighted_jpca_ratios_equal_jpca_of_the_resampled_rows():
+    from rsdyn.population.jpca import RATIO_KEYS, weighted_jpca_ratios
+
+    rng = np.random.default_rng(4)
+    scores = rng.standard_normal((25, 8, 4)).cumsum(axis=1) + 3.0
+    weights = np.vstack([np.ones(25), rng.multinomial(25, np.full(25, 1 / 25), size=4), np.eye(25)[:2] * 25])
+    for each_sublayer in (False, True):
+        out = weighted_jpca_ratios(scores, weights, each_sublayer)
+        for b, row in enumerate(weights[:5]):
+            sample = scores[np.repeat(np.arange(25), row.astype(int))]
+            centre = sample.mean(axis=0, keepdims=True) if each_sublayer else sample.reshape(-1, 4).mean(axis=0)
+            reference = jpca_of_scores(sample - centre)
+            for key in RATIO_KEYS:
+                assert out[key][b] == pytest.approx(reference[key], rel=1e-9, abs=1e-12), (each_sublayer, b, key)
+        # one sequence repeated: its centred states have rank < k once each sublayer is centred
+        if each_sublayer:
+            assert np.isnan(out["jpca_ratio"][5:]).all()

@@ -118,3 +118,16 @@ def test_mode0_mean_shortcut_has_the_exact_distribution_of_a_surrogate_mean():
 def test_constant_tensor_is_refused():
     with pytest.raises(PopulationInputError, match="do not vary"):
         tme.fit_tme(np.ones((3, 4, 5)))
+
+
+def test_surrogate_chunks_and_factors_are_the_same_draws():
+    model = tme.fit_tme(structured_tensor())
+    whole = tme.sample_tme(model, 7, seed=2, stream=1)
+    chunked = np.concatenate(list(tme.sample_tme_chunks(model, 7, seed=2, stream=1, chunk=3)))
+    np.testing.assert_allclose(chunked, whole, rtol=0, atol=1e-12 * np.abs(whole).max())
+    gradient = np.gradient(np.eye(model.shape[1]), axis=0)
+    (W, Wd), = tme.sample_tme_factors(model, 7, seed=2, stream=1, chunk=7, mode1=gradient)
+    U0 = model.eigenvectors[0]
+    np.testing.assert_allclose(model.mean + np.einsum("ia,majk->mijk", U0, W), whole, atol=1e-12 * np.abs(whole).max())
+    np.testing.assert_allclose(np.gradient(model.mean, axis=1) + np.einsum("ia,majk->mijk", U0, Wd), np.gradient(whole, axis=2),
+                               atol=1e-12 * np.abs(whole).max())

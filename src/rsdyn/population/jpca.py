@@ -141,6 +141,90 @@ def jpca_of_scores(scores: np.ndarray) -> dict[str, Any]:
     return {**fit, "frequencies": frequencies, "turns_per_sublayer": frequencies / (2 * np.pi), "planes": planes, "projection": projection}
 
 
+# --------------------------------------------------------------------------- ratios of many row sets
+
+#: the ratio keys :func:`ratios_from_moments` returns
+RATIO_KEYS = ("r2_best", "r2_skew", "jpca_ratio", "r2_best_literal", "r2_skew_literal", "jpca_ratio_literal")
+
+
+def ratios_from_moments(C: np.ndarray, B: np.ndarray, E: np.ndarray, drift: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`fit_dynamics`'s R^2 values and ratios for a batch of centred row sets from
+    their moments alone: C = X^T X, B = X^T Xdot and E = (Xdot - mean)^T (Xdot - mean)
+    (..., k, k), and the drift n ||mean(Xdot)||^2 (...), the mean over the n rows.
+
+    X centred makes the column sums of X M zero, so for any M the residual with the
+    intercept is ||Xdot - mean - X M||^2 = tr E - 2 tr(M^T B) + tr(M^T C M) and the
+    literal one (no intercept) is that plus the drift. M_best solves C M = B (the
+    least-squares normal equations); M_skew is :func:`skew_least_squares`'s. A row set
+    whose C is not of full rank k gives NaN (that row set only). The R^2 values equal
+    :func:`fit_dynamics`'s to the rounding of the moments (about 1e-12 relative here)."""
+    C, B, E, drift = (np.asarray(a, dtype=np.float64) for a in (C, B, E, drift))
+    eigenvalues, V = np.linalg.eigh(C)
+    full_rank = eigenvalues[..., 0] > eigenvalues[..., -1] * 1e-14
+    safe = np.where(full_rank[..., None], eigenvalues, 1.0)
+    Vt = np.swapaxes(V, -1, -2)
+    rotated = Vt @ (B - np.swapaxes(B, -1, -2)) @ V
+    m_skew = V @ (rotated / (safe[..., :, None] + safe[..., None, :])) @ Vt
+    m_skew = (m_skew - np.swapaxes(m_skew, -1, -2)) / 2.0
+    m_best = ((V / safe[..., None, :]) @ Vt) @ B
+    total = np.trace(E, axis1=-2, axis2=-1)
+    residual = {name: total - 2.0 * np.sum(M * B, axis=(-2, -1)) + np.sum(M * (C @ M), axis=(-2, -1))
+                for name, M in (("best", m_best), ("skew", m_skew))}
+    out: dict[str, np.ndarray] = {}
+    for suffix, offset in (("", 0.0), ("_literal", drift)):
+        with np.errstate(invalid="ignore", divide="ignore"):  # a rank-deficient row set: NaN below
+            best, skew = (1.0 - (residual[name] + offset) / total for name in ("best", "skew"))
+            ratio = np.where(best != 0, skew / np.where(best != 0, best, 1.0), np.nan)
+        for key, value in (("r2_best", best), ("r2_skew", skew), ("jpca_ratio", ratio)):
+            out[key + suffix] = np.where(full_rank, value, np.nan)
+    return out
+
+
+def _row_moments(X: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """X^T X, X^T Y and Y^T Y (..., k, k) over the rows of X, Y (..., M, k)."""
+    return (np.einsum("...mk,...ml->...kl", X, X), np.einsum("...mk,...ml->...kl", X, Y),
+            np.einsum("...mk,...ml->...kl", Y, Y))
+
+
+def weighted_jpca_ratios(scores: np.ndarray, weights: np.ndarray, each_sublayer: bool = False) -> dict[str, np.ndarray]:
+    """:func:`ratios_from_moments` of the scores (N, S, k) with the sequences weighted by
+    each row of count ``weights`` (B, N): resample b is the scores of sequence i repeated
+    weights[b, i] times, re-centred by its pooled mean, or with ``each_sublayer`` by its
+    mean over sequences at each sublayer (the deviations), as :func:`jpca_of_scores` of
+    that resample computes it. np.gradient is linear, so the derivative of a re-centred
+    resample is each sequence's derivative minus the weighted mean derivative (zero for
+    a pooled centre, constant over sublayers); every moment is then a weighted sum of
+    per-sequence moments minus the centre's. The moments are taken about the whole
+    data's pooled means (a shift that changes no centred moment) to keep the
+    subtractions small. Returns arrays (B,)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    n_samples, n_sublayers, k = scores.shape
+    derivative = np.gradient(scores, axis=1)
+    d_shift = derivative.reshape(-1, k).mean(axis=0)
+    x = scores - scores.reshape(-1, k).mean(axis=0)
+    d = derivative - d_shift
+    C, B, E = (part.reshape(n_samples, -1) for part in _row_moments(x, d))
+    count = weights.sum(axis=1)  # sequences per resample
+    C, B, E = ((weights @ part).reshape(-1, k, k) for part in (C, B, E))
+    n_rows = count * n_sublayers
+    if each_sublayer:  # centre each sublayer: subtract the per-sublayer means' moments
+        x_mean = (weights @ x.reshape(n_samples, -1)).reshape(-1, n_sublayers, k) / count[:, None, None]
+        d_mean = (weights @ d.reshape(n_samples, -1)).reshape(-1, n_sublayers, k) / count[:, None, None]
+        C = C - count[:, None, None] * np.einsum("bsk,bsl->bkl", x_mean, x_mean)
+        B = B - count[:, None, None] * np.einsum("bsk,bsl->bkl", x_mean, d_mean)
+        E = E - count[:, None, None] * np.einsum("bsk,bsl->bkl", d_mean, d_mean)
+        drift = np.zeros(len(weights))
+    else:
+        x_mean = (weights @ x.sum(axis=1)) / n_rows[:, None]
+        d_mean = (weights @ d.sum(axis=1)) / n_rows[:, None]
+        C = C - n_rows[:, None, None] * x_mean[:, :, None] * x_mean[:, None, :]
+        B = B - n_rows[:, None, None] * x_mean[:, :, None] * d_mean[:, None, :]
+        E = E - n_rows[:, None, None] * d_mean[:, :, None] * d_mean[:, None, :]
+        drift = n_rows * np.sum((d_mean + d_shift) ** 2, axis=1)
+    return ratios_from_moments(C, B, E, drift)
+
+
 def pooled_pcs(states: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pooled mean (D,), top-k components (k, D) and their explained-variance ratios (k,)
     of the states (N, S, D), every sample and sublayer one row."""

@@ -32,14 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from rsdyn.population.jpca import jpca_of_scores, pc_scores
+from rsdyn.population.jpca import jpca_of_scores, pc_scores, ratios_from_moments
 from rsdyn.population.settings import DEFAULT_JPCA, DEFAULT_TME, resolve_windows
 from rsdyn.population.tme import (
     TMEModel,
     fit_tme,
-    sample_tme,
+    sample_tme_factors,
     sample_tme_mode0_mean,
-    single_threaded_blas,
 )
 from rsdyn.units.rotations import bh_significant, null_summary, rotation_number
 
@@ -97,6 +96,50 @@ def surrogate_jpca_ratios(surrogate: np.ndarray) -> tuple[float, float]:
     return float(result["jpca_ratio"]), float(result["jpca_ratio_literal"])
 
 
+def surrogate_null(model: TMEModel, n_surrogates: int, seed: int, stream: int) -> np.ndarray:
+    """The jPCA ratio and its literal variant of each TME surrogate of scores (N, S, k),
+    (n_surrogates, 2): what :func:`surrogate_jpca_ratios` gives for each, from the
+    surrogates' moments (:func:`rsdyn.population.jpca.ratios_from_moments`).
+
+    A surrogate is X = M + U_0 W along mode 0 (:func:`rsdyn.population.tme.sample_tme_factors`)
+    with U_0 of orthonormal columns, so its sums over sequences of products need only W
+    and P = U_0^T M: sum_i X X^T = sum_i M M^T + sum_a (P W^T + W P^T + W W^T) per sublayer,
+    and the same for the derivative over sublayers (np.gradient is linear: its factors are
+    G W, G the gradient operator). The moments are taken about the mean tensor's pooled
+    mean and mean derivative, a shift that changes no centred moment."""
+    n0, n1, k = model.shape
+    n_rows = float(n0 * n1)
+    gradient = np.gradient(np.eye(n1), axis=0)  # gradient(v) = G @ v along the sublayers
+    U0 = model.eigenvectors[0]
+    mean = model.mean
+    derivative_mean = np.gradient(mean, axis=1)
+    shift = derivative_mean.reshape(-1, k).mean(axis=0)
+    fixed_x = (mean - mean.reshape(-1, k).mean(axis=0)).reshape(n0, -1)  # M, shifted (n0, n1 k)
+    fixed_d = (derivative_mean - shift).reshape(n0, -1)
+    P, Q = ((U0.T @ part).reshape(-1, k) for part in (fixed_x, fixed_d))
+    u = U0.sum(axis=0)  # U_0^T 1
+    flat_x, flat_d = fixed_x.reshape(-1, k), fixed_d.reshape(-1, k)
+    base = {"xx": flat_x.T @ flat_x, "xd": flat_x.T @ flat_d, "dd": flat_d.T @ flat_d}
+    sums = {"x": flat_x.sum(axis=0), "d": flat_d.sum(axis=0)}
+    parts = []
+    for W, Wd in sample_tme_factors(model, n_surrogates, seed=seed, stream=stream, mode1=gradient):
+        m = W.shape[0]
+        w, wd = W.reshape(m, -1, k), Wd.reshape(m, -1, k)
+        wt, wdt = np.swapaxes(w, 1, 2), np.swapaxes(wd, 1, 2)
+        S_xx = base["xx"] + P.T @ w + wt @ P + wt @ w
+        S_xd = base["xd"] + P.T @ wd + wt @ Q + wt @ wd
+        S_dd = base["dd"] + Q.T @ wd + wdt @ Q + wdt @ wd
+        s_x = sums["x"] + np.einsum("a,majk->mk", u, W)
+        s_d = sums["d"] + np.einsum("a,majk->mk", u, Wd)
+        C = S_xx - s_x[:, :, None] * s_x[:, None, :] / n_rows
+        B = S_xd - s_x[:, :, None] * s_d[:, None, :] / n_rows
+        E = S_dd - s_d[:, :, None] * s_d[:, None, :] / n_rows
+        drift = np.sum((s_d / n_rows + shift) ** 2, axis=1) * n_rows
+        ratios = ratios_from_moments(C, B, E, drift)
+        parts.append(np.stack([ratios["jpca_ratio"], ratios["jpca_ratio_literal"]], axis=1))
+    return np.concatenate(parts, axis=0)
+
+
 def tme_model_summary(model: TMEModel) -> dict[str, Any]:
     """The fit's diagnostics: Newton iterations and the relative error of the fitted
     marginal eigenvalues (max over modes)."""
@@ -107,9 +150,7 @@ def jpca_with_tme(scores: np.ndarray, tme_settings: Mapping[str, Any], stream: i
     """jPCA of centred scores (N, S, k) and its TME null (see the module docstring)."""
     result = jpca_of_scores(scores)
     model = fit_tme(scores, tme_settings["floor"], tme_settings["tol"], tme_settings["max_iter"])
-    surrogates = sample_tme(model, tme_settings["n_surrogates"], seed=tme_settings["seed"], stream=stream)
-    with single_threaded_blas():
-        null = np.array([surrogate_jpca_ratios(surrogate) for surrogate in surrogates])  # (n, 2)
+    null = surrogate_null(model, tme_settings["n_surrogates"], tme_settings["seed"], stream)  # (n, 2)
     out = {name: np.asarray(result[name]) for name in _JPCA_ARRAYS}
     out.update(
         scores=scores.astype(np.float32),

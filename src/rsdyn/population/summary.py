@@ -17,15 +17,16 @@ from typing import Any
 
 import numpy as np
 
+from rsdyn.core.resampling import counts
 from rsdyn.core.verdicts import (
     DEFAULT_RESAMPLES,
     bootstrap,
+    bootstrap_indices,
     comparison_row,
     resampled_label,
     row,
 )
-from rsdyn.population.jpca import jpca_of_scores
-from rsdyn.population.tme import single_threaded_blas
+from rsdyn.population.jpca import weighted_jpca_ratios
 from rsdyn.units.rotations import stored_nulls
 
 PAPER_ROTATIONS = 10.74
@@ -111,17 +112,13 @@ def unit_rotation_rows(unit_stats: Mapping, population: Mapping | None = None, n
 def bootstrap_jpca_ratio(scores: np.ndarray, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, each_sublayer: bool = False) -> np.ndarray:
     """jPCA ratio of sequences resampled with replacement from scores (N, S, k), the PCs
     held fixed, each resample re-centred (by its pooled mean, or with ``each_sublayer`` by
-    its mean over sequences at each sublayer, for the deviations): (n_resamples,)."""
+    its mean over sequences at each sublayer, for the deviations): (n_resamples,). The
+    resamples are :func:`rsdyn.core.verdicts.bootstrap_indices`'; each ratio is computed
+    from the resample's moments (:func:`rsdyn.population.jpca.weighted_jpca_ratios`),
+    equal to :func:`rsdyn.population.jpca.jpca_of_scores` of the resampled scores."""
     scores = np.asarray(scores, dtype=np.float64)
-    k = scores.shape[2]
-
-    def ratio(rows_: np.ndarray) -> float:
-        sample = scores[rows_]
-        centre = sample.mean(axis=0, keepdims=True) if each_sublayer else sample.reshape(-1, k).mean(axis=0)
-        return float(jpca_of_scores(sample - centre)["jpca_ratio"])
-
-    with single_threaded_blas():
-        return bootstrap(ratio, scores.shape[0], n_resamples, seed)
+    weights = counts(bootstrap_indices(scores.shape[0], n_resamples, seed), scores.shape[0])
+    return weighted_jpca_ratios(scores, weights, each_sublayer)["jpca_ratio"]
 
 
 def tme_verdict(interval, q05: float, q95: float) -> str:

@@ -294,16 +294,38 @@ def expected_marginal_covariances(model: TMEModel) -> tuple[np.ndarray, np.ndarr
 def sample_tme(model: TMEModel, n_surrogates: int, seed: int = 0, stream: int = 0) -> np.ndarray:
     """``n_surrogates`` seeded surrogate tensors, (n_surrogates, n_0, n_1, n_2) float64;
     ``stream`` separates the draws of several tensors fitted under one seed."""
+    return np.concatenate(list(sample_tme_chunks(model, n_surrogates, seed, stream)), axis=0)
+
+
+#: surrogates drawn and transformed together by :func:`sample_tme_chunks`
+SURROGATE_CHUNK = 32
+
+
+def sample_tme_chunks(model: TMEModel, n_surrogates: int, seed: int = 0, stream: int = 0, chunk: int = SURROGATE_CHUNK):
+    """:func:`sample_tme`'s surrogates, ``chunk`` at a time (m, n_0, n_1, n_2): the same
+    draws (the normal deviates are taken from the generator in the same order), without
+    holding every surrogate at once."""
+    mean, U0 = model.mean, model.eigenvectors[0]
+    for factors in sample_tme_factors(model, n_surrogates, seed, stream, chunk):
+        yield mean + np.einsum("ia,majk->mijk", U0, factors, optimize=True)
+
+
+def sample_tme_factors(model: TMEModel, n_surrogates: int, seed: int = 0, stream: int = 0, chunk: int = SURROGATE_CHUNK,
+                       mode1: np.ndarray | None = None):
+    """The surrogates of :func:`sample_tme_chunks` before their mode-0 basis: W (m, r_0, n_1,
+    n_2) with surrogate = mean + U_0 W (along mode 0). ``mode1`` (n_1', n_1), when given,
+    is applied along mode 1 as well (e.g. a difference operator: the factors of the
+    surrogates' derivative over mode 1); the draws are the same either way."""
     rng = np.random.default_rng([seed, 0, stream])
     l0, l1, l2 = model.multipliers
     scale = 1.0 / np.sqrt(l0[:, None, None] + l1[None, :, None] + l2[None, None, :])
-    U0, U1, U2 = model.eigenvectors
-    mean = model.mean
-    out = np.empty((n_surrogates, *model.shape))
-    for index in range(n_surrogates):
-        z = rng.standard_normal(scale.shape) * scale
-        out[index] = mean + np.einsum("ia,jb,kc,abc->ijk", U0, U1, U2, z, optimize=True)
-    return out
+    _, U1, U2 = model.eigenvectors
+    bases = [U1] if mode1 is None else [U1, np.asarray(mode1, dtype=np.float64) @ U1]
+    for start in range(0, n_surrogates, chunk):
+        z = rng.standard_normal((min(chunk, n_surrogates - start), *scale.shape)) * scale
+        right = z @ U2.T  # (m, r0, r1, n2)
+        factors = [np.matmul(basis, right) for basis in bases]  # (m, r0, n1, n2)
+        yield factors[0] if mode1 is None else tuple(factors)
 
 
 def sample_tme_mode0_mean(model: TMEModel, n_surrogates: int, seed: int = 0) -> np.ndarray:

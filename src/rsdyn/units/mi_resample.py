@@ -70,13 +70,35 @@ def weighted_mi(k_xy: np.ndarray, k_x: np.ndarray, k_y: np.ndarray, weights: np.
     The density sums run in float32 (integer counts times kernels in (0, 1/h]: about 7
     significant digits, as the paper's estimator on the CPU); the logs and the mean in
     float64."""
-    total = weights.sum(axis=1, keepdims=True)
-    w32 = weights.astype(np.float32)
-    p_xy = (w32 @ k_xy.T.astype(np.float32)).astype(np.float64) / total
-    p_x = (w32 @ k_x.T.astype(np.float32)).astype(np.float64) / total
-    p_y = (w32 @ k_y.T.astype(np.float32)).astype(np.float64) / total
-    pointwise = np.log((p_xy + eps) / (p_x * p_y + eps))
-    return (weights * pointwise).sum(axis=1) / total[:, 0]
+    plan = WeightPlan(weights)
+    return plan.mi(plan.density(k_xy), plan.density(k_x), plan.density(k_y), eps)
+
+
+class WeightPlan:
+    """Count weights (B, N) prepared for many kernel sums: sample points whose weights are
+    equal in every resample (the sequences of one cluster in a cluster bootstrap) share
+    one column, so a density sum_j w_j K_ij is the product of the B x C distinct weights
+    with the kernel's columns summed within each such group (C <= N columns; exact in
+    exact arithmetic, and C = N for an ordinary bootstrap)."""
+
+    def __init__(self, weights: np.ndarray):
+        self.weights = np.asarray(weights, dtype=np.float64)
+        self.total = self.weights.sum(axis=1, keepdims=True)
+        _, first, inverse = np.unique(self.weights, axis=1, return_index=True, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        self.order = np.argsort(inverse, kind="stable")  # the sample points, group by group
+        self.starts = np.flatnonzero(np.r_[True, np.diff(inverse[self.order]) != 0])
+        self.grouped = self.weights[:, first].astype(np.float32)  # (B, C), group g = column g
+
+    def density(self, kernel: np.ndarray) -> np.ndarray:
+        """sum_j w_j K_ij / sum_j w_j for every resample and sample point i: float64 (B, N)."""
+        summed = np.add.reduceat(kernel[:, self.order], self.starts, axis=1)  # (N, C), float64
+        return (self.grouped @ summed.T.astype(np.float32)).astype(np.float64) / self.total
+
+    def mi(self, p_xy: np.ndarray, p_x: np.ndarray, p_y: np.ndarray, eps: float) -> np.ndarray:
+        """The weighted mean over sample points of log((p_xy + eps) / (p_x p_y + eps)): (B,)."""
+        pointwise = np.log((p_xy + eps) / (p_x * p_y + eps))
+        return (self.weights * pointwise).sum(axis=1) / self.total[:, 0]
 
 
 def early_transitions(n_transitions: int) -> list[int]:
@@ -108,7 +130,10 @@ class MIClaims:
         return STATISTICS
 
     def per_unit_mi(self, transitions: Sequence[int], weights: np.ndarray) -> np.ndarray:
-        """Weighted MI of every selected unit at every transition: (B, k, len(transitions))."""
+        """Weighted MI of every selected unit at every transition: (B, k, len(transitions)).
+        Each sublayer's marginal densities are computed once and serve both transitions
+        that touch it."""
+        plan = WeightPlan(weights)
         out = np.empty((len(weights), len(self.units), len(transitions)))
         for ui, unit in enumerate(self.units):
             trajectory = np.asarray(self.array[:, :, int(unit)], dtype=np.float64)  # (N, S)
@@ -116,9 +141,10 @@ class MIClaims:
             for ti, t in enumerate(transitions):
                 for s in (t, t + 1):
                     if s not in marginals:
-                        marginals[s] = marginal_kernel(trajectory[:, s])
-                joint = joint_kernel(trajectory[:, t], trajectory[:, t + 1])
-                out[:, ui, ti] = weighted_mi(joint, marginals[t], marginals[t + 1], weights, self.eps)
+                        marginals[s] = plan.density(marginal_kernel(trajectory[:, s]))
+                joint = plan.density(joint_kernel(trajectory[:, t], trajectory[:, t + 1]))
+                out[:, ui, ti] = plan.mi(joint, marginals[t], marginals[t + 1], self.eps)
+                marginals.pop(t - 1, None)
         return out
 
     def estimate(self, names: Sequence[str], weights: np.ndarray, resampled: str) -> dict[str, Estimate]:

@@ -45,15 +45,29 @@ def weighted_moments(block: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray
     shift = block.mean(axis=0)
     centred = block - shift  # an exact shift: keeps the moments well conditioned
     flat = centred.reshape(n_samples, -1)
-    mean = (weights @ flat / total).reshape(-1, n_sublayers, n_units)
-    square = (weights @ (flat * flat) / total).reshape(-1, n_sublayers, n_units)
-    cross = (weights @ (centred[:, :-1] * centred[:, 1:]).reshape(n_samples, -1) / total).reshape(-1, n_sublayers - 1, n_units)
-    variance = np.maximum(square - mean * mean, 0.0)
-    covariance = cross - mean[:, :-1] * mean[:, 1:]
+    # the same arithmetic as the plain expressions, in place: these (B, S, U) passes, not
+    # the products, bound the time
+    mean = weights @ flat
+    mean /= total
+    mean = mean.reshape(-1, n_sublayers, n_units)
+    variance = weights @ (flat * flat)
+    variance /= total
+    variance = variance.reshape(-1, n_sublayers, n_units)
+    variance -= mean * mean
+    np.maximum(variance, 0.0, out=variance)
+    r = weights @ (centred[:, :-1] * centred[:, 1:]).reshape(n_samples, -1)
+    r /= total
+    r = r.reshape(-1, n_sublayers - 1, n_units)
+    r -= mean[:, :-1] * mean[:, 1:]  # the covariance
+    scale = variance[:, :-1] * variance[:, 1:]
+    np.sqrt(scale, out=scale)
     with np.errstate(invalid="ignore", divide="ignore"):
-        r = covariance / np.sqrt(variance[:, :-1] * variance[:, 1:])
-    constant = (variance[:, :-1] == 0) | (variance[:, 1:] == 0)
-    return mean + shift, variance, np.where(constant, np.nan, np.clip(r, -1.0, 1.0))
+        r /= scale
+    np.minimum(r, 1.0, out=r)  # np.clip, NaN kept
+    np.maximum(r, -1.0, out=r)
+    r[(variance[:, :-1] == 0) | (variance[:, 1:] == 0)] = np.nan
+    mean += shift
+    return mean, variance, r
 
 
 def weighted_corr_consecutive(block: np.ndarray, weights: np.ndarray) -> np.ndarray:
