@@ -19,8 +19,10 @@ For each condition (original and token-shuffled text):
   mean over units of |R| of each surrogate.
 
 The surrogates of the k-PC scores go through the whole jPCA definition (centring,
-PCs, gradient, fits); within k dimensions the PCs only rotate the scores, which
-leaves the ratio unchanged.
+gradient, both fits and their R^2), computed from each surrogate's moments
+(:func:`surrogate_null`; :func:`surrogate_jpca_ratios` is the same on one whole
+surrogate, the reference the tests hold it to); within k dimensions re-fitting the PCs
+only rotates the scores, which leaves the ratio unchanged.
 """
 
 from __future__ import annotations

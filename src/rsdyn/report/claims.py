@@ -145,7 +145,9 @@ def estimates_per_seed(
     estimates run in that many forked processes, one numerical thread each; each group's estimate depends only on its stores, seed and unit, so the
     results are those of the serial loop."""
     groups = plan(registry, stage_providers)
-    tasks = [(seed, stage, unit, pairs) for seed in seeds for (stage, unit), pairs in groups.items()]
+    # group by group, each for every seed: the registry's first groups (the units
+    # statistics) cost the most, so they start first and the short ones fill in at the end
+    tasks = [(seed, stage, unit, pairs) for (stage, unit), pairs in groups.items() for seed in seeds]
     workers = min(int(workers), len(tasks))
     if workers <= 1:
         return [estimates(registry, stage_providers, n_resamples, seed) for seed in seeds]
