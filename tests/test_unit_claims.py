@@ -99,6 +99,25 @@ def test_weighted_kde_mi_with_integer_counts_is_the_resubstitution_of_the_repeat
     assert weighted_mi(kxy, kx, ky, w[None], 1e-10)[0] == pytest.approx(slow, rel=1e-6, abs=1e-6)  # float32 density sums
 
 
+def test_weighted_kde_mi_of_a_cluster_bootstrap_sums_each_clusters_columns_once():
+    """Under cluster weights the sequences of a cluster share one weight column; the MI of
+    every resample equals the plain float64 weighted sums over all sequences."""
+    from rsdyn.core.resampling import cluster_weights
+    from rsdyn.units.mi_resample import WeightPlan
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(30)
+    y = 0.5 * x + rng.standard_normal(30)
+    labels = rng.integers(0, 7, size=30)
+    weights = cluster_weights(labels, 12, seed=2)
+    assert WeightPlan(weights).grouped.shape[1] == len(np.unique(labels))
+    kx, ky, kxy = marginal_kernel(x), marginal_kernel(y), joint_kernel(x, y)
+    total = weights.sum(axis=1, keepdims=True)
+    px, py, pxy = (weights @ kernel.T / total for kernel in (kx, ky, kxy))
+    slow = (weights * np.log((pxy + 1e-10) / (px * py + 1e-10))).sum(axis=1) / total[:, 0]
+    np.testing.assert_allclose(weighted_mi(kxy, kx, ky, weights, 1e-10), slow, rtol=1e-5, atol=1e-6)  # float32 density sums
+
+
 def test_mi_claims_at_unit_weights_match_the_per_unit_definition():
     rng = np.random.default_rng(6)
     acts = rng.standard_normal((30, 10, 5)).cumsum(axis=1)
