@@ -50,9 +50,16 @@ def skew_least_squares(X: np.ndarray, Xdot: np.ndarray) -> np.ndarray:
     eigenvalues, V = np.linalg.eigh(C)
     if eigenvalues[0] <= eigenvalues[-1] * 1e-14:
         raise PopulationInputError("jPCA needs states of full rank k; lower jpca.k or use more samples.")
-    rotated = V.T @ (B - B.T) @ V
-    M = V @ (rotated / (eigenvalues[:, None] + eigenvalues[None, :])) @ V.T
-    return (M - M.T) / 2.0
+    return _skew_solution(eigenvalues, V, B)
+
+
+def _skew_solution(eigenvalues: np.ndarray, V: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """:func:`skew_least_squares`' M from C's eigendecomposition (eigenvalues (..., k), V
+    (..., k, k)) and B = X^T Xdot (..., k, k); batched over any leading axes."""
+    Vt = np.swapaxes(V, -1, -2)
+    rotated = Vt @ (B - np.swapaxes(B, -1, -2)) @ V
+    M = V @ (rotated / (eigenvalues[..., :, None] + eigenvalues[..., None, :])) @ Vt
+    return (M - np.swapaxes(M, -1, -2)) / 2.0
 
 
 def r_squared(X: np.ndarray, Xdot: np.ndarray, M: np.ndarray, intercept: bool = True) -> float:
@@ -162,11 +169,8 @@ def ratios_from_moments(C: np.ndarray, B: np.ndarray, E: np.ndarray, drift: np.n
     eigenvalues, V = np.linalg.eigh(C)
     full_rank = eigenvalues[..., 0] > eigenvalues[..., -1] * 1e-14
     safe = np.where(full_rank[..., None], eigenvalues, 1.0)
-    Vt = np.swapaxes(V, -1, -2)
-    rotated = Vt @ (B - np.swapaxes(B, -1, -2)) @ V
-    m_skew = V @ (rotated / (safe[..., :, None] + safe[..., None, :])) @ Vt
-    m_skew = (m_skew - np.swapaxes(m_skew, -1, -2)) / 2.0
-    m_best = ((V / safe[..., None, :]) @ Vt) @ B
+    m_skew = _skew_solution(safe, V, B)
+    m_best = ((V / safe[..., None, :]) @ np.swapaxes(V, -1, -2)) @ B
     total = np.trace(E, axis1=-2, axis2=-1)
     residual = {name: total - 2.0 * np.sum(M * B, axis=(-2, -1)) + np.sum(M * (C @ M), axis=(-2, -1))
                 for name, M in (("best", m_best), ("skew", m_skew))}

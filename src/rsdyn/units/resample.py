@@ -24,15 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from rsdyn.core.resampling import with_observed
+from rsdyn.core.resampling import counts, with_observed
 from rsdyn.core.store import open_group
 
 
 def count_weights(indices: np.ndarray, n: int) -> np.ndarray:
-    """How often each of ``range(n)`` is drawn in each resample: (B, n) int indices -> (B, n) float64."""
-    weights = np.zeros((indices.shape[0], n))
-    np.add.at(weights, (np.repeat(np.arange(indices.shape[0]), indices.shape[1]), indices.reshape(-1)), 1.0)
-    return weights
+    """How often each of ``range(n)`` is drawn in each resample: (B, n) int indices -> (B, n)
+    float64 (:func:`rsdyn.core.resampling.counts`)."""
+    return counts(indices, n)
 
 
 def weighted_moments(block: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
